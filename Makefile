@@ -1,0 +1,114 @@
+# loquat build. `make` (CPU), `make CUDA=1`, `make test`, `make SANITIZE=1 test`, `make DEBUG=1`,
+# `make deps`, `make demo`. Objects go under build/ (build/<variant>/ for sanitizer and debug builds).
+
+CC      ?= cc
+NVCC    ?= nvcc
+PKGS    := openblas cmocka
+CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
+WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter
+ifeq ($(CI),true)
+WARN    += -Werror
+endif
+
+ifeq ($(SANITIZE),1)
+VARIANT := san
+OPT     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+LDSAN   := -fsanitize=address,undefined
+else ifeq ($(DEBUG),1)
+VARIANT := debug
+OPT     := -O0 -g3
+else
+VARIANT := release
+OPT     := -O2 -g -march=x86-64-v2 -mtune=generic
+endif
+
+# Optional features, detected and reported; force with CUDA=0/1 and OPENMP=0/1.
+HAVE_NVCC := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo 1 || echo 0)
+CUDA    ?= 0
+ifeq ($(CUDA),1)
+ifeq ($(HAVE_NVCC),0)
+$(warning CUDA=1 asked for, but $(NVCC) is not on PATH: building without CUDA)
+override CUDA := 0
+endif
+endif
+OPENMP  ?= 1
+
+# Missing build dependencies are installed before anything else is worked out.
+ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
+ifneq ($(shell pkg-config --exists $(PKGS) 2>/dev/null && echo 1),1)
+$(info loquat: build dependencies missing, running tools/deps.sh)
+DEPS_RC := $(shell tools/deps.sh >&2; echo $$?)
+ifneq ($(DEPS_RC),0)
+$(error tools/deps.sh failed (status $(DEPS_RC)); run it by hand to see why)
+endif
+endif
+endif
+PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS    := $(shell pkg-config --libs openblas 2>/dev/null)
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+BUILD   := build/$(VARIANT)
+ifeq ($(VARIANT),release)
+BUILD   := build
+endif
+OBJDIR  := $(BUILD)/obj
+
+CFLAGS  += $(CSTD) $(WARN) $(OPT) -I. $(PKG_CFLAGS) -MMD -MP
+LDLIBS  := $(PKG_LIBS) -lm
+ifeq ($(OPENMP),1)
+CFLAGS  += -fopenmp
+LDFLAGS += -fopenmp
+endif
+LDFLAGS += $(LDSAN)
+
+LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c train/*.c)
+LIB_SRC := $(filter-out train/main.c,$(LIB_SRC))
+LIB_OBJ := $(LIB_SRC:%.c=$(OBJDIR)/%.o)
+CLI_OBJ := $(OBJDIR)/train/main.o
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_UTIL_OBJ := $(OBJDIR)/tests/testutil.o
+
+LIB     := $(BUILD)/libloquat.a
+CLI     := $(BUILD)/loquat
+
+.PHONY: all deps test demo clean features
+all: features $(LIB) $(CLI)
+
+features:
+	@echo "loquat build: variant=$(VARIANT) openmp=$(OPENMP) cuda=$(CUDA) (nvcc found: $(HAVE_NVCC)) werror=$(if $(filter true,$(CI)),on,off)"
+
+# Installs the Debian packages the build needs (idempotent); other targets call it when needed.
+deps:
+	@tools/deps.sh
+
+$(OBJDIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC  $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	@echo "  AR  $@"
+	@ar rcs $@ $^
+
+$(CLI): $(CLI_OBJ) $(LIB)
+	@echo "  LD  $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(OBJDIR)/tests/%.o $(TEST_UTIL_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD  $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
+
+test: features $(TEST_BIN) $(CLI)
+	@tools/run_tests.sh $(BUILD) $(TEST_BIN)
+
+clean:
+	rm -rf build
+
+# keep objects between runs
+.SECONDARY:
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,144 @@
+/* autograd/autograd_impl.h: private parts of autograd: the arena, context, tape nodes, op table
+ * entries and the helpers every op file uses. */
+#ifndef LQ_AUTOGRAD_IMPL_H
+#define LQ_AUTOGRAD_IMPL_H
+
+#include "autograd/autograd.h"
+
+#define LQ_MAX_INPUTS 8
+#define LQ_ALIGN 64
+
+/* --- arena: a bump allocator over a list of chunks; reset every step ------------------------ */
+
+typedef struct lq_arena_chunk {
+    struct lq_arena_chunk *next;
+    size_t cap;
+    size_t used;
+    unsigned char *base;
+} lq_arena_chunk;
+
+typedef struct lq_arena {
+    lq_arena_chunk *first;
+    lq_arena_chunk *cur;
+    size_t base_used; /* bytes used in the chunks before cur */
+    size_t high_water;
+    uint64_t sys_allocs;
+} lq_arena;
+
+lq_status lq_arena_init(lq_arena *a, size_t bytes);
+void lq_arena_free(lq_arena *a);
+/* 64-byte aligned, uninitialised; NULL when the system is out of memory. */
+void *lq_arena_alloc(lq_arena *a, size_t bytes);
+/* Frees everything; if the arena had to grow, its chunks are merged into one so that the next
+ * step of the same size needs no malloc. */
+void lq_arena_reset(lq_arena *a);
+void lq_arena_reset_to(lq_arena *a, lq_arena_chunk *chunk, size_t used);
+size_t lq_arena_used(const lq_arena *a);
+size_t lq_arena_capacity(const lq_arena *a);
+
+/* --- context ------------------------------------------------------------------------------- */
+
+struct lq_ctx {
+    lq_err err;
+    int n_threads;
+    bool grad_enabled;
+    bool training;
+    uint64_t seed;
+    uint64_t rng_stream; /* next stream id for a random op */
+    lq_arena main;
+    lq_arena scratch;    /* checkpointed segments run here */
+    lq_arena *arena;     /* where allocations go now */
+    struct lq_node *tape; /* newest recorded node */
+};
+
+/* --- tape nodes and the op table ------------------------------------------------------------ */
+
+typedef struct lq_node lq_node;
+typedef lq_status (*lq_op_fn)(lq_ctx *ctx, lq_node *node);
+
+/* A random test case for an op: inputs (leaves, f32 ones flagged REQUIRES_GRAD are checked),
+ * the parameters it drew, and a call that applies the op to inputs with them. */
+typedef struct lq_gc_case {
+    int n_in;
+    lq_tensor *in[LQ_MAX_INPUTS];
+    lq_gc_fn call; /* user argument is the case itself */
+    int64_t ip[8];
+    float fp[4];
+    float step;    /* finite-difference step; 0 = default */
+    void *aux;
+    char desc[128];
+} lq_gc_case;
+typedef lq_status (*lq_gc_make_fn)(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c);
+
+typedef struct lq_op_def {
+    const char *name;
+    lq_op_fn forward;  /* computes node->out from node->in and the node's parameters */
+    lq_op_fn backward; /* accumulates node->out->grad into the inputs' grads */
+    lq_gc_make_fn gc_make;
+} lq_op_def;
+
+struct lq_node {
+    const lq_op_def *op;
+    lq_tensor *out;
+    lq_tensor *in[LQ_MAX_INPUTS];
+    int n_in;
+    int64_t ip[8];  /* integer parameters (axes, strides, flags) */
+    float fp[8];    /* float parameters (eps, scale, p) */
+    void *saved[4]; /* buffers the forward keeps for backward (arena), or op-specific pointers */
+    bool recorded;  /* on the tape: backward will visit it */
+    lq_node *prev;
+};
+
+extern const lq_op_def *const lq_op_table[];
+extern const int lq_op_table_len;
+
+/* Starts an op: NULL (and an error in ctx, unless one is already there) if the context has
+ * failed or an input is NULL. Records when grad mode is on and an input requires a grad. */
+lq_node *lq_node_begin(lq_ctx *ctx, const lq_op_def *op, int n_in, lq_tensor *const *in);
+/* Allocates node->out as a contiguous f32 tensor of the given shape. */
+lq_tensor *lq_node_output(lq_ctx *ctx, lq_node *n, int ndim, const int64_t *shape);
+/* Makes node->out a view of src with the given shape and byte strides at byte offset. */
+lq_tensor *lq_node_view(lq_ctx *ctx, lq_node *n, lq_tensor *src, int ndim, const int64_t *shape,
+                        const size_t *nb, size_t offset);
+/* Runs the forward, links the node into the tape if recorded, returns node->out or NULL. */
+lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n);
+
+/* The gradient buffer of t (contiguous f32, t's logical shape), allocated zeroed on first use.
+ * *g = NULL when t needs no gradient. */
+lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g);
+/* Walks the tape from its newest node back to stop (exclusive), running each backward. */
+lq_status lq_tape_walk(lq_ctx *ctx, lq_node *stop);
+/* Scratch memory in the current arena; NULL with an error in ctx if out of memory. */
+void *lq_ctx_alloc(lq_ctx *ctx, size_t bytes);
+bool lq_requires_grad(const lq_tensor *t);
+
+/* Records an error in ctx and evaluates to NULL (for op entry points). */
+#define LQ_OP_FAIL(ctx, s, ...) (lq_err_set(&(ctx)->err, (s), __FILE__, __LINE__, __VA_ARGS__), (lq_tensor *)NULL)
+#define LQ_OP_CHECK(ctx, cond, s, ...)                                                         \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            lq_err_check(&(ctx)->err, (s), __FILE__, __LINE__, #cond, __VA_ARGS__);            \
+            return NULL;                                                                       \
+        }                                                                                      \
+    } while (0)
+
+/* Checks that t is a non-NULL f32 CPU tensor; names op and argument in the error. */
+bool lq_check_f32(lq_ctx *ctx, const char *op, const char *arg, const lq_tensor *t);
+/* Records "op: shapes (..) and (..) <what>" as LQ_ERR_SHAPE; returns NULL. */
+lq_tensor *lq_shape_error(lq_ctx *ctx, const char *op, const lq_tensor *a, const lq_tensor *b, const char *what);
+
+/* Copies / adds between f32 layouts of the same logical shape ne (ndim padded to 4 left). */
+void lq_strided_copy(float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
+                     const int64_t *ne, int n_threads);
+void lq_strided_add(float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
+                    const int64_t *ne, int n_threads);
+/* Contiguous byte strides for a shape, written into nb. */
+void lq_contiguous_strides(int ndim, const int64_t *ne, size_t elem, size_t *nb);
+/* Shape and strides padded on the left to 4 dims (for 4-deep loops). */
+void lq_pad4(const lq_tensor *t, int64_t ne4[4], size_t nb4[4]);
+
+/* gradcheck helpers for op cases */
+lq_tensor *lq_gc_input(lq_ctx *ctx, lq_rng *rng, int ndim, const int64_t *shape, float lo, float hi);
+lq_tensor *lq_gc_ids(lq_ctx *ctx, lq_rng *rng, int ndim, const int64_t *shape, int32_t lo, int32_t hi);
+
+#endif

@@ -1,0 +1,90 @@
+/* autograd/ctx.c: the context: error state, modes, seed and the arenas. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/autograd_impl.h"
+
+lq_status lq_ctx_init(lq_ctx **out, const lq_ctx_opts *opts, lq_err *err) {
+    LQ_CHECK(err, out != NULL, LQ_ERR_ARG, "lq_ctx_init needs somewhere to put the context");
+    *out = NULL;
+    lq_ctx_opts o = {0};
+    if (opts) o = *opts;
+    LQ_CHECK(err, o.n_threads >= 0 && o.n_threads <= 4096, LQ_ERR_ARG, "n_threads = %d is out of range", o.n_threads);
+    lq_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return LQ_ERR(err, LQ_ERR_OOM, "out of memory allocating the context");
+    ctx->n_threads = o.n_threads > 0 ? o.n_threads : 1;
+    ctx->grad_enabled = true;
+    ctx->seed = o.seed;
+    if (lq_arena_init(&ctx->main, o.arena_bytes) != LQ_OK || lq_arena_init(&ctx->scratch, 0) != LQ_OK) {
+        lq_arena_free(&ctx->main);
+        lq_arena_free(&ctx->scratch);
+        free(ctx);
+        return LQ_ERR(err, LQ_ERR_OOM, "out of memory allocating a %zu-byte activation arena", o.arena_bytes);
+    }
+    ctx->arena = &ctx->main;
+    *out = ctx;
+    return LQ_OK;
+}
+
+void lq_ctx_free(lq_ctx *ctx) {
+    if (!ctx) return;
+    lq_arena_free(&ctx->main);
+    lq_arena_free(&ctx->scratch);
+    free(ctx);
+}
+
+lq_status lq_ctx_status(const lq_ctx *ctx) { return ctx->err.status; }
+const lq_err *lq_ctx_error(const lq_ctx *ctx) { return &ctx->err; }
+void lq_ctx_clear_error(lq_ctx *ctx) { lq_err_clear(&ctx->err); }
+int lq_ctx_threads(const lq_ctx *ctx) { return ctx->n_threads; }
+
+bool lq_ctx_set_grad(lq_ctx *ctx, bool enabled) {
+    bool prev = ctx->grad_enabled;
+    ctx->grad_enabled = enabled;
+    return prev;
+}
+bool lq_ctx_grad_enabled(const lq_ctx *ctx) { return ctx->grad_enabled; }
+
+bool lq_ctx_set_training(lq_ctx *ctx, bool training) {
+    bool prev = ctx->training;
+    ctx->training = training;
+    return prev;
+}
+
+void lq_ctx_set_seed(lq_ctx *ctx, uint64_t seed) {
+    ctx->seed = seed;
+    ctx->rng_stream = 0;
+}
+
+void lq_ctx_step_reset(lq_ctx *ctx) {
+    ctx->tape = NULL;
+    ctx->arena = &ctx->main;
+    lq_arena_reset(&ctx->main);
+    lq_arena_reset(&ctx->scratch);
+}
+
+lq_ctx_mark lq_ctx_get_mark(const lq_ctx *ctx) {
+    lq_ctx_mark m = {ctx->arena->cur, ctx->arena->cur ? ctx->arena->cur->used : 0, ctx->tape};
+    return m;
+}
+
+void lq_ctx_reset_to(lq_ctx *ctx, lq_ctx_mark mark) {
+    lq_arena_reset_to(ctx->arena, mark.chunk, mark.used);
+    ctx->tape = mark.tape;
+}
+
+lq_arena_stats lq_ctx_arena_stats(const lq_ctx *ctx) {
+    lq_arena_stats s = {
+        .used = lq_arena_used(&ctx->main) + lq_arena_used(&ctx->scratch),
+        .high_water = ctx->main.high_water + ctx->scratch.high_water,
+        .capacity = lq_arena_capacity(&ctx->main) + lq_arena_capacity(&ctx->scratch),
+        .sys_allocs = ctx->main.sys_allocs + ctx->scratch.sys_allocs,
+    };
+    return s;
+}
+
+void *lq_ctx_alloc(lq_ctx *ctx, size_t bytes) {
+    void *p = lq_arena_alloc(ctx->arena, bytes);
+    if (!p) LQ_ERR(&ctx->err, LQ_ERR_OOM, "out of memory: the activation arena could not grow by %zu bytes", bytes);
+    return p;
+}

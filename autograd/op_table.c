@@ -1,0 +1,35 @@
+/* autograd/op_table.c: the registry of every differentiable op (name, forward, backward,
+ * gradcheck case). An op missing here is missing from gradcheck, and the suite fails. */
+#include <string.h>
+
+#include "autograd/autograd_impl.h"
+
+/* X-list of op definitions (each defined in autograd/ops/op_<name>.c or beside its feature). */
+#define LQ_OP_LIST(X)                                                                            \
+    /* shape and layout */                                                                        \
+    X(contiguous) X(reshape) X(transpose) X(permute) X(slice) X(concat)                          \
+    /* elementwise and reductions */                                                              \
+    X(add) X(sub) X(mul) X(scale) X(sum) X(mean)                                                 \
+    /* linear algebra */                                                                          \
+    X(matmul)                                                                                     \
+    /* activations */                                                                             \
+    X(silu)                                                                                       \
+    /* training structure */                                                                      \
+    X(checkpoint)
+
+#define LQ_DECLARE_OP(name) extern const lq_op_def lq_op_##name;
+LQ_OP_LIST(LQ_DECLARE_OP)
+
+#define LQ_OP_ENTRY(name) &lq_op_##name,
+const lq_op_def *const lq_op_table[] = {LQ_OP_LIST(LQ_OP_ENTRY)};
+const int lq_op_table_len = (int)(sizeof lq_op_table / sizeof lq_op_table[0]);
+
+int lq_op_count(void) { return lq_op_table_len; }
+
+const char *lq_op_name(int i) { return (i >= 0 && i < lq_op_table_len) ? lq_op_table[i]->name : NULL; }
+
+int lq_op_find(const char *name) {
+    for (int i = 0; i < lq_op_table_len; i++)
+        if (name && strcmp(lq_op_table[i]->name, name) == 0) return i;
+    return -1;
+}

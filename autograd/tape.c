@@ -1,0 +1,145 @@
+/* autograd/tape.c: recording op nodes during forward and walking them back in backward. */
+#include <math.h>
+#include <string.h>
+
+#include "autograd/autograd_impl.h"
+
+bool lq_requires_grad(const lq_tensor *t) { return t && (t->flags & LQ_TENSOR_REQUIRES_GRAD); }
+
+bool lq_check_f32(lq_ctx *ctx, const char *op, const char *arg, const lq_tensor *t) {
+    if (!t) {
+        LQ_ERR(&ctx->err, LQ_ERR_ARG, "%s: %s is NULL", op, arg);
+        return false;
+    }
+    if (t->dtype != LQ_DTYPE_F32) {
+        LQ_ERR(&ctx->err, LQ_ERR_ARG, "%s: %s must be f32, got %s", op, arg, lq_dtype_name(t->dtype));
+        return false;
+    }
+    if (t->device != LQ_DEVICE_CPU) {
+        LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "%s: %s is on a device this op does not run on", op, arg);
+        return false;
+    }
+    return true;
+}
+
+lq_tensor *lq_shape_error(lq_ctx *ctx, const char *op, const lq_tensor *a, const lq_tensor *b, const char *what) {
+    char sa[64], sb[64];
+    LQ_ERR(&ctx->err, LQ_ERR_SHAPE, "%s: shapes %s and %s %s", op, lq_shape_str(a, sa, sizeof sa),
+           lq_shape_str(b, sb, sizeof sb), what);
+    return NULL;
+}
+
+lq_node *lq_node_begin(lq_ctx *ctx, const lq_op_def *op, int n_in, lq_tensor *const *in) {
+    if (ctx->err.status != LQ_OK) return NULL;
+    if (n_in > LQ_MAX_INPUTS) {
+        LQ_ERR(&ctx->err, LQ_ERR_INTERNAL, "%s: %d inputs, at most %d", op->name, n_in, LQ_MAX_INPUTS);
+        return NULL;
+    }
+    bool any_grad = false;
+    for (int i = 0; i < n_in; i++) {
+        if (!in[i]) {
+            LQ_ERR(&ctx->err, LQ_ERR_ARG, "%s: input %d is NULL", op->name, i);
+            return NULL;
+        }
+        any_grad |= lq_requires_grad(in[i]);
+    }
+    lq_node *n = lq_ctx_alloc(ctx, sizeof *n);
+    if (!n) return NULL;
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->n_in = n_in;
+    for (int i = 0; i < n_in; i++) n->in[i] = in[i];
+    n->recorded = ctx->grad_enabled && any_grad;
+    return n;
+}
+
+lq_tensor *lq_node_output(lq_ctx *ctx, lq_node *n, int ndim, const int64_t *shape) {
+    n->out = lq_new(ctx, LQ_DTYPE_F32, ndim, shape);
+    return n->out;
+}
+
+lq_tensor *lq_node_view(lq_ctx *ctx, lq_node *n, lq_tensor *src, int ndim, const int64_t *shape, const size_t *nb,
+                        size_t offset) {
+    lq_tensor *t = lq_ctx_alloc(ctx, sizeof *t);
+    if (!t) return NULL;
+    if (lq_tensor_init(t, src->dtype, ndim, shape, (char *)src->data + offset, &ctx->err) != LQ_OK) return NULL;
+    for (int d = 0; d < ndim; d++) t->nb[d] = nb[d];
+    t->device = src->device;
+    t->flags = LQ_TENSOR_VIEW;
+    n->out = t;
+    return t;
+}
+
+lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n) {
+    if (!n->out || ctx->err.status != LQ_OK) return NULL;
+    lq_status s = n->op->forward(ctx, n);
+    if (s != LQ_OK) {
+        if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: forward failed", n->op->name);
+        return NULL;
+    }
+    if (n->recorded) {
+        n->out->flags |= LQ_TENSOR_REQUIRES_GRAD;
+        n->out->node = n;
+        n->prev = ctx->tape;
+        ctx->tape = n;
+    }
+    return n->out;
+}
+
+lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
+    *g = NULL;
+    if (!lq_requires_grad(t)) return LQ_OK;
+    if (!t->grad) {
+        lq_tensor *gt = lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
+        if (!gt) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
+        t->grad = gt;
+    }
+    *g = t->grad->data;
+    return LQ_OK;
+}
+
+/* Walks the tape from its newest node back to stop, calling each backward whose output got a
+ * gradient. Nodes whose output never received one (not on the loss's path) are skipped. */
+static lq_status walk(lq_ctx *ctx, lq_node *stop) {
+    for (lq_node *n = ctx->tape; n && n != stop; n = n->prev) {
+        if (!n->out->grad) continue;
+        lq_status s = n->op->backward(ctx, n);
+        if (s != LQ_OK) {
+            if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: backward failed", n->op->name);
+            return s;
+        }
+    }
+    return LQ_OK;
+}
+
+lq_status lq_backward_from(lq_ctx *ctx, lq_tensor *out, const lq_tensor *grad_out) {
+    if (ctx->err.status != LQ_OK) return ctx->err.status;
+    if (!out) return LQ_ERR(&ctx->err, LQ_ERR_ARG, "backward: output is NULL");
+    if (!lq_requires_grad(out))
+        return LQ_ERR(&ctx->err, LQ_ERR_STATE,
+                      "backward: '%s' does not depend on anything that requires a gradient (or was made in no-grad mode)",
+                      out->name);
+    if (grad_out && (!lq_same_shape(out, grad_out) || grad_out->dtype != LQ_DTYPE_F32))
+        return LQ_ERR(&ctx->err, LQ_ERR_SHAPE, "backward: gradient shape or dtype does not match the output");
+    float *g;
+    LQ_TRY(lq_grad_get(ctx, out, &g));
+    if (grad_out) {
+        int64_t ne4[4];
+        size_t dnb[4], snb[4];
+        lq_pad4(out->grad, ne4, dnb);
+        lq_pad4(grad_out, ne4, snb);
+        lq_strided_add(g, dnb, grad_out->data, snb, ne4, ctx->n_threads);
+    } else {
+        if (lq_numel(out) != 1)
+            return LQ_ERR(&ctx->err, LQ_ERR_SHAPE, "backward: loss must be a scalar, got %lld elements",
+                          (long long)lq_numel(out));
+        g[0] += 1.0f;
+    }
+    lq_status s = walk(ctx, NULL);
+    ctx->tape = NULL; /* consumed: a second backward over it would double the grads */
+    return s;
+}
+
+lq_status lq_backward(lq_ctx *ctx, lq_tensor *loss) { return lq_backward_from(ctx, loss, NULL); }
+
+lq_status lq_tape_walk(lq_ctx *ctx, lq_node *stop) { return walk(ctx, stop); }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test binary given, prints each one's output, and ends with one summary line
+# "N passed, N failed" over all of them (a binary that crashes counts as a failure).
+set -u
+build=$1
+shift
+pass=0
+fail=0
+failed_bins=()
+for bin in "$@"; do
+    name=$(basename "$bin")
+    echo "=== $name"
+    out=$(mktemp)
+    "$bin" 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    p=$(grep -Eo '^\[  PASSED  \] [0-9]+' "$out" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
+    f=$(grep -Eo '^\[  FAILED  \] [0-9]+' "$out" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
+    rm -f "$out"
+    pass=$((pass + p))
+    fail=$((fail + f))
+    if [ "$rc" -ne 0 ]; then
+        [ "$f" -eq 0 ] && fail=$((fail + 1))
+        failed_bins+=("$name (exit $rc)")
+    fi
+done
+for s in tests/test_*.sh; do
+    [ -e "$s" ] || continue
+    echo "=== $(basename "$s")"
+    if BUILD="$build" bash "$s"; then pass=$((pass + 1)); else fail=$((fail + 1)); failed_bins+=("$(basename "$s")"); fi
+done
+echo
+if [ ${#failed_bins[@]} -gt 0 ]; then
+    echo "failed: ${failed_bins[*]}"
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ] && [ ${#failed_bins[@]} -eq 0 ]
