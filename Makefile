@@ -47,9 +47,11 @@ PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS    := $(shell pkg-config --libs openblas 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
-BUILD   := build/$(VARIANT)
+# BUILD=dir on the command line puts a build elsewhere (parallel work trees).
 ifeq ($(VARIANT),release)
-BUILD   := build
+BUILD   ?= build
+else
+BUILD   ?= build/$(VARIANT)
 endif
 OBJDIR  := $(BUILD)/obj
 

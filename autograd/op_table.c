@@ -12,8 +12,11 @@
     X(add) X(sub) X(mul) X(scale) X(sum) X(mean)                                                 \
     /* linear algebra */                                                                          \
     X(matmul)                                                                                     \
-    /* activations */                                                                             \
+    /* activations (group C adds relu, gelu, swiglu here) */                                      \
     X(silu)                                                                                       \
+    /* transformer (group A adds embedding, rope, attention here) */                              \
+    /* normalisation, softmax, losses, dropout (group B adds its ops here) */                     \
+    /* convolution and pooling (group C adds conv2d, max_pool2d, avg_pool2d here) */             \
     /* training structure */                                                                      \
     X(checkpoint)
 
