@@ -121,6 +121,14 @@ lq_status lq_backward_from(lq_ctx *ctx, lq_tensor *out, const lq_tensor *grad_ou
                       out->name);
     if (grad_out && (!lq_same_shape(out, grad_out) || grad_out->dtype != LQ_DTYPE_F32))
         return LQ_ERR(&ctx->err, LQ_ERR_SHAPE, "backward: gradient shape or dtype does not match the output");
+    if (out->node) {
+        lq_node *n = ctx->tape;
+        while (n && n != out->node) n = n->prev;
+        if (!n)
+            return LQ_ERR(&ctx->err, LQ_ERR_STATE,
+                          "backward: the tape that produced '%s' was already consumed by a backward pass (or reset)",
+                          out->name);
+    }
     float *g;
     LQ_TRY(lq_grad_get(ctx, out, &g));
     if (grad_out) {
