@@ -5,7 +5,7 @@
 
 #include "autograd/autograd.h"
 
-#define LQ_MAX_INPUTS 8
+#define LQ_MAX_INPUTS 16
 #define LQ_ALIGN 64
 
 /* --- arena: a bump allocator over a list of chunks; reset every step ------------------------ */

@@ -13,10 +13,14 @@
     /* linear algebra */                                                                          \
     X(matmul)                                                                                     \
     /* activations (group C adds relu, gelu, swiglu here) */                                      \
+    X(relu) X(gelu) X(swiglu)                                                                     \
     X(silu)                                                                                       \
     /* transformer (group A adds embedding, rope, attention here) */                              \
+    X(embedding) X(rope) X(attention)                                                             \
     /* normalisation, softmax, losses, dropout (group B adds its ops here) */                     \
+    X(rmsnorm) X(layernorm) X(softmax) X(log_softmax) X(cross_entropy) X(dropout)                 \
     /* convolution and pooling (group C adds conv2d, max_pool2d, avg_pool2d here) */             \
+    X(conv2d) X(max_pool2d) X(avg_pool2d)                                                         \
     /* training structure */                                                                      \
     X(checkpoint)
 

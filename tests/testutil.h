@@ -26,4 +26,28 @@ lq_ctx *lq_test_ctx(int n_threads);
 /* Path of a file under tests/fixtures/, resolved against LOQUAT_FIXTURES or the source tree. */
 const char *lq_fixture_path(const char *name, char *buf, size_t n);
 
+
+/* --- reference fixtures written by tools/gen_torch_fixtures.py (format "LQFX" version 1) --- */
+
+typedef struct lq_fx_tensor {
+    char name[128];
+    int dtype; /* 0 f32, 1 i32, 2 bytes */
+    int ndim;
+    int64_t shape[LQ_MAX_DIMS];
+    int64_t numel;
+    void *data;
+} lq_fx_tensor;
+
+typedef struct lq_fixture {
+    int n;
+    lq_fx_tensor *t;
+    void *blob;
+} lq_fixture;
+
+/* Loads and validates a fixture file; fails the test with a message if it cannot. */
+lq_fixture *lq_fixture_load(const char *path);
+void lq_fixture_free(lq_fixture *fx);
+/* The record named by the printf-style name, or NULL. */
+const lq_fx_tensor *lq_fixture_find(const lq_fixture *fx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif
