@@ -107,6 +107,13 @@ $(BUILD)/tests/%: $(OBJDIR)/tests/%.o $(TEST_UTIL_OBJ) $(LIB)
 test: features $(TEST_BIN) $(CLI)
 	@tools/run_tests.sh $(BUILD) $(TEST_BIN)
 
+# Until the trainer lands, the demo builds the tool and runs its engine self-check: every op's
+# backward against finite differences.
+demo: all
+	@$(CLI) --help
+	@echo
+	@$(CLI) gradcheck --threads 2
+
 clean:
 	rm -rf build
 

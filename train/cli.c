@@ -68,7 +68,7 @@ static const cli_cmd commands[] = {
      "Runs the training job a config describes: model, adapters, data, optimizer, schedule,\n"
      "checkpoints. --set overrides any config key (dotted path) for this run.",
      {{"CONFIG.yaml", false, "the job's config file"}},
-     {{"--set", CLI_KV, "key=value", false, true, 0, "override a config key, e.g. --set optim.lr=1e-4 (repeatable)"},
+     {{"--set", CLI_KV, "key=value", false, true, 0, "override a config key, e.g. --set learning_rate=1e-4 (repeatable)"},
       {"--resume", CLI_SWITCH, NULL, false, false, 0, "continue from the newest checkpoint in the output directory"}},
      cmd_not_built},
     {"qat", "quantization-aware training: fake-quant forward, straight-through backward",
