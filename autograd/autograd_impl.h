@@ -95,6 +95,9 @@ extern const int lq_op_table_len;
 /* Starts an op: NULL (and an error in ctx, unless one is already there) if the context has
  * failed or an input is NULL. Records when grad mode is on and an input requires a grad. */
 lq_node *lq_node_begin(lq_ctx *ctx, const lq_op_def *op, int n_in, lq_tensor *const *in);
+/* The common start of an op whose output has x's shape: checks that x is f32, makes it
+ * contiguous, begins the node and allocates the output. NULL on failure. */
+lq_node *lq_node_begin_like(lq_ctx *ctx, const lq_op_def *op, lq_tensor *x);
 /* Allocates node->out as a contiguous f32 tensor of the given shape. */
 lq_tensor *lq_node_output(lq_ctx *ctx, lq_node *n, int ndim, const int64_t *shape);
 /* Makes node->out a view of src with the given shape and byte strides at byte offset. */
@@ -106,6 +109,8 @@ lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n);
 /* The gradient buffer of t (contiguous f32, t's logical shape), allocated zeroed on first use.
  * *g = NULL when t needs no gradient. */
 lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g);
+/* t's gradient += src (contiguous, t's logical shape); nothing when t needs no gradient. */
+lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src);
 /* Walks the tape from its newest node back to stop (exclusive), running each backward. */
 lq_status lq_tape_walk(lq_ctx *ctx, lq_node *stop);
 /* Scratch memory in the current arena; NULL with an error in ctx if out of memory. */
@@ -132,6 +137,8 @@ void lq_strided_copy(float *dst, const size_t *dst_nb, const float *src, const s
                      const int64_t *ne, int n_threads);
 void lq_strided_add(float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
                     const int64_t *ne, int n_threads);
+/* Backward of a view that permutes x's dims (out dim d is x dim perm[d]); transpose uses it. */
+lq_status lq_permute_backward(lq_ctx *ctx, lq_node *n, const int *perm);
 /* Contiguous byte strides for a shape, written into nb. */
 void lq_contiguous_strides(int ndim, const int64_t *ne, size_t elem, size_t *nb);
 /* Shape and strides padded on the left to 4 dims (for 4-deep loops). */

@@ -28,8 +28,11 @@ static lq_status ckpt_forward(lq_ctx *ctx, lq_node *n) {
  * straight into their own grads; the aliases' grads are added into the real inputs' grads. */
 static lq_status ckpt_backward(lq_ctx *ctx, lq_node *n) {
     segment *sg = n->saved[0];
-    float *gin[LQ_MAX_INPUTS];
-    for (int i = 0; i < n->n_in; i++) LQ_TRY(lq_grad_get(ctx, n->in[i], &gin[i]));
+    /* the inputs' grads live in the outer arena: make them before switching to scratch */
+    for (int i = 0; i < n->n_in; i++) {
+        float *g;
+        LQ_TRY(lq_grad_get(ctx, n->in[i], &g));
+    }
 
     lq_arena *prev_arena = ctx->arena;
     lq_node *prev_tape = ctx->tape;
@@ -69,12 +72,8 @@ static lq_status ckpt_backward(lq_ctx *ctx, lq_node *n) {
             s = lq_tape_walk(ctx, NULL);
         }
     }
-    for (int i = 0; i < n->n_in && s == LQ_OK; i++) {
-        if (!gin[i] || !alias[i]->grad) continue;
-        const float *ga = alias[i]->grad->data;
-        int64_t m = lq_numel(n->in[i]);
-        for (int64_t j = 0; j < m; j++) gin[i][j] += ga[j];
-    }
+    for (int i = 0; i < n->n_in && s == LQ_OK; i++)
+        if (alias[i]->grad) s = lq_grad_add(ctx, n->in[i], alias[i]->grad->data);
 
     ctx->arena = prev_arena;
     ctx->tape = prev_tape;

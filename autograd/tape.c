@@ -53,6 +53,14 @@ lq_node *lq_node_begin(lq_ctx *ctx, const lq_op_def *op, int n_in, lq_tensor *co
     return n;
 }
 
+lq_node *lq_node_begin_like(lq_ctx *ctx, const lq_op_def *op, lq_tensor *x) {
+    if (ctx->err.status != LQ_OK || !lq_check_f32(ctx, op->name, "x", x)) return NULL;
+    x = lq_contiguous(ctx, x);
+    lq_node *n = lq_node_begin(ctx, op, 1, &x);
+    if (!n || !lq_node_output(ctx, n, x->ndim, x->ne)) return NULL;
+    return n;
+}
+
 lq_tensor *lq_node_output(lq_ctx *ctx, lq_node *n, int ndim, const int64_t *shape) {
     n->out = lq_new(ctx, LQ_DTYPE_F32, ndim, shape);
     return n->out;
@@ -95,6 +103,16 @@ lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
         t->grad = gt;
     }
     *g = t->grad->data;
+    return LQ_OK;
+}
+
+lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src) {
+    float *g;
+    LQ_TRY(lq_grad_get(ctx, t, &g));
+    if (!g) return LQ_OK;
+    int64_t m = lq_numel(t);
+#pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
+    for (int64_t i = 0; i < m; i++) g[i] += src[i];
     return LQ_OK;
 }
 

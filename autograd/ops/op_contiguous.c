@@ -14,15 +14,7 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
 
 /* y = x element for element (only the layout changes), so dx += dy; both grads use the logical
  * contiguous layout. */
-static lq_status bwd(lq_ctx *ctx, lq_node *n) {
-    float *gx;
-    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
-    if (!gx) return LQ_OK;
-    const float *gy = n->out->grad->data;
-    int64_t m = lq_numel(n->out);
-    for (int64_t i = 0; i < m; i++) gx[i] += gy[i];
-    return LQ_OK;
-}
+static lq_status bwd(lq_ctx *ctx, lq_node *n) { return lq_grad_add(ctx, n->in[0], n->out->grad->data); }
 
 static lq_tensor *gc_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
     (void)n_in;

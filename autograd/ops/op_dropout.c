@@ -72,12 +72,10 @@ lq_tensor *lq_dropout(lq_ctx *ctx, lq_tensor *x, float p) {
     if (!lq_check_f32(ctx, "dropout", "x", x)) return NULL;
     LQ_OP_CHECK(ctx, p >= 0.0f && p <= 1.0f, LQ_ERR_ARG, "dropout: p = %g must be in [0, 1]", (double)p);
     if (!ctx->training || p == 0.0f) return x; /* identity: no node, no stream consumed */
-    x = lq_contiguous(ctx, x);
-    lq_node *n = lq_node_begin(ctx, &lq_op_dropout, 1, &x);
+    lq_node *n = lq_node_begin_like(ctx, &lq_op_dropout, x);
     if (!n) return NULL;
     n->ip[0] = (int64_t)ctx->rng_stream++;
     n->ip[1] = (int64_t)ctx->seed;
     n->fp[0] = p;
-    if (!lq_node_output(ctx, n, x->ndim, x->ne)) return NULL;
     return lq_node_finish(ctx, n);
 }

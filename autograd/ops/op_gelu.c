@@ -85,13 +85,10 @@ const lq_op_def lq_op_gelu = {"gelu", fwd, bwd, gc_make};
 
 lq_tensor *lq_gelu(lq_ctx *ctx, lq_tensor *x, lq_gelu_approx approx) {
     if (ctx->err.status != LQ_OK) return NULL;
-    if (!lq_check_f32(ctx, "gelu", "x", x)) return NULL;
     LQ_OP_CHECK(ctx, approx == LQ_GELU_EXACT || approx == LQ_GELU_TANH, LQ_ERR_ARG,
                 "gelu: approx must be LQ_GELU_EXACT or LQ_GELU_TANH, got %d", (int)approx);
-    x = lq_contiguous(ctx, x);
-    lq_node *n = lq_node_begin(ctx, &lq_op_gelu, 1, &x);
+    lq_node *n = lq_node_begin_like(ctx, &lq_op_gelu, x);
     if (!n) return NULL;
     n->ip[0] = approx;
-    if (!lq_node_output(ctx, n, x->ndim, x->ne)) return NULL;
     return lq_node_finish(ctx, n);
 }

@@ -11,7 +11,6 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
 
 /* y[i_0..i_k] = x[j] with j[perm[d]] = i_d. So dx at that j gets dy[i]: view dx (contiguous in
  * x's shape, strides cs) with strides cs[perm[d]] and add dy into it. */
-lq_status lq_permute_backward(lq_ctx *ctx, lq_node *n, const int *perm);
 lq_status lq_permute_backward(lq_ctx *ctx, lq_node *n, const int *perm) {
     float *gx;
     LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));

@@ -42,12 +42,8 @@ static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
 const lq_op_def lq_op_scale = {"scale", fwd, bwd, gc_make};
 
 lq_tensor *lq_scale(lq_ctx *ctx, lq_tensor *x, float s) {
-    if (ctx->err.status != LQ_OK) return NULL;
-    if (!lq_check_f32(ctx, "scale", "x", x)) return NULL;
-    x = lq_contiguous(ctx, x);
-    lq_node *n = lq_node_begin(ctx, &lq_op_scale, 1, &x);
+    lq_node *n = lq_node_begin_like(ctx, &lq_op_scale, x);
     if (!n) return NULL;
     n->fp[0] = s;
-    if (!lq_node_output(ctx, n, x->ndim, x->ne)) return NULL;
     return lq_node_finish(ctx, n);
 }

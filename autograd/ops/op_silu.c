@@ -47,10 +47,6 @@ static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
 const lq_op_def lq_op_silu = {"silu", fwd, bwd, gc_make};
 
 lq_tensor *lq_silu(lq_ctx *ctx, lq_tensor *x) {
-    if (ctx->err.status != LQ_OK) return NULL;
-    if (!lq_check_f32(ctx, "silu", "x", x)) return NULL;
-    x = lq_contiguous(ctx, x);
-    lq_node *n = lq_node_begin(ctx, &lq_op_silu, 1, &x);
-    if (!n || !lq_node_output(ctx, n, x->ndim, x->ne)) return NULL;
-    return lq_node_finish(ctx, n);
+    lq_node *n = lq_node_begin_like(ctx, &lq_op_silu, x);
+    return n ? lq_node_finish(ctx, n) : NULL;
 }

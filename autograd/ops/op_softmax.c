@@ -91,10 +91,8 @@ lq_tensor *lq_softmax(lq_ctx *ctx, lq_tensor *x, int axis) {
     if (!lq_check_f32(ctx, "softmax", "x", x)) return NULL;
     int a = lq_axis(x, axis);
     LQ_OP_CHECK(ctx, a >= 0, LQ_ERR_ARG, "softmax: axis %d out of range for %d dims", axis, x->ndim);
-    x = lq_contiguous(ctx, x);
-    lq_node *n = lq_node_begin(ctx, &lq_op_softmax, 1, &x);
+    lq_node *n = lq_node_begin_like(ctx, &lq_op_softmax, x);
     if (!n) return NULL;
     n->ip[0] = a;
-    if (!lq_node_output(ctx, n, x->ndim, x->ne)) return NULL;
     return lq_node_finish(ctx, n);
 }

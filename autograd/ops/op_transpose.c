@@ -3,8 +3,6 @@
 
 #include "autograd/autograd_impl.h"
 
-lq_status lq_permute_backward(lq_ctx *ctx, lq_node *n, const int *perm);
-
 static lq_status fwd(lq_ctx *ctx, lq_node *n) {
     (void)ctx;
     (void)n;
