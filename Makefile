@@ -48,6 +48,9 @@ PKG_LIBS    := $(shell pkg-config --libs openblas 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 # BUILD=dir on the command line puts a build elsewhere (parallel work trees).
+ifeq ($(CUDA),1)
+VARIANT := $(VARIANT)-cuda
+endif
 ifeq ($(VARIANT),release)
 BUILD   ?= build
 else
@@ -57,6 +60,13 @@ OBJDIR  := $(BUILD)/obj
 
 CFLAGS  += $(CSTD) $(WARN) $(OPT) -I. $(PKG_CFLAGS) -MMD -MP
 LDLIBS  := $(PKG_LIBS) -lm
+ifeq ($(CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+NVFLAGS := -O2 -std=c++17 -I. -MMD -MP -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+           -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
+CFLAGS  += -DLQ_HAVE_CUDA=1
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+endif
 ifeq ($(OPENMP),1)
 CFLAGS  += -fopenmp
 LDFLAGS += -fopenmp
@@ -65,7 +75,13 @@ LDFLAGS += $(LDSAN)
 
 LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c train/*.c)
 LIB_SRC := $(filter-out train/main.c,$(LIB_SRC))
-LIB_OBJ := $(LIB_SRC:%.c=$(OBJDIR)/%.o)
+CU_SRC  :=
+ifeq ($(CUDA),1)
+# CUDA sources sit beside the C files they mirror; *_none.c are the CPU-only builds' versions.
+CU_SRC  := $(wildcard core/*.cu quant/*.cu autograd/*.cu autograd/ops/*.cu train/*.cu)
+LIB_SRC := $(filter-out $(CU_SRC:%.cu=%_none.c),$(LIB_SRC))
+endif
+LIB_OBJ := $(LIB_SRC:%.c=$(OBJDIR)/%.o) $(CU_SRC:%.cu=$(OBJDIR)/%.cu.o)
 CLI_OBJ := $(OBJDIR)/train/main.o
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -88,6 +104,11 @@ $(OBJDIR)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC  $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
+
+$(OBJDIR)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "  NVCC $<"
+	@$(NVCC) $(NVFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)

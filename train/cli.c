@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cuda.h"
 #include "train/train.h"
 
 #define CLI_MAX_ARGS 3
@@ -476,7 +477,9 @@ int lq_cli_main(int argc, char **argv) {
 #else
         const char *omp = "off";
 #endif
-        printf("loquat %s (openmp: %s)\n", LQ_VERSION, omp);
+        char cuda[512];
+        lq_cuda_devices(cuda, sizeof cuda);
+        printf("loquat %s (openmp: %s; cuda: %s)\n", LQ_VERSION, omp, cuda);
         return 0;
     }
     if (first[0] == '-') {
