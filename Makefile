@@ -3,7 +3,22 @@
 
 CC      ?= cc
 NVCC    ?= nvcc
-PKGS    := openblas cmocka
+PKGS    := openblas cmocka libcjson
+# OpenBLAS built on OpenMP shares one thread pool with loquat's own OpenMP loops. The pthread
+# build's threads and OpenMP's spinning workers fight over the cores (measured 2-5x slower
+# quantized matmuls on 2 cores), so the OpenMP build is preferred where it is installed;
+# BLAS=pthread forces the other.
+BLAS    ?= openmp
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null)
+BLAS_OMP_PC := /usr/lib/$(MULTIARCH)/openblas-openmp/pkgconfig
+ifeq ($(BLAS),openmp)
+ifneq ($(wildcard $(BLAS_OMP_PC)/openblas.pc),)
+export PKG_CONFIG_PATH := $(BLAS_OMP_PC)$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH))
+BLAS_RPATH := -Wl,-rpath,$(shell PKG_CONFIG_PATH=$(BLAS_OMP_PC) pkg-config --variable=libdir openblas)
+else
+override BLAS := pthread
+endif
+endif
 CSTD    := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 WARN    := -Wall -Wextra -Wshadow -Wno-unused-parameter
 ifeq ($(CI),true)
@@ -44,7 +59,7 @@ endif
 endif
 endif
 PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS    := $(shell pkg-config --libs openblas 2>/dev/null)
+PKG_LIBS    := $(shell pkg-config --libs openblas libcjson 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 # BUILD=dir on the command line puts a build elsewhere (parallel work trees).
@@ -59,7 +74,8 @@ endif
 OBJDIR  := $(BUILD)/obj
 
 CFLAGS  += $(CSTD) $(WARN) $(OPT) -I. $(PKG_CFLAGS) -MMD -MP
-LDLIBS  := $(PKG_LIBS) -lm
+LDLIBS  := $(PKG_LIBS) $(BLAS_RPATH) -lm -pthread
+CFLAGS  += -pthread
 ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
 NVFLAGS := -O2 -std=c++17 -I. -MMD -MP -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
@@ -73,7 +89,7 @@ LDFLAGS += -fopenmp
 endif
 LDFLAGS += $(LDSAN)
 
-LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c train/*.c)
+LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c io/*.c train/*.c)
 LIB_SRC := $(filter-out train/main.c,$(LIB_SRC))
 CU_SRC  :=
 ifeq ($(CUDA),1)
@@ -86,15 +102,17 @@ CLI_OBJ := $(OBJDIR)/train/main.o
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_UTIL_OBJ := $(OBJDIR)/tests/testutil.o
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 LIB     := $(BUILD)/libloquat.a
 CLI     := $(BUILD)/loquat
 
-.PHONY: all deps test demo clean features
+.PHONY: all deps test demo clean features bench
 all: features $(LIB) $(CLI)
 
 features:
-	@echo "loquat build: variant=$(VARIANT) openmp=$(OPENMP) cuda=$(CUDA) (nvcc found: $(HAVE_NVCC)) werror=$(if $(filter true,$(CI)),on,off)"
+	@echo "loquat build: variant=$(VARIANT) openmp=$(OPENMP) blas=openblas-$(BLAS) cuda=$(CUDA) (nvcc found: $(HAVE_NVCC)) werror=$(if $(filter true,$(CI)),on,off)"
 
 # Installs the Debian packages the build needs (idempotent); other targets call it when needed.
 deps:
@@ -124,6 +142,14 @@ $(BUILD)/tests/%: $(OBJDIR)/tests/%.o $(TEST_UTIL_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"
 	@$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
+
+$(BUILD)/bench/%: $(OBJDIR)/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD  $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Benchmarks are built here and run by their scripts in bench/ (never part of make test).
+bench: features $(BENCH_BIN)
 
 test: features $(TEST_BIN) $(CLI)
 	@tools/run_tests.sh $(BUILD) $(TEST_BIN)

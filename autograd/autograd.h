@@ -48,6 +48,7 @@ typedef struct lq_tensor {
     uint32_t flags;
     char name[LQ_NAME_MAX];
     struct lq_node *node; /* the tape node that produced it; NULL for leaves */
+    lq_qstate *qs;        /* scales of a quantized format that keeps them beside the codes */
 } lq_tensor;
 
 /* Fills t as a contiguous tensor over data (not owned). Fails on a bad shape or block size. */
@@ -273,6 +274,73 @@ typedef struct lq_pool2d_params {
 lq_tensor *lq_max_pool2d(lq_ctx *ctx, lq_tensor *x, const lq_pool2d_params *p);
 lq_tensor *lq_avg_pool2d(lq_ctx *ctx, lq_tensor *x, const lq_pool2d_params *p);
 
+/* --- quantized base weights ------------------------------------------------------------------ */
+
+/* x (..., K) f32, w (N, K) of any dtype with a to_f32 (a frozen quantized base weight: w must not
+ * require a gradient; w->qs holds its scales where the format keeps them) -> (..., N) = x deq(w)^T.
+ * W is dequantized a tile at a time into arena scratch (freed when the op returns) and multiplied
+ * with sgemm, in the forward (y) and the backward (dX = dY deq(w)): by default at most 2^20 floats
+ * of the float weight exist at once (all of a W that small). */
+lq_tensor *lq_qmatmul(lq_ctx *ctx, lq_tensor *x, lq_tensor *w);
+/* Tile sizes, in elements of W: the forward dequantizes W[rows, cols] slabs (cols whole blocks of
+ * the format), the backward W[bwd_rows, all K]. 0 = the default for that size. */
+typedef struct lq_qmatmul_tiles {
+    int64_t fwd_rows, fwd_cols, bwd_rows;
+} lq_qmatmul_tiles;
+lq_qmatmul_tiles lq_qmatmul_default_tiles(lq_dtype t, int64_t n_rows, int64_t k);
+/* As lq_qmatmul with chosen tiles (NULL = defaults): for tests and benchmarks. */
+lq_tensor *lq_qmatmul_tiled(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, const lq_qmatmul_tiles *tiles);
+
+/* ---------------------------------------------------------------------------------------------
+ * Fake quantization for QAT: quantize-dequantize in the forward (quant/'s arithmetic), with
+ * straight-through gradients in the backward. x is f32 of any shape (up to 4 dims).
+ * ------------------------------------------------------------------------------------------- */
+
+/* Fixed scale and zero point: torch.fake_quantize_per_tensor_affine / _per_channel_affine (and
+ * per group / per token as torchao does them), bit for bit. scale is f32 with one value per slot
+ * of p->scheme (lq_affine_check: 1, C along the axis, rows * cols / group, rows), in any shape
+ * with that many elements; zero_point likewise with integer values in [qmin, qmax], NULL = 0.
+ * Neither may require a gradient (lq_fake_quant_lsq learns them). dx = dy where the rounded,
+ * unclamped code lies in [qmin, qmax], else 0 (torch's mask). */
+typedef struct lq_fq_params {
+    lq_affine_scheme scheme;
+    lq_tensor *scale;
+    lq_tensor *zero_point;
+} lq_fq_params;
+lq_tensor *lq_fake_quant(lq_ctx *ctx, lq_tensor *x, const lq_fq_params *p);
+
+/* Learned step size (LSQ, Esser et al. 2020): scale (and zero point) are learned, per tensor
+ * (scale (1)) or per channel (scale (C), C = x's size along axis); forward and backward as
+ * torch._fake_quantize_learnable_per_tensor_affine / _per_channel_affine, including how each
+ * rounds the float zero point and grad_factor, the factor on the scale and zero-point gradients.
+ * zero_point: f32 of the scale's shape, NULL = fixed at 0; it may or may not require a gradient. */
+typedef struct lq_lsq_params {
+    int32_t qmin, qmax;  /* code range (lq_affine_range) */
+    bool per_channel;
+    int axis;            /* per channel */
+    float grad_factor;   /* 1 = the plain gradient; LSQ's choice is lq_lsq_grad_factor */
+} lq_lsq_params;
+lq_tensor *lq_fake_quant_lsq(lq_ctx *ctx, lq_tensor *x, lq_tensor *scale, lq_tensor *zero_point,
+                             const lq_lsq_params *p);
+/* LSQ's gradient scale 1 / sqrt(n * qmax): n = elements per scale (weights of one channel, or
+ * features of an activation), qmax = the largest code (2^(b-1) - 1 signed, 2^b - 1 unsigned). */
+float lq_lsq_grad_factor(int64_t n, int32_t qmax);
+
+/* PACT (Choi et al. 2018): y = round(clamp(x, 0, alpha) / s) * s with s = alpha / (2^bits - 1),
+ * alpha a learned clipping level (f32 (1), > 0), bits 2..8. dx = dy where 0 <= x < alpha;
+ * dalpha = sum of dy where x >= alpha (the paper's eq. 3: the rounding residual is not
+ * differentiated; see op_pact.c). */
+lq_tensor *lq_pact(lq_ctx *ctx, lq_tensor *x, lq_tensor *alpha, int bits);
+
+/* Dynamic per-token activation quantization (torchao's QAT recipe): each row of the last dim gets
+ * its own scale and zero point from its min / max at run time (lq_affine_fake_quantize_dynamic),
+ * bits 2..8. Backward: dx = dy, the scales taken as constants (torchao's mask is all ones). */
+lq_tensor *lq_fake_quant_dynamic(lq_ctx *ctx, lq_tensor *x, int bits, bool symmetric);
+
+/* NF4 / FP4 quantize-dequantize of the flattened x as bitsandbytes (absmax per block of
+ * block_size, 32..4096, a power of two). Backward: dx = dy (absmax taken as a constant). */
+lq_tensor *lq_fake_quant_bnb4(lq_ctx *ctx, lq_tensor *x, lq_dtype type, int64_t block_size);
+
 /* ---------------------------------------------------------------------------------------------
  * Gradient check: central finite differences against backward, for any function of tensors.
  * The loss is sum(out * R) with a fixed random R, so every output element and its position
@@ -284,6 +352,10 @@ typedef lq_tensor *(*lq_gc_fn)(lq_ctx *ctx, lq_tensor *const *inputs, int n_in, 
 typedef struct lq_gc_opts {
     float step;      /* finite-difference step; 0 = 1e-2 */
     uint64_t seed;   /* for R */
+    /* Differentiate this instead of fn on the numeric side (same inputs and user): for ops whose
+     * backward is defined rather than derived, such as a straight-through estimator, whose
+     * surrogate freezes the rounding residual so that its true derivative is the STE's. */
+    lq_gc_fn surrogate;
 } lq_gc_opts;
 
 typedef struct lq_gc_result {

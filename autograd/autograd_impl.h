@@ -62,6 +62,7 @@ typedef struct lq_gc_case {
     int n_in;
     lq_tensor *in[LQ_MAX_INPUTS];
     lq_gc_fn call; /* user argument is the case itself */
+    lq_gc_fn surrogate; /* optional: differentiated numerically instead of call (see lq_gc_opts) */
     int64_t ip[8];
     float fp[4];
     float step;    /* finite-difference step; 0 = default */

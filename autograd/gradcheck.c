@@ -54,6 +54,7 @@ lq_status lq_gradcheck(lq_ctx *ctx, lq_gc_fn fn, void *user, int n_in, lq_tensor
     res->worst_input = -1;
     if (ctx->err.status != LQ_OK) return ctx->err.status;
     float step = (opts && opts->step > 0) ? opts->step : 1e-2f;
+    lq_gc_fn numeric_fn = (opts && opts->surrogate) ? opts->surrogate : fn;
     lq_rng rng;
     lq_rng_seed(&rng, opts ? opts->seed : 0);
     for (int i = 0; i < n_in; i++) {
@@ -138,9 +139,9 @@ lq_status lq_gradcheck(lq_ctx *ctx, lq_gc_fn fn, void *user, int n_in, lq_tensor
             float hi = orig + step, lo = orig - step;
             double fp = 0, fm = 0;
             x[j] = hi;
-            s = eval(ctx, fn, user, n_in, in, R, n_out, &fp);
+            s = eval(ctx, numeric_fn, user, n_in, in, R, n_out, &fp);
             x[j] = lo;
-            if (s == LQ_OK) s = eval(ctx, fn, user, n_in, in, R, n_out, &fm);
+            if (s == LQ_OK) s = eval(ctx, numeric_fn, user, n_in, in, R, n_out, &fm);
             x[j] = orig;
             num[j] = (fp - fm) / ((double)hi - (double)lo);
             scale = fmax(scale, fabs(num[j]));
@@ -203,7 +204,7 @@ lq_status lq_gradcheck_op(lq_ctx *ctx, int op, uint64_t seed, lq_gc_result *res,
     if (s == LQ_OK && ctx->err.status != LQ_OK) s = ctx->err.status;
     if (desc && desc_n) snprintf(desc, desc_n, "%s", c.desc);
     if (s == LQ_OK) {
-        lq_gc_opts o = {.step = c.step, .seed = seed};
+        lq_gc_opts o = {.step = c.step, .seed = seed, .surrogate = c.surrogate};
         s = lq_gradcheck(ctx, c.call, &c, c.n_in, c.in, &o, res);
     }
     lq_ctx_reset_to(ctx, m);

@@ -22,7 +22,11 @@
     /* convolution and pooling (group C adds conv2d, max_pool2d, avg_pool2d here) */             \
     X(conv2d) X(max_pool2d) X(avg_pool2d)                                                         \
     /* training structure */                                                                      \
-    X(checkpoint)
+    X(checkpoint)                                                                                 \
+    /* quantized base weights */                                                                  \
+    X(qmatmul)                                                                                    \
+    /* fake quantization (QAT) */                                                                 \
+    X(fake_quant) X(fake_quant_lsq) X(pact) X(fake_quant_dynamic) X(fake_quant_bnb4)
 
 #define LQ_DECLARE_OP(name) extern const lq_op_def lq_op_##name;
 LQ_OP_LIST(LQ_DECLARE_OP)

@@ -68,7 +68,7 @@ done
 expect_rc 0 "generate help" generate --help &&
     expect_text out "--prompt TEXT" "generate's help names --prompt" &&
     expect_text out "--kv-cache f32\|int8" "generate's help names --kv-cache's choices"
-expect_rc 0 "quantize help" quantize --help && expect_text out "nf4\|fp4\|q4_0\|q8_0\|int8\|int4" "quantize types"
+expect_rc 0 "quantize help" quantize --help && expect_text out "--format nf4\|fp4\|int8\|int4" "quantize formats"
 expect_rc 0 "train help" train --help && expect_text out "\[--set key=value\]\.\.\." "train's --set is repeatable"
 
 # unknown commands and flags: exit 2 with a hint on stderr, nothing on stdout
@@ -93,7 +93,7 @@ expect_rc 2 "bad --set" train c.yaml --set novalue
 expect_rc 2 "missing CONFIG" train && expect_text err "missing CONFIG.yaml" "missing argument named"
 expect_rc 2 "missing --prompt" generate m.gguf && expect_text err "--prompt" "missing option named"
 expect_rc 2 "missing --out" merge --base a --adapter b && expect_text err "--out" "missing option named"
-expect_rc 2 "missing --type" quantize in out
+expect_rc 2 "missing --format" quantize in out && expect_text err "missing required option --format" "missing --format named"
 expect_rc 2 "missing OUT" dequantize in
 expect_rc 2 "missing option value" perplexity m --data
 expect_rc 2 "extra argument" inspect a b
@@ -113,7 +113,7 @@ expect_rc 2 "gradcheck misspelt op" gradcheck --op matmull && expect_text err "d
 # commands this build does not have: a clear message and exit 1, never 0
 for args in "train x.yaml" "qat x.yaml --compare --json" "eval x.yaml" "perplexity m --data d.txt" \
     "generate m --prompt hi --max-tokens 5 --kv-cache int8" "merge --base a --adapter b --out c --format gguf" \
-    "quantize a b --type nf4" "dequantize a b" "inspect f" "config x.yaml" "mem x.yaml" \
+    "inspect f" "config x.yaml" "mem x.yaml" \
     "train x.yaml --set a.b=1 --set c=2 --resume"; do
     # shellcheck disable=SC2086
     expect_rc 1 "unbuilt command" $args && expect_text err "does not have the '${args%% *}' command yet" "message"

@@ -25,11 +25,12 @@ void lq_assert_allclose_impl(const float *a, const float *b, int64_t n, double r
         }
     }
     if (n_bad) {
-        _fail(file, line);
+        /* print before failing: _fail leaves the test at once */
         print_error("%s: %lld of %lld elements differ; worst at [%lld]: got %.9g, want %.9g (|diff| %.3g, "
                     "allowed %.3g)\n",
                     what, (long long)n_bad, (long long)n, (long long)worst, a[worst], b[worst],
                     fabs((double)a[worst] - (double)b[worst]), atol + rtol * fabs((double)b[worst]));
+        _fail(file, line);
     }
 }
 

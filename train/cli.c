@@ -10,7 +10,7 @@
 #include "train/train.h"
 
 #define CLI_MAX_ARGS 3
-#define CLI_MAX_OPTS 6
+#define CLI_MAX_OPTS 8
 #define CLI_MAX_REPEAT 64
 #define CLI_EXIT_USAGE 2
 #define GRADCHECK_TOLERANCE 1e-2
@@ -62,6 +62,8 @@ typedef struct cli_cmd {
 static int cmd_not_built(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_gradcheck(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_help(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_quantize(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_dequantize(const cli_cmd *cmd, const cli_parsed *a);
 
 /* Every command, in the order `loquat --help` lists them. */
 static const cli_cmd commands[] = {
@@ -106,15 +108,32 @@ static const cli_cmd commands[] = {
       {"--format", CLI_CHOICE, "safetensors|gguf", false, false, 0, "output format (default: from the extension)"}},
      cmd_not_built},
     {"quantize", "quantize a model file's weights to a low-bit format",
-     "Reads a model file, quantizes its linear weights to the given type and writes a new file.",
-     {{"IN", false, "input model file"}, {"OUT", false, "output model file"}},
-     {{"--type", CLI_CHOICE, "nf4|fp4|q4_0|q8_0|int8|int4", true, false, 0, "target number format"}},
-     cmd_not_built},
+     "Reads a safetensors model (a file, a sharded model's index.json, or their folder), quantizes\n"
+     "its linear weights (2-D float '*.weight' tensors) and writes one safetensors file; every other\n"
+     "tensor is copied unchanged. nf4 / fp4 are written as transformers saves a bitsandbytes 4-bit\n"
+     "model (W, W.absmax, W.quant_map, W.nested_absmax, W.nested_quant_map,\n"
+     "W.quant_state.bitsandbytes__nf4|fp4), so transformers and bitsandbytes load the file; int8 /\n"
+     "int4 use loquat's layout (W codes, W.scale, W.zero_point, W.quant_state.loquat__int8|int4).\n"
+     "Names matching a skip pattern stay float; the default list, '*embed*,*lm_head*,*wte*,*wpe*,\n"
+     "*norm*', keeps what transformers' bitsandbytes integration keeps (embeddings, the output head,\n"
+     "norms). Prints RMSE, max abs error and SQNR (dB) of each tensor's round trip, then a summary.",
+     {{"IN", false, "input safetensors file or model folder"}, {"OUT", false, "output .safetensors file"}},
+     {{"--format", CLI_CHOICE, "nf4|fp4|int8|int4", true, false, 0, "target number format"},
+      {"--block-size", CLI_INT, "N", false, false, 1L << 30, "nf4/fp4: elements per absmax, a power of two in 32..4096 (default 64)"},
+      {"--double-quant", CLI_SWITCH, NULL, false, false, 0, "nf4/fp4: also quantize the absmax values (8-bit, block 256)"},
+      {"--group-size", CLI_INT, "G", false, false, 1L << 30, "int8/int4: one scale per G elements of a row (default: per row)"},
+      {"--asymmetric", CLI_SWITCH, NULL, false, false, 0, "int8/int4: with a zero point (default symmetric)"},
+      {"--skip", CLI_STR, "GLOB,...", false, false, 0, "names to keep in float; replaces the default list ('' = none)"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print the report as one JSON object on the last line"}},
+     cmd_quantize},
     {"dequantize", "expand a quantized model file back to f32/f16 weights",
-     "Reads a quantized model file and writes one with plain floating-point weights.",
-     {{"IN", false, "input model file"}, {"OUT", false, "output model file"}},
-     {{NULL}},
-     cmd_not_built},
+     "Reads a safetensors file written by 'loquat quantize' or by transformers / bitsandbytes\n"
+     "(4-bit nf4 / fp4, with or without double quantization) and writes one with plain float\n"
+     "weights; other tensors are copied unchanged.",
+     {{"IN", false, "input safetensors file or model folder"}, {"OUT", false, "output .safetensors file"}},
+     {{"--dtype", CLI_CHOICE, "f32|f16|bf16", false, false, 0, "dtype of the expanded weights (default: the one each quant state records)"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print the report as one JSON object on the last line"}},
+     cmd_dequantize},
     {"inspect", "list the tensors, dtypes and metadata of a model or checkpoint file",
      "Prints the header of a safetensors, GGUF or checkpoint file: tensors with shapes and\n"
      "dtypes, and its metadata.",
@@ -457,6 +476,25 @@ static int cmd_gradcheck(const cli_cmd *cmd, const cli_parsed *a) {
     printf("%d op%s checked, %d failed (tolerance %.0e, %d trial%s each, %d thread%s)\n", n_ops, n_ops == 1 ? "" : "s",
            n_failed, GRADCHECK_TOLERANCE, trials, trials == 1 ? "" : "s", threads, threads == 1 ? "" : "s");
     return n_failed ? lq_status_exit_code(LQ_ERR_NUMERIC) : 0;
+}
+
+/* quantize / dequantize: the work is in train/cmd_quantize.c and train/cmd_dequantize.c. */
+static int cmd_quantize(const cli_cmd *cmd, const cli_parsed *a) {
+    const char *bs = opt_value(cmd, a, "--block-size"), *gs = opt_value(cmd, a, "--group-size");
+    lq_quantize_opts o = {
+        .format = opt_value(cmd, a, "--format"),
+        .block_size = bs ? atol(bs) : 0, /* already range-checked by the parser */
+        .double_quant = opt_value(cmd, a, "--double-quant") != NULL,
+        .group_size = gs ? atol(gs) : 0,
+        .asymmetric = opt_value(cmd, a, "--asymmetric") != NULL,
+        .skip = opt_value(cmd, a, "--skip"),
+        .json = opt_value(cmd, a, "--json") != NULL,
+    };
+    return lq_cmd_quantize(a->pos[0], a->pos[1], &o);
+}
+
+static int cmd_dequantize(const cli_cmd *cmd, const cli_parsed *a) {
+    return lq_cmd_dequantize(a->pos[0], a->pos[1], opt_value(cmd, a, "--dtype"), opt_value(cmd, a, "--json") != NULL);
 }
 
 /* --- entry ---------------------------------------------------------------------------------- */

@@ -73,4 +73,20 @@ double lq_clip_grad_norm(lq_params *p, float max_norm, int n_threads);
 /* Runs the CLI; returns the process exit code (0 ok, 1 runtime failure, 2 bad usage/input). */
 int lq_cli_main(int argc, char **argv);
 
+/* `loquat quantize` / `loquat dequantize` (train/cmd_quantize.c, train/cmd_dequantize.c). Each
+ * prints its report on stdout and any error on stderr, and returns the exit code; on failure no
+ * output file is left behind. */
+typedef struct lq_quantize_opts {
+    const char *format;  /* "nf4" | "fp4" | "int8" | "int4" */
+    long block_size;     /* nf4 / fp4: elements per absmax, 32..4096, a power of two; 0 = 64 */
+    bool double_quant;   /* nf4 / fp4: quantize the absmax values too (bitsandbytes' nested state) */
+    long group_size;     /* int8 / int4: elements per scale along each row; 0 = one per row */
+    bool asymmetric;     /* int8 / int4: with a zero point (default symmetric) */
+    const char *skip;    /* comma-separated globs of names kept in float; NULL = the default list */
+    bool json;           /* also print one JSON object as the last line */
+} lq_quantize_opts;
+int lq_cmd_quantize(const char *in, const char *out, const lq_quantize_opts *opts);
+/* dtype: "f32" | "f16" | "bf16", or NULL for the dtype each tensor's quant state records. */
+int lq_cmd_dequantize(const char *in, const char *out, const char *dtype, bool json);
+
 #endif

@@ -1,0 +1,43 @@
+/* quant/dequant_cuda.h: dequantization of any traits-table format on a CUDA device (make CUDA=1). */
+#ifndef LQ_QUANT_DEQUANT_CUDA_H
+#define LQ_QUANT_DEQUANT_CUDA_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/status.h"
+#include "quant/quant.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Converts n elements, starting at element `start` of a tensor, from dtype t to float32 on the
+ * device, as the traits table's to_f32 does on the CPU (same arguments, same per-block logic from
+ * quant/kernels_*.h, the same float32 results bit for bit):
+ *   d_src   device pointer to element `start`'s bytes (2-byte aligned for the ggml blocks);
+ *   d_dst   device pointer to n floats;
+ *   start, n multiples of t's block size (of 2 for packed nibbles); start only indexes the state;
+ *   qs      a HOST struct describing the tensor's state whose array members are DEVICE pointers:
+ *           absmax (or absmax_q + absmax2 + code2 when double-quantized) and zero, each covering
+ *           the whole tensor's blocks (block i of the tensor is absmax[i], i = element / qs->block).
+ *           Its scalar members (block, bits, block2, offset) are read on the host and passed to
+ *           the kernel by value, so the struct itself may live on the stack. NULL for formats
+ *           without a state (f32, f16, bf16, the ggml blocks).
+ *   stream  a cudaStream_t (NULL = the default stream). The call only launches: the result is
+ *           ready when the stream is; launch errors are reported here, kernel faults at the next
+ *           synchronisation.
+ * LQ_ERR_ARG for bad arguments (the message names which), LQ_ERR_UNSUPPORTED for a dtype with no
+ * kernel (i32, u8) or a build without CUDA (quant/dequant_none.c), LQ_ERR_INTERNAL when the CUDA
+ * runtime refuses the launch (its message is included). */
+lq_status lq_cuda_dequant(lq_dtype t, const void *d_src, float *d_dst, int64_t n, int64_t start, const lq_qstate *qs,
+                          void *stream, lq_err *err);
+
+/* Whether lq_cuda_dequant has a kernel for t in this build (false everywhere without CUDA). */
+bool lq_cuda_dequant_supported(lq_dtype t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
