@@ -343,13 +343,23 @@ static void dequant_range(const float *code, const uint8_t *src, int64_t start, 
     }
 }
 
+/* Outputs at least this large bypass the caches (non-temporal stores): a whole-tensor dequant
+ * writes far more than the caches hold and nothing reads it back at once, while the tiles the
+ * quantized matmul dequantizes are smaller and stay cached for the sgemm that follows. */
+#define BNB4_STREAM_BYTES ((int64_t)32 << 20)
+
 bool lq_bnb4_dequant_isa(lq_dtype type, const uint8_t *src, int64_t start, int64_t n, const lq_qstate *qs, float *y,
                          int isa) {
     const float *code = code_of(type);
     bnb4_block_fn fn = block_fn(isa);
     if (!code || !fn || !qs || qs->block <= 0 || (qs->block & 1) || (start & 1)) return false;
     if (!qs->absmax && !(qs->absmax_q && qs->absmax2 && qs->code2 && qs->block2 > 0)) return false;
+    bool stream = n * (int64_t)sizeof(float) >= BNB4_STREAM_BYTES;
+    if (stream && fn == lq_bnb4_dequant_block_avx512) fn = lq_bnb4_dequant_block_avx512_nt;
+    else if (stream && fn == lq_bnb4_dequant_block_avx2) fn = lq_bnb4_dequant_block_avx2_nt;
+    else stream = false;
     dequant_range(code, src, start, n, qs, y, fn);
+    if (stream) lq_bnb4_simd_fence();
     return true;
 }
 

@@ -37,6 +37,10 @@ bool lq_bnb4_dequant_isa(lq_dtype type, const uint8_t *src, int64_t start, int64
 bool lq_bnb4_simd_built(void);
 void lq_bnb4_dequant_block_avx2(const float *code, const uint8_t *src, int64_t n, float absmax, float *y);
 void lq_bnb4_dequant_block_avx512(const float *code, const uint8_t *src, int64_t n, float absmax, float *y);
+/* The same with non-temporal stores where y is aligned for them; end the run with the fence. */
+void lq_bnb4_dequant_block_avx2_nt(const float *code, const uint8_t *src, int64_t n, float absmax, float *y);
+void lq_bnb4_dequant_block_avx512_nt(const float *code, const uint8_t *src, int64_t n, float absmax, float *y);
+void lq_bnb4_simd_fence(void);
 
 /* --- ggml blocks (group: ggml) --- */
 void lq_q4_0_to_f32(const void *src, float *dst, int64_t n, const lq_qstate *qs, int64_t start);

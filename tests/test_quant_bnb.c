@@ -248,6 +248,33 @@ static void test_simd_matches_scalar(void **state) {
     assert_true(compared > 0);
 }
 
+/* Outputs of 32 MB and more are written with non-temporal stores: still bit-identical. */
+static void test_streaming_matches_scalar(void **state) {
+    (void)state;
+    lq_cpu_features f = lq_cpu_detect();
+    const bool have[3] = {true, lq_bnb4_simd_built() && f.avx2 && f.fma, lq_bnb4_simd_built() && f.avx512f};
+    if (!have[1] && !have[2]) skip();
+    const int64_t n = (int64_t)9 << 20, bs = 64, nb = n / bs;
+    uint8_t *codes = malloc((size_t)n / 2);
+    float *am = malloc((size_t)nb * 4), *ref = aligned_alloc(64, (size_t)n * 4), *got = aligned_alloc(64, (size_t)n * 4);
+    lq_rng r;
+    lq_rng_seed(&r, 78);
+    for (int64_t i = 0; i < n / 2; i++) codes[i] = (uint8_t)lq_rng_u64(&r);
+    for (int64_t b = 0; b < nb; b++) am[b] = lq_rng_uniform(&r) * 3.0f;
+    lq_qstate qs = {.block = bs, .absmax = am};
+    assert_true(lq_bnb4_dequant_isa(LQ_DTYPE_NF4, codes, 0, n, &qs, ref, LQ_BNB_ISA_SCALAR));
+    for (int isa = 1; isa <= 2; isa++) {
+        if (!have[isa]) continue;
+        memset(got, 0xff, (size_t)n * 4);
+        assert_true(lq_bnb4_dequant_isa(LQ_DTYPE_NF4, codes, 0, n, &qs, got, isa));
+        if (memcmp(got, ref, (size_t)n * 4) != 0) {
+            int64_t i = first_float_diff(got, ref, n);
+            fail_msg("streaming isa %d: element %lld got %a, scalar %a", isa, (long long)i, got[i], ref[i]);
+        }
+    }
+    free(codes), free(am), free(ref), free(got);
+}
+
 static void test_nonfinite_rejected(void **state) {
     (void)state;
     const int64_t n = 1000;
@@ -417,6 +444,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_4bit_cases),
         cmocka_unit_test(test_blockwise8_and_mean),
         cmocka_unit_test(test_simd_matches_scalar),
+        cmocka_unit_test(test_streaming_matches_scalar),
         cmocka_unit_test(test_nonfinite_rejected),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_traits_rows),
