@@ -241,22 +241,26 @@ static inline void elem_qparams(const lq_qstate *qs, int64_t e, float *scale, fl
     *zero = qs->zero ? qs->zero[b] : 0.0f;
 }
 
+/* Runs BODY for each i of [0, n) with s and z the scale and zero point of element start + i,
+ * looked up once per block rather than once per element. */
+#define FOR_EACH_BLOCK_RUN(qs, start, n, BODY)                                                   \
+    for (int64_t i0 = 0; i0 < (n);) {                                                          \
+        const int64_t e0 = (start) + i0, b = e0 / (qs)->block;                                 \
+        const int64_t run_end = (b + 1) * (qs)->block - (start) < (n) ? (b + 1) * (qs)->block - (start) : (n); \
+        const float s = (qs)->absmax ? (qs)->absmax[b] : lq_qstate_absmax((qs), b);            \
+        const float z = (qs)->zero ? (qs)->zero[b] : 0.0f;                                     \
+        for (int64_t i = i0; i < run_end; i++) BODY;                                           \
+        i0 = run_end;                                                                          \
+    }
+
 void lq_i8_to_f32(const void *src, float *dst, int64_t n, const lq_qstate *qs, int64_t start) {
     const int8_t *c = src;
-    for (int64_t i = 0; i < n; i++) {
-        float s, z;
-        elem_qparams(qs, start + i, &s, &z);
-        dst[i] = ((float)c[i] - z) * s;
-    }
+    FOR_EACH_BLOCK_RUN(qs, start, n, dst[i] = lq_affine_dequantize_zf(c[i], s, z))
 }
 
 void lq_i4_to_f32(const void *src, float *dst, int64_t n, const lq_qstate *qs, int64_t start) {
     const uint8_t *c = src;
-    for (int64_t i = 0; i < n; i++) {
-        float s, z;
-        elem_qparams(qs, start + i, &s, &z);
-        dst[i] = ((float)lq_i4_nibble(c[i / 2], (int)(i & 1)) - z) * s;
-    }
+    FOR_EACH_BLOCK_RUN(qs, start, n, dst[i] = lq_affine_dequantize_zf(lq_i4_nibble(c[i / 2], (int)(i & 1)), s, z))
 }
 
 /* Quantizes n elements (from element `start`) with the scales in qs into codes[]; width is the

@@ -136,21 +136,20 @@ __global__ static void k_bnb4(const uint8_t *src, float *dst, int64_t n, int64_t
 
 /* --- integer affine I8 / I4 (quant/kernels_affine.h): (code - zero) * scale per element, the
  * scale per block as the bnb absmax (double quantization allowed, as lq_qstate_absmax), the zero
- * point an integer in the signed code units (NULL = 0), which is what from_f32 accepts. */
+ * point a float in the signed code units (NULL = 0), as the CPU rows read it. */
 
 __global__ static void k_i8(const int8_t *src, float *dst, int64_t n, int64_t start, dq_state q) {
     DQ_FOR_EACH(i, n) {
         const int64_t e = start + i;
-        const int32_t zp = q.zero ? (int32_t)q.zero[e / q.block] : 0;
-        dst[i] = lq_affine_dequantize_one(src[i], dq_absmax(q, e), zp);
+        dst[i] = lq_affine_dequantize_zf(src[i], dq_absmax(q, e), q.zero ? q.zero[e / q.block] : 0.0f);
     }
 }
 
 __global__ static void k_i4(const uint8_t *src, float *dst, int64_t n, int64_t start, dq_state q) {
     DQ_FOR_EACH(i, n) {
         const int64_t e = start + i;
-        const int32_t zp = q.zero ? (int32_t)q.zero[e / q.block] : 0;
-        dst[i] = lq_affine_dequantize_one(lq_i4_nibble(src[i >> 1], (int)(i & 1)), dq_absmax(q, e), zp);
+        dst[i] = lq_affine_dequantize_zf(lq_i4_nibble(src[i >> 1], (int)(i & 1)), dq_absmax(q, e),
+                                         q.zero ? q.zero[e / q.block] : 0.0f);
     }
 }
 

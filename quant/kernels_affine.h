@@ -40,6 +40,12 @@ LQ_HD static inline float lq_affine_dequantize_one(int32_t code, float scale, in
     return (float)(code - zp) * scale;
 }
 
+/* The stored formats (I8 / I4) keep the zero point as a float in code units: the same value as
+ * lq_affine_dequantize_one for an integer zero point, and defined for any other. */
+LQ_HD static inline float lq_affine_dequantize_zf(int32_t code, float scale, float zero) {
+    return ((float)code - zero) * scale;
+}
+
 /* Quantize-dequantize one value; *in_range gets the STE mask (1 inside the code range). */
 LQ_HD static inline float lq_affine_fake_one(float x, float scale, float inv, int32_t zp, int32_t qmin, int32_t qmax,
                                              uint8_t *in_range) {
