@@ -27,7 +27,7 @@ Names:
 
 Run: $(tools/pyenv.sh) tools/gen_bnb_fixtures.py tests/fixtures/bnb4.lqfx
 """
-import struct
+import os
 import sys
 
 import numpy as np
@@ -36,35 +36,8 @@ import torch
 import bitsandbytes
 import bitsandbytes.functional as F
 
-FORMAT_VERSION = 1
-records = []
-
-
-def put(name, t):
-    if isinstance(t, (bytes, str)):
-        data = t.encode() if isinstance(t, str) else t
-        records.append((name, 2, (len(data),), data))
-        return
-    if isinstance(t, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(t))
-    t = t.detach().contiguous()
-    if t.dtype == torch.uint8:
-        records.append((name, 2, tuple(t.shape), t.numpy().tobytes()))
-    elif t.dtype in (torch.int32, torch.int64):
-        records.append((name, 1, tuple(t.shape), t.to(torch.int32).numpy().tobytes()))
-    else:
-        assert t.dtype == torch.float32, t.dtype
-        records.append((name, 0, tuple(t.shape), t.numpy().tobytes()))
-
-
-def write(path):
-    with open(path, "wb") as f:
-        f.write(b"LQFX" + struct.pack("<II", FORMAT_VERSION, len(records)))
-        for name, dt, shape, data in records:
-            nb = name.encode()
-            f.write(struct.pack("<H", len(nb)) + nb + struct.pack("<BB", dt, len(shape)))
-            f.write(struct.pack("<%dq" % len(shape), *shape))
-            f.write(data)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lqfx import FORMAT_VERSION, put, records, write  # noqa: E402,F401  (the LQFX container)
 
 
 f32 = np.float32

@@ -23,7 +23,7 @@ Cases (names "<kind>/<i>/<field>"):
          params [type (0 nf4, 1 fp4), block size], out
 Values sit exactly on rounding ties (k + 1/2 with power-of-two scales) and beyond the code range.
 
-Format: LQFX version 1, written by tools/gen_torch_fixtures.py's writer.
+Format: LQFX version 1, written by tools/lqfx.py.
 Run: $(tools/pyenv.sh) tools/gen_fakequant_fixtures.py tests/fixtures/fakequant.lqfx
 """
 import math
@@ -33,7 +33,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_torch_fixtures as lqfx  # noqa: E402  (the LQFX writer: put, write, records)
+import lqfx  # noqa: E402  (the LQFX container: put, write, records)
 
 FORMAT_VERSION = lqfx.FORMAT_VERSION
 gen = torch.Generator().manual_seed(20261127)

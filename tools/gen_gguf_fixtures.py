@@ -16,7 +16,7 @@ gguf.quants mirrors ggml's reference C (quantize_row_*_ref, dequantize_row_*). O
 they differ is left out on purpose: a q4_0 block of zeros whose first element is -0.0 (ggml
 stores d = -0, gguf +0); tests/test_quant_ggml.c checks that case against ggml's rule.
 
-File format: LQFX version 1 (the writer of tools/gen_torch_fixtures.py). Records:
+File format: LQFX version 1 (tools/lqfx.py). Records:
   deq/<type>/<case>/bytes   bytes (2), shape (n_blocks, block_bytes) (f16/bf16: (n, 2))
   deq/<type>/<case>/f32     f32 (0), shape (n_elements,)
   quant/<type>/<case>/x     f32, shape (n_elements,)
@@ -35,7 +35,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_torch_fixtures as lqfx  # noqa: E402  (the LQFX writer and its record list)
+import lqfx  # noqa: E402  (the LQFX container: put, write, records)
 
 FORMAT_VERSION = 1
 assert lqfx.FORMAT_VERSION == FORMAT_VERSION

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference fixtures for loquat's observers (quant/observer.c, quant/qparams.c), computed by torch.ao.
 
-Records (LQFX version 1, written by tools/gen_torch_fixtures.py's writer):
+Records (LQFX version 1, written by tools/lqfx.py):
 
   meta/torch_version                 bytes
   qp/<j>/params   f32 [symmetric, quant_min, quant_max, symmetric zero point]
@@ -34,7 +34,7 @@ from torch.ao.quantization.observer import (MinMaxObserver, MovingAverageMinMaxO
                                             MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_torch_fixtures as fx  # noqa: E402  (the LQFX writer: fx.put, fx.write, fx.records)
+import lqfx as fx  # noqa: E402  (the LQFX container: put, write, records)
 
 FORMAT_VERSION = 1
 assert fx.FORMAT_VERSION == FORMAT_VERSION

@@ -21,38 +21,15 @@ Records (format "LQFX" version 1, the writer of tools/gen_torch_fixtures.py), na
 
 Run: $(tools/pyenv.sh) tools/gen_qmatmul_fixtures.py tests/fixtures/qmatmul.lqfx
 """
-import struct
+import os
 import sys
 
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
 GENERATOR_VERSION = 1
-records = []
-
-
-def put(name, t):
-    if isinstance(t, (bytes, bytearray)):
-        records.append((name, 2, (len(t),), bytes(t)))
-        return
-    if isinstance(t, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(t))
-    t = t.detach().contiguous()
-    if t.dtype in (torch.int32, torch.int64):
-        records.append((name, 1, tuple(t.shape), t.to(torch.int32).numpy().tobytes()))
-    else:
-        records.append((name, 0, tuple(t.shape), t.to(torch.float32).numpy().tobytes()))
-
-
-def write(path):
-    with open(path, "wb") as f:
-        f.write(b"LQFX" + struct.pack("<II", FORMAT_VERSION, len(records)))
-        for name, dt, shape, data in records:
-            nb = name.encode()
-            f.write(struct.pack("<H", len(nb)) + nb + struct.pack("<BB", dt, len(shape)))
-            f.write(struct.pack("<%dq" % len(shape), *shape))
-            f.write(data)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lqfx import FORMAT_VERSION, put, records, write  # noqa: E402,F401  (the LQFX container)
 
 
 gen = torch.Generator().manual_seed(20261127)

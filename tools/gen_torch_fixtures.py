@@ -13,36 +13,15 @@ Names are "<op>/<case>/<field>".
 Run: $(tools/pyenv.sh) tools/gen_torch_fixtures.py tests/fixtures/torch_ops.lqfx
 """
 import math
-import struct
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-FORMAT_VERSION = 1
-records = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def put(name, t):
-    if isinstance(t, (bytes, str)):
-        data = t.encode() if isinstance(t, str) else t
-        records.append((name, 2, (len(data),), data))
-        return
-    t = t.detach().contiguous()
-    if t.dtype in (torch.int32, torch.int64):
-        records.append((name, 1, tuple(t.shape), t.to(torch.int32).numpy().tobytes()))
-    else:
-        records.append((name, 0, tuple(t.shape), t.to(torch.float32).numpy().tobytes()))
-
-
-def write(path):
-    with open(path, "wb") as f:
-        f.write(b"LQFX" + struct.pack("<II", FORMAT_VERSION, len(records)))
-        for name, dt, shape, data in records:
-            nb = name.encode()
-            f.write(struct.pack("<H", len(nb)) + nb + struct.pack("<BB", dt, len(shape)))
-            f.write(struct.pack("<%dq" % len(shape), *shape))
-            f.write(data)
+from lqfx import put, records, write  # noqa: E402  (the LQFX container)
 
 
 gen = torch.Generator().manual_seed(20261126)
