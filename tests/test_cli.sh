@@ -2,49 +2,8 @@
 # tests/test_cli.sh: the loquat command line's help, exit codes and hints, and `gradcheck`.
 # Run by tools/run_tests.sh with BUILD set to the build directory; exits non-zero if any check fails.
 set -u
-bin="${BUILD:-build}/loquat"
-if [ ! -x "$bin" ]; then
-    echo "FAIL: $bin not found or not executable"
-    exit 1
-fi
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-checks=0
-
-# run ARGS...: runs the CLI, keeping stdout, stderr and the exit code in $out, $err, $rc.
-run() {
-    "$bin" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-    out=$(cat "$tmp/out")
-    err=$(cat "$tmp/err")
-}
-
-fail() {
-    failures=$((failures + 1))
-    echo "FAIL: $*"
-    echo "  stdout: $(head -c 600 "$tmp/out")"
-    echo "  stderr: $(head -c 600 "$tmp/err")"
-}
-
-# expect_rc CODE DESCRIPTION ARGS...
-expect_rc() {
-    local want=$1 what=$2
-    shift 2
-    checks=$((checks + 1))
-    run "$@"
-    if [ "$rc" -ne "$want" ]; then fail "$what: 'loquat $*' exited $rc, want $want"; return 1; fi
-    return 0
-}
-
-# expect_text WHERE(out|err) PATTERN DESCRIPTION: grep -E on the last run's stdout or stderr.
-expect_text() {
-    local where=$1 pat=$2 what=$3 text
-    checks=$((checks + 1))
-    if [ "$where" = out ]; then text=$out; else text=$err; fi
-    if ! grep -Eq -- "$pat" <<<"$text"; then fail "$what: std$where lacks /$pat/"; fi
-}
+# shellcheck source=tests/cli_harness.sh
+source "$(dirname "$0")/cli_harness.sh"
 
 commands="train qat eval perplexity generate merge quantize dequantize inspect config mem gradcheck"
 
@@ -119,5 +78,4 @@ for args in "train x.yaml" "qat x.yaml --compare --json" "eval x.yaml" "perplexi
     expect_rc 1 "unbuilt command" $args && expect_text err "does not have the '${args%% *}' command yet" "message"
 done
 
-echo "test_cli.sh: $checks checks, $failures failed"
-[ "$failures" -eq 0 ]
+harness_done test_cli.sh

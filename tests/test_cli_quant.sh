@@ -5,13 +5,9 @@
 # a message naming the file or option, no output file left). Needs no Python.
 # Run by tools/run_tests.sh with BUILD set to the build directory; exits non-zero if any check fails.
 set -u
-bin="${BUILD:-build}/loquat"
 fx="${LOQUAT_FIXTURES:-tests/fixtures}/quant_tiny"
-if [ ! -x "$bin" ]; then
-    echo "FAIL: $bin not found or not executable"
-    exit 1
-fi
-bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
+# shellcheck source=tests/cli_harness.sh
+source "$(dirname "$0")/cli_harness.sh"
 # compares two safetensors files tensor by tensor (names, dtypes, shapes, bytes), any order
 same="${BUILD:-build}/tests/test_io_safetensors"
 if [ ! -x "$same" ]; then
@@ -19,37 +15,9 @@ if [ ! -x "$same" ]; then
     exit 1
 fi
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-checks=0
-
-run() {
-    "$bin" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-    out=$(cat "$tmp/out")
-    err=$(cat "$tmp/err")
-}
-
-fail() {
-    failures=$((failures + 1))
-    echo "FAIL: $*"
-    echo "  stdout: $(tail -c 600 "$tmp/out")"
-    echo "  stderr: $(head -c 600 "$tmp/err")"
-}
-
 check() { # check CONDITION-STATUS DESCRIPTION
     checks=$((checks + 1))
     if [ "$1" -ne 0 ]; then fail "$2"; fi
-}
-
-expect_rc() { # expect_rc CODE DESCRIPTION ARGS...
-    local want=$1 what=$2
-    shift 2
-    checks=$((checks + 1))
-    run "$@"
-    if [ "$rc" -ne "$want" ]; then fail "$what: 'loquat $*' exited $rc, want $want"; return 1; fi
-    return 0
 }
 
 expect_err() { # expect_err PATTERN DESCRIPTION (grep -E on the last stderr)
@@ -239,5 +207,4 @@ expect_rc 1 "unwritable output" quantize "$model" "$tmp/no/such/dir/out.safetens
     expect_err "no/such/dir/out.safetensors: cannot create a temporary file" "unwritable output is named"
 no_leftovers "$tmp/no/such/dir/out.safetensors" "unwritable output"
 
-echo "test_cli_quant: $checks checks, $failures failed"
-[ "$failures" -eq 0 ]
+harness_done test_cli_quant
