@@ -6,14 +6,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Element i of a float array that may sit at any address (fixture records are not aligned). */
+static float at(const float *p, int64_t i) {
+    float v;
+    memcpy(&v, (const char *)p + (size_t)i * sizeof v, sizeof v);
+    return v;
+}
+
 void lq_assert_allclose_impl(const float *a, const float *b, int64_t n, double rtol, double atol, const char *what,
                              const char *file, int line) {
     int64_t worst = -1;
     double worst_excess = 0.0;
     int64_t n_bad = 0;
     for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        double lim = atol + rtol * fabs((double)b[i]);
+        double d = fabs((double)at(a, i) - (double)at(b, i));
+        double lim = atol + rtol * fabs((double)at(b, i));
         bool bad = !(d <= lim); /* NaN counts as bad */
         if (bad) {
             n_bad++;
@@ -28,8 +35,8 @@ void lq_assert_allclose_impl(const float *a, const float *b, int64_t n, double r
         /* print before failing: _fail leaves the test at once */
         print_error("%s: %lld of %lld elements differ; worst at [%lld]: got %.9g, want %.9g (|diff| %.3g, "
                     "allowed %.3g)\n",
-                    what, (long long)n_bad, (long long)n, (long long)worst, a[worst], b[worst],
-                    fabs((double)a[worst] - (double)b[worst]), atol + rtol * fabs((double)b[worst]));
+                    what, (long long)n_bad, (long long)n, (long long)worst, at(a, worst), at(b, worst),
+                    fabs((double)at(a, worst) - (double)at(b, worst)), atol + rtol * fabs((double)at(b, worst)));
         _fail(file, line);
     }
 }
