@@ -1,4 +1,4 @@
-/* io/io.h: public API of io/: safetensors reading (mmap, validated) and writing, atomic files. */
+/* io/io.h: public API of io/: safetensors and GGUF reading (mmap, validated) and writing, atomic files. */
 #ifndef LQ_IO_H
 #define LQ_IO_H
 
@@ -153,5 +153,234 @@ const lq_st_file *lq_st_model_shard(const lq_st_model *m, int64_t i);
 /* Tensors sorted by name. */
 const lq_st_tensor *lq_st_model_tensor_at(const lq_st_model *m, int64_t i);
 const lq_st_tensor *lq_st_model_find(const lq_st_model *m, const char *name);
+
+/* ---------------------------------------------------------------------------------------------
+ * GGUF (versions 3 and 2; little-endian only): "GGUF", u32 version, u64 tensor count, u64 kv
+ * count, the kvs (string key, u32 value type, value), the tensor infos (string name, u32 n_dims,
+ * u64 ne[n_dims], u32 ggml type, u64 offset), padding to general.alignment (a u32 power of two,
+ * default 32), then the data section; offsets are relative to its start. Strings are a u64 length
+ * and that many bytes (no NUL).
+ *
+ * What the reader accepts (all checked before any tensor is handed out; every count, length and
+ * offset is checked against the bytes left in the file before anything is allocated for it):
+ *  - value types 0..12; arrays of any scalar type or of strings. Arrays of arrays are refused
+ *    (LQ_ERR_UNSUPPORTED), as ggml's own reader does; keys are non-empty UTF-8, unique;
+ *  - 1 <= n_dims <= LQ_GGUF_MAX_DIMS, every ne >= 0 (stored as u64 < 2^63), the element count
+ *    and byte size not overflowing; ne[0] a multiple of the type's block size;
+ *  - ggml type ids gguf-py knows (F32=0 ... Q1_0=41, see lq_gguf_ggml_type_name); those loquat has
+ *    no dtype for (Q2_K, IQ*, ...) open with dtype LQ_DTYPE_COUNT (listed, not loadable);
+ *  - offsets multiples of the alignment, data ranges inside the file, no two tensors overlapping;
+ *    tensor names non-empty, unique.
+ * Every violation is LQ_ERR_INPUT naming the file, the key or tensor, and what is wrong.
+ *
+ * Shapes: GGUF stores ne[] innermost first (ne[0] = row length, as ggml). lq_gguf_tensor keeps
+ * that as `ne` and also gives `shape`, outermost first (PyTorch / loquat order): shape[i] =
+ * ne[ndim - 1 - i]. A GGUF matrix with ne = {4096, 11008} is a (11008, 4096) tensor.
+ * ------------------------------------------------------------------------------------------- */
+
+#define LQ_GGUF_MAX_DIMS 4
+#define LQ_GGUF_DEFAULT_ALIGNMENT 32
+
+typedef enum lq_gguf_type {
+    LQ_GGUF_UINT8 = 0,
+    LQ_GGUF_INT8 = 1,
+    LQ_GGUF_UINT16 = 2,
+    LQ_GGUF_INT16 = 3,
+    LQ_GGUF_UINT32 = 4,
+    LQ_GGUF_INT32 = 5,
+    LQ_GGUF_FLOAT32 = 6,
+    LQ_GGUF_BOOL = 7,
+    LQ_GGUF_STRING = 8,
+    LQ_GGUF_ARRAY = 9,
+    LQ_GGUF_UINT64 = 10,
+    LQ_GGUF_INT64 = 11,
+    LQ_GGUF_FLOAT64 = 12,
+    LQ_GGUF_TYPE_COUNT
+} lq_gguf_type;
+
+/* "uint8" ... "float64"; "invalid" outside the enum. */
+const char *lq_gguf_type_name(lq_gguf_type t);
+/* "F32", "Q4_K", ... for a ggml type id gguf-py knows; NULL for any other id. */
+const char *lq_gguf_ggml_type_name(uint32_t ggml_type);
+/* The ggml type id for a loquat dtype (f32 f16 bf16 q4_0 ... q6_K); -1 where GGUF has none. */
+int lq_gguf_ggml_type_from_lq(lq_dtype t);
+/* The loquat dtype for a ggml type id; LQ_DTYPE_COUNT where loquat has none. */
+lq_dtype lq_gguf_ggml_type_to_lq(uint32_t ggml_type);
+
+typedef struct lq_gguf_str {
+    const char *s; /* NUL-terminated copy (a string may hold NUL bytes itself: use len) */
+    uint64_t len;
+} lq_gguf_str;
+
+/* One metadata entry. Scalars: the value is in v (u for unsigned, i for signed, f for floats, b,
+ * s). Arrays: type = ARRAY, elem_type and n say what; numbers lie at arr (little-endian, packed,
+ * possibly unaligned: read them with lq_gguf_kv_uint / _int / _float), strings at strs. */
+typedef struct lq_gguf_kv {
+    const char *key;
+    lq_gguf_type type;
+    lq_gguf_type elem_type; /* arrays only */
+    uint64_t n;             /* arrays: element count; scalars: 1 */
+    union {
+        uint64_t u;
+        int64_t i;
+        double f;
+        bool b;
+        lq_gguf_str s;
+    } v;
+    const void *arr;
+    const lq_gguf_str *strs;
+} lq_gguf_kv;
+
+/* Element i of a kv (i = 0 for a scalar) as a number; false when i is out of range or the type
+ * does not match (uint: unsigned types and bool; int: every integer type whose value fits int64;
+ * float: float32 / float64 and every integer type). */
+bool lq_gguf_kv_uint(const lq_gguf_kv *kv, uint64_t i, uint64_t *out);
+bool lq_gguf_kv_int(const lq_gguf_kv *kv, uint64_t i, int64_t *out);
+bool lq_gguf_kv_float(const lq_gguf_kv *kv, uint64_t i, double *out);
+/* Element i of a string kv (scalar or array); NULL otherwise. */
+const lq_gguf_str *lq_gguf_kv_str(const lq_gguf_kv *kv, uint64_t i);
+
+typedef struct lq_gguf_tensor {
+    const char *name;
+    uint32_t ggml_type;
+    lq_dtype dtype; /* LQ_DTYPE_COUNT: a ggml type loquat cannot load */
+    int ndim;
+    int64_t ne[LQ_GGUF_MAX_DIMS];    /* GGUF order, innermost first; unused dims 1 */
+    int64_t shape[LQ_GGUF_MAX_DIMS]; /* outermost first; unused dims 0 */
+    int64_t numel;
+    size_t nbytes;
+    uint64_t offset;  /* in the data section */
+    const void *data; /* into the read-only mapping, aligned to the file's alignment */
+} lq_gguf_tensor;
+
+typedef struct lq_gguf_file lq_gguf_file;
+
+/* True when the first 4 bytes of the file are "GGUF" (false for any error). */
+bool lq_gguf_sniff(const char *path);
+lq_status lq_gguf_open(lq_gguf_file **out, const char *path, lq_err *err);
+void lq_gguf_close(lq_gguf_file *f);
+const char *lq_gguf_path(const lq_gguf_file *f);
+uint32_t lq_gguf_version(const lq_gguf_file *f);
+uint32_t lq_gguf_alignment(const lq_gguf_file *f);
+uint64_t lq_gguf_data_offset(const lq_gguf_file *f); /* file offset of the data section */
+
+/* Metadata in file order. */
+int64_t lq_gguf_kv_count(const lq_gguf_file *f);
+const lq_gguf_kv *lq_gguf_kv_at(const lq_gguf_file *f, int64_t i);
+const lq_gguf_kv *lq_gguf_find_kv(const lq_gguf_file *f, const char *key);
+/* Typed getters: LQ_ERR_INPUT naming the file and key when it is missing, has another type, or
+ * its value does not fit (integers of any width convert when the value fits; f32 takes float32,
+ * float64 and integers). */
+lq_status lq_gguf_get_u32(const lq_gguf_file *f, const char *key, uint32_t *out, lq_err *err);
+lq_status lq_gguf_get_i32(const lq_gguf_file *f, const char *key, int32_t *out, lq_err *err);
+lq_status lq_gguf_get_u64(const lq_gguf_file *f, const char *key, uint64_t *out, lq_err *err);
+lq_status lq_gguf_get_f32(const lq_gguf_file *f, const char *key, float *out, lq_err *err);
+lq_status lq_gguf_get_bool(const lq_gguf_file *f, const char *key, bool *out, lq_err *err);
+lq_status lq_gguf_get_str(const lq_gguf_file *f, const char *key, const char **out, lq_err *err);
+/* An array's length and element type (LQ_ERR_INPUT if missing or not an array). */
+lq_status lq_gguf_get_arr(const lq_gguf_file *f, const char *key, uint64_t *n, lq_gguf_type *elem_type, lq_err *err);
+
+/* Tensors in file (tensor-info) order. */
+int64_t lq_gguf_count(const lq_gguf_file *f);
+const lq_gguf_tensor *lq_gguf_tensor_at(const lq_gguf_file *f, int64_t i);
+const lq_gguf_tensor *lq_gguf_find(const lq_gguf_file *f, const char *name);
+/* Dequantizes a tensor loquat has a dtype for to numel floats; LQ_ERR_UNSUPPORTED otherwise. */
+lq_status lq_gguf_to_f32(const lq_gguf_tensor *t, float *dst, lq_err *err);
+
+/* Writing (version 3, alignment 32, atomically as above). kvs: scalars take their value from v
+ * (u for unsigned types, i for signed ones, f for floats, b, s for a NUL-terminated string);
+ * arrays (type ARRAY) have elem_type, n and arr: n packed little-endian numbers (bool: 1 byte),
+ * or n `const char *` for strings. A value that does not fit its type is LQ_ERR_ARG. Tensors:
+ * shape outermost first (as lq_gguf_tensor.shape), dtype any with a ggml id, data numel's bytes;
+ * the innermost dim must be a multiple of the block size. Keys and names unique, non-empty. */
+typedef struct lq_gguf_wkv {
+    const char *key;
+    lq_gguf_type type;
+    union {
+        uint64_t u;
+        int64_t i;
+        double f;
+        bool b;
+        const char *s;
+    } v;
+    lq_gguf_type elem_type;
+    uint64_t n;
+    const void *arr;
+} lq_gguf_wkv;
+
+typedef struct lq_gguf_wtensor {
+    const char *name;
+    lq_dtype dtype;
+    int ndim;
+    int64_t shape[LQ_GGUF_MAX_DIMS];
+    const void *data;
+} lq_gguf_wtensor;
+
+lq_status lq_gguf_write(const char *path, const lq_gguf_wkv *kv, int64_t n_kv, const lq_gguf_wtensor *t, int64_t n,
+                        lq_err *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Hugging Face config.json for the Llama family: model_type "llama" (also SmolLM / SmolLM2,
+ * which ship as llama), "mistral" and "qwen2". Both spellings transformers has written are read:
+ * transformers 5's "rope_parameters" {"rope_type", "rope_theta", ...} and the older top-level
+ * "rope_theta" with "rope_scaling" {"rope_type" or "type", ...} (null = none).
+ *
+ * Required: model_type, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+ * vocab_size. Optional, with transformers' defaults (a JSON null counts as absent):
+ * num_key_value_heads (= heads), head_dim (= hidden / heads), rms_norm_eps (1e-6), rope_theta
+ * (10000), max_position_embeddings (llama 2048, mistral 131072, qwen2 32768), tie_word_embeddings
+ * (false), attention_bias / mlp_bias (llama only, false), bos / eos_token_id (an integer or a list;
+ * llama and mistral 1 / 2, qwen2 none), dtype or torch_dtype ("float32", "float16", "bfloat16"),
+ * sliding_window (mistral 4096, null = none; qwen2 only when use_sliding_window is true),
+ * hidden_act ("silu" is the only one accepted).
+ * Biases as the models build them: llama q/k/v/o = attention_bias, gate/up/down = mlp_bias;
+ * mistral none; qwen2 q/k/v always, o and MLP never.
+ * RoPE: rope_type "default", "linear" {factor} or "llama3" {factor, low_freq_factor,
+ * high_freq_factor, original_max_position_embeddings (default max_position_embeddings)}; other
+ * types (yarn, dynamic, longrope), per-layer rope_parameters and partial_rotary_factor != 1 are
+ * refused. Every violation (missing key, wrong JSON type, non-positive or non-integer size, heads
+ * not dividing hidden without head_dim, kv heads not dividing heads, odd head_dim, unknown
+ * model_type) is LQ_ERR_INPUT naming the file and the key.
+ * ------------------------------------------------------------------------------------------- */
+
+#define LQ_LLAMA_MAX_TOKEN_IDS 8
+#define LQ_HF_CONFIG_MAX_BYTES ((size_t)16 << 20)
+
+typedef enum lq_llama_arch { LQ_LLAMA_ARCH_LLAMA = 0, LQ_LLAMA_ARCH_MISTRAL, LQ_LLAMA_ARCH_QWEN2, LQ_LLAMA_ARCH_COUNT } lq_llama_arch;
+
+typedef enum lq_rope_type { LQ_ROPE_DEFAULT = 0, LQ_ROPE_LINEAR, LQ_ROPE_LLAMA3, LQ_ROPE_TYPE_COUNT } lq_rope_type;
+
+typedef struct lq_llama_config {
+    lq_llama_arch arch;
+    int64_t hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim;
+    int64_t vocab_size, max_position_embeddings;
+    int64_t sliding_window; /* 0 = full attention */
+    double rms_norm_eps;
+    double rope_theta;
+    lq_rope_type rope_type;
+    double rope_factor;                  /* linear, llama3; 1 for default */
+    double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+    int64_t rope_original_max_position;  /* llama3 */
+    bool tie_word_embeddings;
+    bool qkv_bias, o_bias, mlp_bias;
+    int n_bos, n_eos;
+    int64_t bos_token_id[LQ_LLAMA_MAX_TOKEN_IDS], eos_token_id[LQ_LLAMA_MAX_TOKEN_IDS];
+    lq_dtype dtype; /* LQ_DTYPE_F32 / F16 / BF16, or LQ_DTYPE_COUNT when the file names none */
+} lq_llama_config;
+
+/* "llama", "mistral", "qwen2"; "invalid" outside the enum. */
+const char *lq_llama_arch_name(lq_llama_arch a);
+/* "default", "linear", "llama3"; "invalid" outside the enum. */
+const char *lq_rope_type_name(lq_rope_type t);
+/* Parses len bytes of JSON; name (the file, for messages) may be NULL. */
+lq_status lq_llama_config_parse(lq_llama_config *cfg, const char *json, size_t len, const char *name, lq_err *err);
+/* path: a config.json, or a folder holding one. */
+lq_status lq_llama_config_load(lq_llama_config *cfg, const char *path, lq_err *err);
+/* The head_dim / 2 RoPE inverse frequencies into out, in float32 as transformers computes them:
+ * theta^-(2i/d) (the power rounded once from double), divided by factor for linear, and the
+ * llama3 wavelength-band rescaling. LQ_ERR_ARG for NULL or an invalid config. */
+lq_status lq_llama_rope_inv_freq(const lq_llama_config *cfg, float *out);
+/* The scaling step alone, in place on head_dim / 2 unscaled frequencies (a no-op for default). */
+lq_status lq_llama_rope_scale_inv_freq(const lq_llama_config *cfg, float *inv_freq);
 
 #endif

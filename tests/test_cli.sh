@@ -72,7 +72,7 @@ expect_rc 2 "gradcheck misspelt op" gradcheck --op matmull && expect_text err "d
 # commands this build does not have: a clear message and exit 1, never 0
 for args in "train x.yaml" "qat x.yaml --compare --json" "eval x.yaml" "perplexity m --data d.txt" \
     "generate m --prompt hi --max-tokens 5 --kv-cache int8" "merge --base a --adapter b --out c --format gguf" \
-    "inspect f" "config x.yaml" "mem x.yaml" \
+    "config x.yaml" "mem x.yaml" \
     "train x.yaml --set a.b=1 --set c=2 --resume"; do
     # shellcheck disable=SC2086
     expect_rc 1 "unbuilt command" $args && expect_text err "does not have the '${args%% *}' command yet" "message"

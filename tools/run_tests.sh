@@ -6,6 +6,7 @@ build=$1
 shift
 pass=0
 fail=0
+skipped=0
 failed_bins=()
 for bin in "$@"; do
     name=$(basename "$bin")
@@ -15,6 +16,8 @@ for bin in "$@"; do
     rc=${PIPESTATUS[0]}
     p=$(grep -Eo '^\[  PASSED  \] [0-9]+' "$out" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
     f=$(grep -Eo '^\[  FAILED  \] [0-9]+' "$out" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
+    k=$(grep -Eo '^\[  SKIPPED \] [0-9]+' "$out" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
+    skipped=$((skipped + k))
     rm -f "$out"
     pass=$((pass + p))
     fail=$((fail + f))
@@ -32,5 +35,5 @@ echo
 if [ ${#failed_bins[@]} -gt 0 ]; then
     echo "failed: ${failed_bins[*]}"
 fi
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skipped skipped"
 [ "$fail" -eq 0 ] && [ ${#failed_bins[@]} -eq 0 ]

@@ -64,6 +64,7 @@ static int cmd_gradcheck(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_help(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_quantize(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_dequantize(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_inspect(const cli_cmd *cmd, const cli_parsed *a);
 
 /* Every command, in the order `loquat --help` lists them. */
 static const cli_cmd commands[] = {
@@ -135,11 +136,13 @@ static const cli_cmd commands[] = {
       {"--json", CLI_SWITCH, NULL, false, false, 0, "also print the report as one JSON object on the last line"}},
      cmd_dequantize},
     {"inspect", "list the tensors, dtypes and metadata of a model or checkpoint file",
-     "Prints the header of a safetensors, GGUF or checkpoint file: tensors with shapes and\n"
-     "dtypes, and its metadata.",
+     "Prints the header of a GGUF or safetensors file (told apart by their first bytes): every\n"
+     "metadata key with its type and value (long arrays show their first 8 elements and their\n"
+     "length), a table of tensors (name, dtype, shape outermost first, bytes) and the totals.\n"
+     "HDF5 checkpoints are not supported by this build yet.",
      {{"FILE", false, "the file to inspect"}},
-     {{NULL}},
-     cmd_not_built},
+     {{"--json", CLI_SWITCH, NULL, false, false, 0, "print one JSON object with the same information"}},
+     cmd_inspect},
     {"config", "check a config file and print it with every default filled in",
      "Parses and validates a config, then prints the complete configuration a run would use.",
      {{"CONFIG.yaml", false, "the config file"}},
@@ -495,6 +498,11 @@ static int cmd_quantize(const cli_cmd *cmd, const cli_parsed *a) {
 
 static int cmd_dequantize(const cli_cmd *cmd, const cli_parsed *a) {
     return lq_cmd_dequantize(a->pos[0], a->pos[1], opt_value(cmd, a, "--dtype"), opt_value(cmd, a, "--json") != NULL);
+}
+
+/* inspect: the work is in train/cmd_inspect.c. */
+static int cmd_inspect(const cli_cmd *cmd, const cli_parsed *a) {
+    return lq_cmd_inspect(a->pos[0], opt_value(cmd, a, "--json") != NULL);
 }
 
 /* --- entry ---------------------------------------------------------------------------------- */

@@ -88,5 +88,8 @@ typedef struct lq_quantize_opts {
 int lq_cmd_quantize(const char *in, const char *out, const lq_quantize_opts *opts);
 /* dtype: "f32" | "f16" | "bf16", or NULL for the dtype each tensor's quant state records. */
 int lq_cmd_dequantize(const char *in, const char *out, const char *dtype, bool json);
+/* `loquat inspect` (train/cmd_inspect.c): prints a GGUF or safetensors file's metadata and tensor
+ * table (one JSON object with json); exit 0, 2 for a missing or malformed file, 1 for HDF5. */
+int lq_cmd_inspect(const char *path, bool json);
 
 #endif
