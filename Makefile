@@ -89,7 +89,7 @@ LDFLAGS += -fopenmp
 endif
 LDFLAGS += $(LDSAN)
 
-LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c io/*.c datasets/*.c train/*.c)
+LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c io/*.c models/*.c datasets/*.c train/*.c)
 LIB_SRC := $(filter-out train/main.c,$(LIB_SRC))
 CU_SRC  :=
 ifeq ($(CUDA),1)

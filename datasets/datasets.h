@@ -83,6 +83,33 @@ lq_status lq_tokenizer_decode(const lq_tokenizer *tok, const int32_t *ids, size_
 lq_status lq_utf8_lossy(const char *s, size_t len, char **out, size_t *out_len, size_t *n_invalid, lq_err *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * Tokenizer from a GGUF file's metadata (datasets/tokenizer_gguf.c), as llama.cpp reads it:
+ * tokenizer.ggml.model "gpt2" (byte-level BPE; others LQ_ERR_UNSUPPORTED), .tokens (the
+ * byte-level strings, id = index; an empty one is a hole), .token_type (control (3) and
+ * user-defined (4) tokens become added tokens, control ones special; the rest is the BPE vocab),
+ * .merges ("a b", rank = index), .pre mapped to the regexes llama.cpp splits with:
+ *   gpt-2 / default / mpt / olmo / jais: the GPT-2 regex;
+ *   llama-bpe / llama3 / smaug-bpe / falcon3 / pixtral: the Llama-3 regex, ignore_merges;
+ *   smollm / starcoder / refact / command-r / codeshell / exaone / minerva-7b: \p{N} digits
+ *     isolated, then the GPT-2 regex;
+ *   qwen2 / qwen2.5 / qwen-2.5 / deepseek-r1-qwen / stablelm2: the Qwen2 regex (digits one by one);
+ * then the bytes are mapped to byte-level characters. add_bos_token / add_eos_token (default
+ * false) with bos / eos_token_id give the tokens encode(add_special) puts around the text.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct lq_gguf_file lq_gguf_file;
+
+typedef struct lq_tok_gguf_info {
+    int32_t bos_id, eos_id, eot_id, pad_id; /* -1 when the key is absent */
+    bool add_bos, add_eos;
+    const char *chat_template; /* tokenizer.chat_template (points into the file), or NULL */
+} lq_tok_gguf_info;
+
+lq_status lq_tokenizer_from_gguf(const lq_gguf_file *g, lq_tokenizer **out, lq_err *err);
+/* The special ids and flags above (validated against the token count). */
+lq_status lq_tokenizer_gguf_info(const lq_gguf_file *g, lq_tok_gguf_info *info, lq_err *err);
+
+/* ---------------------------------------------------------------------------------------------
  * Chat templates. ChatML: "<|im_start|>" role "\n" content "<|im_end|>\n" per message, and with
  * add_generation_prompt a final "<|im_start|>assistant\n". Roles and contents are copied as they
  * are (a content holding "<|im_end|>" is the caller's business).
@@ -96,5 +123,13 @@ typedef struct lq_chat_msg {
 /* *out malloc'd, NUL-terminated. */
 lq_status lq_chat_render_chatml(const lq_chat_msg *msgs, size_t n, bool add_generation_prompt, char **out,
                                 size_t *out_len, lq_err *err);
+
+/* A model's chat template (tokenizer.chat_template, Jinja) without a Jinja engine: a template
+ * holding "<|im_start|>" (ChatML family: SmolLM2, Qwen) renders as ChatML; when the first message
+ * is not a system one and the template carries a plain "<|im_start|>system\n...<|im_end|>"
+ * literal (SmolLM2's default system prompt), that message is put first, as the template would.
+ * tmpl NULL = plain ChatML. Any other template is LQ_ERR_UNSUPPORTED. */
+lq_status lq_chat_render_template(const char *tmpl, const lq_chat_msg *msgs, size_t n, bool add_generation_prompt,
+                                  char **out, size_t *out_len, lq_err *err);
 
 #endif

@@ -85,4 +85,9 @@ int tok_cp_to_byte(uint32_t cp);
 pcre2_code *tok_regex_compile(const char *pat, size_t len, bool literal, const char *name, const char *what,
                               lq_err *err);
 
+/* Appends a pre-tokenizer step (takes s.re; frees it on failure). */
+lq_status tok_add_step(lq_tokenizer *t, tok_step s, lq_err *err);
+/* Fills id_raw / id_raw_len from id_tok and byte_chr / byte_id from the vocab (last step of loading). */
+lq_status tok_build_decode(lq_tokenizer *t, lq_err *err);
+
 #endif

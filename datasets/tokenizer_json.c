@@ -203,7 +203,7 @@ static lq_status load_model(lq_tokenizer *t, const cJSON *root, lq_err *err) {
 
 static lq_status parse_step(lq_tokenizer *t, const cJSON *p, int depth, lq_err *err);
 
-static lq_status add_step(lq_tokenizer *t, tok_step s, lq_err *err) {
+lq_status tok_add_step(lq_tokenizer *t, tok_step s, lq_err *err) {
     tok_step *ns = realloc(t->steps, (size_t)(t->n_steps + 1) * sizeof *ns);
     if (!ns) {
         pcre2_code_free(s.re);
@@ -249,7 +249,7 @@ static lq_status parse_step(lq_tokenizer *t, const cJSON *p, int depth, lq_err *
         if (!src[0]) return BAD("%s: pre_tokenizer Split: empty pattern", nm);
         s.re = tok_regex_compile(src, strlen(src), !cJSON_IsString(re), nm, "pre_tokenizer Split pattern", err);
         if (!s.re) return err ? err->status : LQ_ERR_INPUT;
-        return add_step(t, s, err);
+        return tok_add_step(t, s, err);
     }
     if (strcmp(type, "ByteLevel") == 0) {
         bool use_regex;
@@ -261,7 +261,7 @@ static lq_status parse_step(lq_tokenizer *t, const cJSON *p, int depth, lq_err *
             s.re = tok_regex_compile(GPT2_RE, strlen(GPT2_RE), false, nm, "the GPT-2 regex", err);
             if (!s.re) return err ? err->status : LQ_ERR_INTERNAL;
         }
-        return add_step(t, s, err);
+        return tok_add_step(t, s, err);
     }
     if (strcmp(type, "Digits") == 0) {
         /* tokenizers splits on char::is_numeric: isolated digits, or contiguous runs of them. */
@@ -270,7 +270,7 @@ static lq_status parse_step(lq_tokenizer *t, const cJSON *p, int depth, lq_err *
         s.kind = TOK_STEP_SPLIT, s.behavior = individual ? TOK_ISOLATED : TOK_CONTIGUOUS;
         s.re = tok_regex_compile("\\p{N}", 5, false, nm, "the Digits pattern", err);
         if (!s.re) return err ? err->status : LQ_ERR_INTERNAL;
-        return add_step(t, s, err);
+        return tok_add_step(t, s, err);
     }
     return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "%s: pre_tokenizer type \"%.40s\" is not supported", nm, type);
 }
@@ -328,7 +328,7 @@ static lq_status parse_post(lq_tokenizer *t, const cJSON *p, int depth, lq_err *
 
 /* The bytes each id decodes to: byte-level characters back to bytes, or (a character outside the
  * map, e.g. in an added token) the token's UTF-8 as it is, as tokenizers' ByteLevel decoder does. */
-static lq_status build_decode(lq_tokenizer *t, lq_err *err) {
+lq_status tok_build_decode(lq_tokenizer *t, lq_err *err) {
     for (int32_t id = 0; id < t->n_ids; id++) {
         const unsigned char *s = (const unsigned char *)t->id_tok[id];
         if (!s) continue;
@@ -384,7 +384,7 @@ lq_status lq_tokenizer_from_json(lq_tokenizer **out, const char *json, size_t le
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
     if (pre && !cJSON_IsNull(pre) && (st = parse_step(t, pre, 0, err)) != LQ_OK) goto done;
     if ((st = parse_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), 0, err)) != LQ_OK) goto done;
-    st = build_decode(t, err);
+    st = tok_build_decode(t, err);
 done:
     cJSON_Delete(root);
     if (st != LQ_OK) lq_tokenizer_free(t);

@@ -65,6 +65,8 @@ static int cmd_help(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_quantize(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_dequantize(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_inspect(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_perplexity(const cli_cmd *cmd, const cli_parsed *a);
 
 /* Every command, in the order `loquat --help` lists them. */
 static const cli_cmd commands[] = {
@@ -85,24 +87,38 @@ static const cli_cmd commands[] = {
     {"eval", "evaluate a model or checkpoint on the eval set a config names",
      "Runs the evaluation a config describes (loss, perplexity, accuracy) and prints the metrics.",
      {{"CONFIG.yaml", false, "the job's config file"}},
-     {{NULL}},
+     {{0}},
      cmd_not_built},
     {"perplexity", "perplexity of a model on a text file",
-     "Tokenizes a text file, runs the model over it in windows and prints the perplexity.",
-     {{"MODEL", false, "model file (safetensors or GGUF) or Hugging Face model directory"}},
-     {{"--data", CLI_STR, "FILE", true, false, 0, "plain-text file to score"}},
-     cmd_not_built},
+     "Tokenizes a text file and scores it the way llama.cpp's perplexity tool does: BOS first when\n"
+     "the tokenizer adds one, non-overlapping windows of --ctx tokens (the first token of each set to\n"
+     "BOS when it does), only the second half of each window's predictions scored; prints per-window\n"
+     "progress on stderr and PPL = exp(mean NLL) with its error bar. Needs at least 2 * ctx tokens.",
+     {{0}},
+     {{"--model", CLI_STR, "PATH", true, false, 0, "GGUF file or Hugging Face model directory"},
+      {"--data", CLI_STR, "FILE", true, false, 0, "plain-text file to score"},
+      {"--ctx", CLI_INT, "N", false, false, 1L << 20, "tokens per window (default 512)"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print one JSON object on the last line"}},
+     cmd_perplexity},
     {"generate", "generate text from a prompt",
-     "Continues a prompt with a model (greedy or sampled, as the model's generation config says).",
-     {{"MODEL", false, "model file (safetensors or GGUF) or Hugging Face model directory"}},
-     {{"--prompt", CLI_STR, "TEXT", true, false, 0, "the text to continue"},
-      {"--max-tokens", CLI_INT, "N", false, false, 1L << 20, "stop after N new tokens"},
-      {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "storage of the attention key/value cache"}},
-     cmd_not_built},
+     "Continues a prompt with a model, streaming the text as it comes (KV cache); stops at an\n"
+     "end-of-generation token or --max-tokens. Greedy by default; --temperature > 0 samples (with\n"
+     "--top-k / --top-p, seeded by --seed). --chat wraps the prompt as a user message in the model's\n"
+     "chat template (ChatML-family templates). Speeds go to stderr.",
+     {{0}},
+     {{"--model", CLI_STR, "PATH", true, false, 0, "GGUF file or Hugging Face model directory"},
+      {"--prompt", CLI_STR, "TEXT", false, false, 0, "the text to continue (default: start from BOS)"},
+      {"--chat", CLI_SWITCH, NULL, false, false, 0, "apply the model's chat template"},
+      {"--max-tokens", CLI_INT, "N", false, false, 1L << 20, "stop after N new tokens (default 128)"},
+      {"--temperature", CLI_STR, "T", false, false, 0, "sampling temperature, 0 = greedy (default 0)"},
+      {"--top-k", CLI_INT, "K", false, false, 1L << 24, "sample among the K most likely tokens"},
+      {"--top-p", CLI_STR, "P", false, false, 0, "nucleus sampling mass in (0, 1] (default 1)"},
+      {"--seed", CLI_STR, "S", false, false, 0, "random seed for sampling (default 0)"}},
+     cmd_generate},
     {"merge", "merge a LoRA adapter into its base model and export it",
      "Adds an adapter's low-rank update to the base weights (dequantizing a quantized base) and\n"
      "writes a plain model file.",
-     {{NULL}},
+     {{0}},
      {{"--base", CLI_STR, "MODEL", true, false, 0, "base model file or directory"},
       {"--adapter", CLI_STR, "DIR", true, false, 0, "adapter directory (PEFT layout)"},
       {"--out", CLI_STR, "PATH", true, false, 0, "where to write the merged model"},
@@ -146,19 +162,19 @@ static const cli_cmd commands[] = {
     {"config", "check a config file and print it with every default filled in",
      "Parses and validates a config, then prints the complete configuration a run would use.",
      {{"CONFIG.yaml", false, "the config file"}},
-     {{NULL}},
+     {{0}},
      cmd_not_built},
     {"mem", "estimate the memory a config's run needs",
      "Prints the bytes a run would take: frozen base, trainable parameters, optimizer state,\n"
      "activations per step.",
      {{"CONFIG.yaml", false, "the config file"}},
-     {{NULL}},
+     {{0}},
      cmd_not_built},
     {"gradcheck", "check every op's backward against finite differences",
      "Runs each op in the op table (or the one named) on random shapes and compares its\n"
      "backward with central finite differences. Prints one line per op: name, max relative error,\n"
      "elements checked, worst case. Exits 0 when every error is below 1e-2, 1 otherwise.",
-     {{NULL}},
+     {{0}},
      {{"--op", CLI_STR, "NAME", false, false, 0, "check only this op"},
       {"--trials", CLI_INT, "N", false, false, 100000, "random cases per op (default 4)"},
       {"--threads", CLI_INT, "N", false, false, 4096, "threads for op loops (default 1)"}},
@@ -166,7 +182,7 @@ static const cli_cmd commands[] = {
     {"help", "show the help of a command",
      "Prints the command list, or the usage, arguments and options of one command.",
      {{"COMMAND", true, "the command to describe"}},
-     {{NULL}},
+     {{0}},
      cmd_help},
 };
 static const int n_commands = (int)(sizeof commands / sizeof commands[0]);
@@ -503,6 +519,29 @@ static int cmd_dequantize(const cli_cmd *cmd, const cli_parsed *a) {
 /* inspect: the work is in train/cmd_inspect.c. */
 static int cmd_inspect(const cli_cmd *cmd, const cli_parsed *a) {
     return lq_cmd_inspect(a->pos[0], opt_value(cmd, a, "--json") != NULL);
+}
+
+/* generate / perplexity: the work is in train/cmd_generate.c and train/cmd_perplexity.c. */
+static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a) {
+    const char *mt = opt_value(cmd, a, "--max-tokens"), *tk = opt_value(cmd, a, "--top-k");
+    lq_generate_opts o = {
+        .model = opt_value(cmd, a, "--model"),
+        .prompt = opt_value(cmd, a, "--prompt"),
+        .chat = opt_value(cmd, a, "--chat") != NULL,
+        .max_tokens = mt ? atol(mt) : 0, /* range-checked by the parser */
+        .temperature = opt_value(cmd, a, "--temperature"),
+        .top_p = opt_value(cmd, a, "--top-p"),
+        .top_k = tk ? atol(tk) : 0,
+        .seed = opt_value(cmd, a, "--seed"),
+    };
+    return lq_cmd_generate(&o);
+}
+
+static int cmd_perplexity(const cli_cmd *cmd, const cli_parsed *a) {
+    const char *c = opt_value(cmd, a, "--ctx");
+    lq_perplexity_opts o = {opt_value(cmd, a, "--model"), opt_value(cmd, a, "--data"), c ? atol(c) : 0,
+                            opt_value(cmd, a, "--json") != NULL};
+    return lq_cmd_perplexity(&o);
 }
 
 /* --- entry ---------------------------------------------------------------------------------- */

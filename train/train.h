@@ -3,6 +3,7 @@
 #define LQ_TRAIN_H
 
 #include "autograd/autograd.h"
+#include "core/rng.h"
 
 #define LQ_VERSION "0.1.0-dev"
 
@@ -91,5 +92,78 @@ int lq_cmd_dequantize(const char *in, const char *out, const char *dtype, bool j
 /* `loquat inspect` (train/cmd_inspect.c): prints a GGUF or safetensors file's metadata and tensor
  * table (one JSON object with json); exit 0, 2 for a missing or malformed file, 1 for HDF5. */
 int lq_cmd_inspect(const char *path, bool json);
+
+/* ---------------------------------------------------------------------------------------------
+ * Sampling (train/sample.c): next-token choice from a logits row, in Hugging Face's order:
+ * logits / temperature, keep the top_k largest (ties: the lower id first), softmax over those,
+ * keep the smallest prefix (by probability, descending) whose mass reaches top_p (at least one
+ * token), renormalize, draw with a seeded lq_rng (53-bit uniform). temperature <= 0 is greedy:
+ * the argmax, the lowest id on ties. NaN logits count as -inf. The same seed and logits give the
+ * same ids on every machine (double arithmetic, fixed order).
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct lq_sampler_cfg {
+    float temperature; /* <= 0: greedy */
+    int top_k;         /* 0 = all */
+    float top_p;       /* (0, 1]; 1 = all */
+    uint64_t seed;
+} lq_sampler_cfg;
+
+typedef struct lq_sampler {
+    lq_sampler_cfg cfg;
+    int64_t n_vocab;
+    lq_rng rng;
+    struct lq_sample_cand *cand; /* [n_vocab] scratch (train/sample.c) */
+} lq_sampler;
+
+/* Validates cfg (top_k >= 0, top_p in (0, 1], temperature finite) and allocates the scratch. */
+lq_status lq_sampler_init(lq_sampler *s, const lq_sampler_cfg *cfg, int64_t n_vocab, lq_err *err);
+void lq_sampler_free(lq_sampler *s);
+/* The distribution the sampler draws from for these logits: probs[n_vocab] (zero outside the
+ * kept set; for greedy, 1 at the argmax). LQ_ERR_ARG when every logit is -inf or NaN. */
+lq_status lq_sampler_probs(lq_sampler *s, const float *logits, double *probs, lq_err *err);
+/* Draws the next id (advances the rng unless greedy). */
+lq_status lq_sampler_sample(lq_sampler *s, const float *logits, int32_t *id, lq_err *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * `loquat generate` / `loquat perplexity` (train/cmd_generate.c, train/cmd_perplexity.c): they
+ * print results on stdout, progress and errors on stderr, and return the exit code (2 for bad
+ * flags or input files, 1 for a runtime failure).
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct lq_tokenizer lq_tokenizer;
+struct lq_llama_config;
+
+typedef struct lq_generate_opts {
+    const char *model;       /* GGUF file or Hugging Face folder */
+    const char *prompt;      /* NULL: start from BOS alone */
+    bool chat;               /* wrap the prompt in the model's chat template as a user message */
+    long max_tokens;         /* new tokens; 0 = 128 */
+    const char *temperature; /* the flag texts, validated here; NULL = default (greedy: 0) */
+    const char *top_p;       /* default 1 */
+    long top_k;              /* 0 = off */
+    const char *seed;        /* default 0 */
+} lq_generate_opts;
+int lq_cmd_generate(const lq_generate_opts *o);
+
+typedef struct lq_perplexity_opts {
+    const char *model, *data;
+    long ctx; /* tokens per window; 0 = 512 */
+    bool json;
+} lq_perplexity_opts;
+int lq_cmd_perplexity(const lq_perplexity_opts *o);
+
+/* A model's tokenizer and the special ids generation needs: from the GGUF metadata, or the
+ * tokenizer.json (and tokenizer_config.json's chat_template) beside a Hugging Face model. */
+typedef struct lq_lm_tok {
+    lq_tokenizer *tok;
+    int32_t bos;         /* -1: none */
+    bool add_bos;        /* encode(add_special) starts with bos (llama.cpp's add_bos) */
+    int32_t stop[8];     /* end-of-generation ids */
+    int n_stop;
+    char *chat_template; /* malloc'd, or NULL */
+} lq_lm_tok;
+lq_status lq_lm_tok_load(const char *model_path, const struct lq_llama_config *cfg, lq_lm_tok *out, lq_err *err);
+void lq_lm_tok_free(lq_lm_tok *t);
 
 #endif

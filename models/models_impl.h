@@ -1,0 +1,45 @@
+/* models/models_impl.h: private layout of the Llama model and its KV cache, shared by models/. */
+#ifndef LQ_MODELS_IMPL_H
+#define LQ_MODELS_IMPL_H
+
+#include "models/models.h"
+
+/* One decoder layer's weights. Linear weights (out, in) keep their file dtype (f32 goes through
+ * lq_matmul_t, anything else through lq_qmatmul); norms and biases are f32. q / k rows are in
+ * Hugging Face order (GGUF's interleave permutation undone at load), so RoPE is LQ_ROPE_HALF. */
+typedef struct lq_llama_layer {
+    lq_tensor *attn_norm, *ffn_norm;
+    lq_tensor *wq, *wk, *wv, *wo, *wgate, *wup, *wdown;
+    lq_tensor *bq, *bk, *bv, *bo, *bgate, *bup, *bdown; /* NULL when the config has none */
+} lq_llama_layer;
+
+struct lq_llama_model {
+    lq_llama_config cfg;
+    lq_llama_layer *layers;
+    lq_tensor *embed;    /* (V, C) f32, dequantized at load when the file holds another dtype */
+    lq_tensor *out_norm; /* (C) f32 */
+    lq_tensor *lm_head;  /* (V, C) in file dtype; the embedding's file tensor when tied */
+    float *inv_freq;     /* head_dim / 2 */
+    lq_gguf_file *gguf;  /* kept open: weights may point into its mapping */
+    lq_st_model *st;
+    lq_tensor **owned; /* every tensor struct the model made (freed with lq_tensor_free) */
+    int n_owned, cap_owned;
+};
+
+struct lq_kv_cache {
+    int64_t max_tokens, len, n_layers, n_kv_heads, head_dim;
+    float *k, *v; /* per layer (max_tokens, Hkv, D), layer after layer */
+};
+
+/* Attention of q (1, T, Hq, D) at positions len .. len + T - 1 over the cached prefix and the new
+ * keys / values k, v (1, T, Hkv, D), which are written into the cache for `layer` (the cache
+ * length itself advances in lq_kv_cache_advance, after every layer). No gradient: generation only.
+ * NULL with the error in ctx. */
+lq_tensor *lq_kv_attend(lq_ctx *ctx, lq_kv_cache *kv, int64_t layer, lq_tensor *q, lq_tensor *k, lq_tensor *v);
+void lq_kv_cache_advance(lq_kv_cache *kv, int64_t n);
+
+/* Loaders (llama_load.c): fill m (zeroed, cfg unset) from a GGUF file or HF folder. */
+lq_status lq_llama_load_gguf(lq_llama_model *m, const char *path, lq_err *err);
+lq_status lq_llama_load_hf(lq_llama_model *m, const char *path, lq_err *err);
+
+#endif

@@ -1,0 +1,165 @@
+/* train/cmd_perplexity.c: `loquat perplexity`: llama.cpp-style windowed perplexity of a model on a text file. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "datasets/datasets.h"
+#include "io/io.h"
+#include "models/models.h"
+#include "train/train.h"
+
+#define PPL_DEFAULT_CTX 512
+#define PPL_MAX_FILE ((int64_t)1 << 30)
+
+/* The rules of llama.cpp's perplexity tool (examples/perplexity, non-strided mode):
+ *  - the whole file is tokenized once, with BOS in front when the tokenizer adds one (add_bos);
+ *  - it needs at least 2 * ctx tokens; there are n_tokens / ctx non-overlapping windows (the
+ *    tail that does not fill one is not scored);
+ *  - in every window, when add_bos, the first token is replaced by BOS for the forward;
+ *  - only the second half is scored: the logits at positions ctx/2 .. ctx-2 predict the tokens
+ *    at ctx/2 + 1 .. ctx-1 (ctx - 1 - ctx/2 predictions per window);
+ *  - PPL = exp(mean NLL) over every scored prediction so far; the error bar is
+ *    PPL * sqrt(var(NLL) / (n - 1)). */
+
+static char *read_file(const char *path, size_t *n, lq_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat sb;
+    char *buf = NULL;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) LQ_ERR(err, LQ_ERR_INPUT, "%s: not a regular file", path);
+    else if ((int64_t)sb.st_size > PPL_MAX_FILE) LQ_ERR(err, LQ_ERR_INPUT, "%s: larger than 1 GiB", path);
+    else if (!(buf = malloc((size_t)sb.st_size + 1))) LQ_ERR(err, LQ_ERR_OOM, "%s: out of memory", path);
+    else if (fread(buf, 1, (size_t)sb.st_size, f) != (size_t)sb.st_size) {
+        LQ_ERR(err, LQ_ERR_IO, "%s: read failed", path);
+        free(buf), buf = NULL;
+    }
+    fclose(f);
+    if (buf) buf[sb.st_size] = 0, *n = (size_t)sb.st_size;
+    return buf;
+}
+
+/* -log softmax(row)[target], in double. */
+static double nll_of(const lq_tensor *lg, int64_t t, int64_t V, int32_t target) {
+    double mx = -INFINITY;
+    for (int64_t j = 0; j < V; j++) {
+        double v = *lq_f32_at(lg, 0, t, j, 0);
+        if (v > mx) mx = v;
+    }
+    double s = 0;
+    for (int64_t j = 0; j < V; j++) s += exp((double)*lq_f32_at(lg, 0, t, j, 0) - mx);
+    return log(s) + mx - (double)*lq_f32_at(lg, 0, t, target, 0);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int lq_cmd_perplexity(const lq_perplexity_opts *o) {
+    long n_ctx = o->ctx > 0 ? o->ctx : PPL_DEFAULT_CTX;
+    if (n_ctx < 4) {
+        fprintf(stderr, "loquat perplexity: --ctx must be at least 4, got %ld\n", n_ctx);
+        return 2;
+    }
+    struct stat sb;
+    if (!o->model || stat(o->model, &sb) != 0) {
+        fprintf(stderr, "loquat perplexity: %s: cannot open: %s\n", o->model ? o->model : "(no model)", strerror(errno));
+        return 2;
+    }
+    lq_err err = {0};
+    size_t len = 0;
+    char *text = read_file(o->data, &len, &err);
+    if (!text) {
+        fprintf(stderr, "loquat perplexity: %s\n", err.msg);
+        return lq_status_exit_code(err.status);
+    }
+    lq_llama_model *m = NULL;
+    lq_lm_tok lt = {0};
+    lq_ctx *ctx = NULL;
+    int32_t *toks = NULL, *win = NULL;
+    int rc = 0;
+    lq_status st = lq_llama_load(o->model, &m, &err);
+    if (st == LQ_OK) st = lq_lm_tok_load(o->model, lq_llama_model_config(m), &lt, &err);
+    size_t n_tok = 0;
+    if (st == LQ_OK) st = lq_tokenizer_encode(lt.tok, text, len, true, &toks, &n_tok, &err);
+    if (st != LQ_OK) {
+        fprintf(stderr, "loquat perplexity: %s\n", err.msg);
+        rc = lq_status_exit_code(st);
+        goto done;
+    }
+    const lq_llama_config *cfg = lq_llama_model_config(m);
+    if (cfg->max_position_embeddings > 0 && n_ctx > cfg->max_position_embeddings) {
+        fprintf(stderr, "loquat perplexity: --ctx %ld is beyond the model's %lld positions\n", n_ctx,
+                (long long)cfg->max_position_embeddings);
+        rc = 2;
+        goto done;
+    }
+    if ((int64_t)n_tok < 2 * (int64_t)n_ctx) {
+        fprintf(stderr, "loquat perplexity: %s has %zu tokens; at least 2 * ctx = %ld are needed (as llama.cpp)\n", o->data,
+                n_tok, 2 * n_ctx);
+        rc = 2;
+        goto done;
+    }
+    int64_t n_win = (int64_t)n_tok / n_ctx, V = cfg->vocab_size, first = n_ctx / 2;
+    long nthreads = sysconf(_SC_NPROCESSORS_ONLN);
+    lq_ctx_opts copts = {(int)(nthreads > 0 ? nthreads : 1), 0, 0};
+    win = malloc((size_t)n_ctx * sizeof *win);
+    if (!win) st = LQ_ERR(&err, LQ_ERR_OOM, "out of memory");
+    if (st == LQ_OK) st = lq_ctx_init(&ctx, &copts, &err);
+    if (st != LQ_OK) {
+        fprintf(stderr, "loquat perplexity: %s\n", err.msg);
+        rc = lq_status_exit_code(st);
+        goto done;
+    }
+    lq_ctx_set_grad(ctx, false);
+    fprintf(stderr, "loquat perplexity: %zu tokens, %lld windows of %ld (scoring the last %lld positions of each)%s\n",
+            n_tok, (long long)n_win, n_ctx, (long long)(n_ctx - 1 - first), lt.add_bos ? ", BOS first" : "");
+    double nll = 0, nll2 = 0, t0 = now_s();
+    int64_t count = 0;
+    for (int64_t w = 0; w < n_win; w++) {
+        memcpy(win, toks + w * n_ctx, (size_t)n_ctx * sizeof *win);
+        if (lt.add_bos) win[0] = lt.bos;
+        int64_t shape[2] = {1, n_ctx};
+        lq_tensor *in = lq_new(ctx, LQ_DTYPE_I32, 2, shape);
+        if (in) memcpy(in->data, win, (size_t)n_ctx * sizeof *win);
+        lq_tensor *lg = lq_llama_forward(ctx, m, in, 0, NULL);
+        if (!lg || lq_ctx_status(ctx) != LQ_OK) {
+            const lq_err *ce = lq_ctx_error(ctx);
+            fprintf(stderr, "loquat perplexity: forward: %s\n", ce && ce->msg[0] ? ce->msg : "failed");
+            rc = lq_status_exit_code(ce ? ce->status : LQ_ERR_INTERNAL);
+            goto done;
+        }
+        for (int64_t t = first; t < n_ctx - 1; t++) {
+            double v = nll_of(lg, t, V, toks[w * n_ctx + t + 1]);
+            nll += v, nll2 += v * v, count++;
+        }
+        lq_ctx_step_reset(ctx);
+        fprintf(stderr, "[%lld/%lld] ppl %.4f (%.1f s)\n", (long long)(w + 1), (long long)n_win, exp(nll / (double)count),
+                now_s() - t0);
+    }
+    double mean = nll / (double)count, var = nll2 / (double)count - mean * mean;
+    double ppl = exp(mean), ppl_err = count > 1 && var > 0 ? ppl * sqrt(var / (double)(count - 1)) : 0;
+    printf("perplexity: %.4f +/- %.4f (%lld tokens scored, %lld windows of %ld)\n", ppl, ppl_err, (long long)count,
+           (long long)n_win, n_ctx);
+    if (o->json)
+        printf("{\"perplexity\": %.6f, \"perplexity_err\": %.6f, \"mean_nll\": %.8f, \"tokens\": %zu, \"scored\": %lld, "
+               "\"windows\": %lld, \"ctx\": %ld, \"bos\": %s, \"seconds\": %.3f}\n",
+               ppl, ppl_err, mean, n_tok, (long long)count, (long long)n_win, n_ctx, lt.add_bos ? "true" : "false",
+               now_s() - t0);
+    if (!isfinite(ppl)) rc = 1;
+done:
+    free(text), free(toks), free(win);
+    lq_ctx_free(ctx);
+    lq_lm_tok_free(&lt);
+    lq_llama_free(m);
+    return rc;
+}
