@@ -154,12 +154,15 @@ bench: features $(BENCH_BIN)
 test: features $(TEST_BIN) $(CLI)
 	@tools/run_tests.sh $(BUILD) $(TEST_BIN)
 
-# Until the trainer lands, the demo builds the tool and runs its engine self-check: every op's
-# backward against finite differences.
+# Until the trainer lands, the demo builds the tool, runs its engine self-check (every op's
+# backward against finite differences), fetches SmolLM2-135M-Instruct (4-bit GGUF, cached) and
+# asks it a question.
 demo: all
-	@$(CLI) --help
-	@echo
 	@$(CLI) gradcheck --threads 2
+	@echo
+	@model=$$(tools/fetch_model.sh | tail -n 1) && \
+	 echo "loquat generate --model $$model --chat --prompt 'What is the capital of France?'" && \
+	 $(CLI) generate --model "$$model" --chat --prompt "What is the capital of France?" --max-tokens 64
 
 clean:
 	rm -rf build
