@@ -132,4 +132,133 @@ lq_status lq_chat_render_chatml(const lq_chat_msg *msgs, size_t n, bool add_gene
 lq_status lq_chat_render_template(const char *tmpl, const lq_chat_msg *msgs, size_t n, bool add_generation_prompt,
                                   char **out, size_t *out_len, lq_err *err);
 
+/* ---------------------------------------------------------------------------------------------
+ * IDX files (datasets/idx.c): the MNIST / Fashion-MNIST format, gzip-compressed or plain (zlib
+ * reads both). Big-endian header: magic 0x00000803 = u8 images (N, H, W), 0x00000801 = u8 labels
+ * (N), then exactly N*H*W (or N) bytes. A wrong magic or type, a zero H/W, dimensions over
+ * LQ_IDX_MAX_BYTES, a short or over-long payload are LQ_ERR_INPUT naming the file; memory grows
+ * only as bytes actually arrive. Images become f32 in [0, 1] (byte / 255), laid out (N, 1, H, W)
+ * for a CNN.
+ * ------------------------------------------------------------------------------------------- */
+
+#define LQ_IDX_MAX_BYTES ((int64_t)1 << 31) /* largest payload accepted */
+
+typedef struct lq_idx_images {
+    int64_t n, h, w; /* data holds n * 1 * h * w floats */
+    float *data;
+} lq_idx_images;
+
+typedef struct lq_idx_labels {
+    int64_t n;
+    uint8_t *data;
+} lq_idx_labels;
+
+lq_status lq_idx_load_images(const char *path, lq_idx_images *out, lq_err *err);
+lq_status lq_idx_load_labels(const char *path, lq_idx_labels *out, lq_err *err);
+void lq_idx_images_free(lq_idx_images *im);
+void lq_idx_labels_free(lq_idx_labels *lb);
+
+/* ---------------------------------------------------------------------------------------------
+ * Data: training documents from text files (datasets/data_text.c), packing, shuffling and the
+ * train / eval split (datasets/pack.c).
+ *
+ * A document is a run of token ids with a parallel array of labels: labels[i] = ids[i] when the
+ * token is trained on, LQ_IGNORE_INDEX where it is masked (a prompt). Every document ends with
+ * the EOS token (opts.eos_id). Formats:
+ *  - LQ_DATA_TEXT: a file, or a folder of "*.txt" files read in byte-wise sorted name order; each
+ *    file is ONE document (blank lines are not split on); all tokens trained.
+ *  - LQ_DATA_JSONL: one JSON object per non-blank line with a string "text"; all trained.
+ *  - LQ_DATA_ALPACA: JSONL with strings "instruction", "output" and optional "input"; the prompt
+ *    is the Stanford Alpaca template (the "paired with an input" variant when input is non-empty)
+ *    and is masked; the output and the EOS are trained.
+ *  - LQ_DATA_CHAT: JSONL with "messages": [{"role", "content"}, ...] rendered as ChatML, each
+ *    message tokenized on its own in pieces: "<|im_start|>role\n" (masked), content +
+ *    "<|im_end|>" (trained for role "assistant", else masked), "\n" (masked); the final EOS is
+ *    masked (the model ends a turn with <|im_end|>). chat_template NULL or a ChatML-family
+ *    template (see lq_chat_render_template; other templates LQ_ERR_UNSUPPORTED); a template's
+ *    default system prompt is not injected.
+ * With add_special, the tokenizer's post-processor (e.g. BOS) is applied to the first piece of
+ * each document. Input is hostile: a bad JSON line, a missing or non-string field, a role or
+ * content that is not a string is LQ_ERR_INPUT naming the file, line and field.
+ * ------------------------------------------------------------------------------------------- */
+
+#define LQ_IGNORE_INDEX (-100)
+#define LQ_DATA_MAX_FILE ((int64_t)2 * 1024 * 1024 * 1024) /* bytes of one data file */
+
+typedef enum lq_data_format { LQ_DATA_TEXT, LQ_DATA_JSONL, LQ_DATA_ALPACA, LQ_DATA_CHAT } lq_data_format;
+
+typedef struct lq_doc {
+    int32_t *ids;
+    int32_t *labels;
+    size_t n;
+} lq_doc;
+
+typedef struct lq_docs {
+    lq_doc *doc;
+    size_t n, cap;
+} lq_docs;
+
+/* Counters a caller (a test) may read: how much tokenizing was done. */
+typedef struct lq_data_stats {
+    uint64_t n_encode;              /* lq_tokenizer_encode calls */
+    uint64_t cache_hits, cache_misses; /* lq_data_load_cached: loaded / (re)built */
+    char cache_note[LQ_ERR_MSG_MAX]; /* why the last cache was not used (missing, stale, corrupt) */
+} lq_data_stats;
+
+typedef struct lq_data_opts {
+    lq_data_format format;
+    int32_t eos_id;            /* appended to every document; must be a valid id */
+    bool add_special;          /* apply the tokenizer's post-processor (BOS) per document */
+    const char *chat_template; /* LQ_DATA_CHAT: NULL = ChatML */
+    lq_data_stats *stats;      /* optional */
+} lq_data_opts;
+
+/* Appends the documents of path to *docs (zero-initialise it first). */
+lq_status lq_data_load(const lq_tokenizer *tok, const char *path, const lq_data_opts *opts, lq_docs *docs,
+                       lq_err *err);
+void lq_docs_free(lq_docs *docs);
+const char *lq_data_format_name(lq_data_format f);
+
+/* Token cache (datasets/token_cache.c): as lq_data_load, through an HDF5 file at cache_path
+ * holding datasets "ids", "labels" (int32) and "offsets" (int64, n_docs + 1) and a root string
+ * attribute "key": a fingerprint of the tokenizer (FNV-1a 64 over every id's token string and
+ * special flag and the ids of a fixed probe text with and without the post-processor), of the
+ * data (the bytes of the file, or of each .txt file's name and bytes in load order), the format,
+ * eos_id, add_special and the chat template. A cache whose key matches and whose arrays are
+ * consistent (offsets rising from 0 to the array length, ids in range, each label the id or
+ * LQ_IGNORE_INDEX) is loaded without tokenizing; otherwise (missing, other key, corrupt) the data
+ * are tokenized and the cache rewritten atomically (a temporary file renamed over it), the
+ * reason left in opts->stats->cache_note. *hit (optional) tells which happened. Documents are
+ * appended to *docs as by lq_data_load. A hit tokenizes no data (stats->n_encode unchanged; only the
+ * two probe encodes of the fingerprint run). A cache that cannot be written is LQ_ERR_IO (the
+ * documents are not returned). */
+lq_status lq_data_load_cached(const lq_tokenizer *tok, const char *path, const lq_data_opts *opts,
+                              const char *cache_path, lq_docs *docs, bool *hit, lq_err *err);
+
+/* Packing (datasets/pack.c): the documents, in the given order, are laid end to end and cut into
+ * rows of seq_len tokens. ids[t] is the input; labels[t] is the token to predict at t: the next
+ * token's label when that token is in the same document and the same row, else LQ_IGNORE_INDEX
+ * (so nothing is predicted across a document boundary or a row end). doc_ids[t] numbers the
+ * document pieces within a row from 0 (for lq_attention's doc mask); positions[t] restarts at 0
+ * for every piece (a document continued into the next row starts again at 0 there). The tail of
+ * the last row is padding: ids pad_id, labels LQ_IGNORE_INDEX, doc_ids -1, positions 0. */
+typedef struct lq_packed {
+    int64_t n_rows, seq_len;
+    int32_t *ids, *labels, *doc_ids, *positions; /* n_rows * seq_len each */
+} lq_packed;
+
+/* order NULL = 0..n-1; otherwise n_order indices into docs (repeats allowed). */
+lq_status lq_pack(const lq_docs *docs, const size_t *order, size_t n_order, int64_t seq_len, int32_t pad_id,
+                  lq_packed *out, lq_err *err);
+void lq_packed_free(lq_packed *p);
+
+/* A permutation of 0..n-1 (Fisher-Yates driven by splitmix64(seed)): the same seed gives the same
+ * order on every platform. */
+lq_status lq_data_shuffle(size_t n, uint64_t seed, size_t *order, lq_err *err);
+/* Splits 0..n-1 by seed: eval gets round(val_fraction * n) indices (at least 1 when
+ * val_fraction > 0 and n >= 2, at most n - 1), the first ones of the seed's permutation; train
+ * the rest, in permutation order. val_fraction in [0, 1). Both arrays malloc'd (NULL when empty). */
+lq_status lq_data_split(size_t n, double val_fraction, uint64_t seed, size_t **train, size_t *n_train,
+                        size_t **eval, size_t *n_eval, lq_err *err);
+
 #endif

@@ -383,4 +383,42 @@ lq_status lq_llama_rope_inv_freq(const lq_llama_config *cfg, float *out);
 /* The scaling step alone, in place on head_dim / 2 unscaled frequencies (a no-op for default). */
 lq_status lq_llama_rope_scale_inv_freq(const lq_llama_config *cfg, float *inv_freq);
 
+/* ---------------------------------------------------------------------------------------------
+ * HDF5 listing (io/hdf5_inspect.c, read-only, for `loquat inspect`): every object reached by a
+ * link from the root, in name order (H5Lvisit): the root group "/" first, then "/a", "/a/b"...;
+ * each object's attributes follow it (kind LQ_H5_ATTR, path = the owner, name = the attribute).
+ * Soft and external links are listed (LQ_H5_LINK), not followed. dtype: int8..int64,
+ * uint8..uint64, float16/32/64, string, compound, enum, ...; bytes = elements * type size (the
+ * logical size, not the compressed storage). An attribute's value is kept as JSON text for a
+ * string (cut at 200 bytes, "..." marking the cut) or a numeric one of at most
+ * LQ_H5_VALUES_SHOWN elements (a scalar as a number, more as [a, b]); NULL otherwise. Any HDF5
+ * failure is LQ_ERR_INPUT naming the file, the call and HDF5's reason; HDF5's own error printing
+ * is switched off during the call (and restored after).
+ * ------------------------------------------------------------------------------------------- */
+
+#define LQ_H5_MAX_DIMS 32
+#define LQ_H5_VALUES_SHOWN 8
+
+typedef enum lq_h5_kind { LQ_H5_GROUP, LQ_H5_DATASET, LQ_H5_ATTR, LQ_H5_LINK, LQ_H5_OTHER } lq_h5_kind;
+
+typedef struct lq_h5_entry {
+    lq_h5_kind kind;
+    char *path;    /* "/", "/model/w" (for an attribute: its object) */
+    char *name;    /* the attribute's name, else NULL */
+    char dtype[32]; /* "" for groups */
+    int ndim;      /* datasets and attributes; 0 = scalar */
+    int64_t shape[LQ_H5_MAX_DIMS];
+    int64_t numel;
+    uint64_t bytes;
+    char *value; /* attributes: JSON text of the value, or NULL */
+} lq_h5_entry;
+
+typedef struct lq_h5_listing {
+    int64_t n;
+    lq_h5_entry *e;
+} lq_h5_listing;
+
+lq_status lq_h5_list(const char *path, lq_h5_listing *out, lq_err *err);
+void lq_h5_listing_free(lq_h5_listing *l);
+
 #endif

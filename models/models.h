@@ -24,9 +24,20 @@ void lq_llama_free(lq_llama_model *m);
 const lq_llama_config *lq_llama_model_config(const lq_llama_model *m);
 
 /* Key / value cache for incremental decoding: up to max_tokens positions per sequence, batch 1.
- * f32 K (after RoPE) and V, (max_tokens, Hkv, D) per layer. */
+ * K (after RoPE) and V, (max_tokens, Hkv, D) per layer, stored as f32 or as int8: one f32 scale
+ * per (token, head) vector of D values, symmetric (scale = absmax / 127, code = x / scale rounded
+ * half to even, in [-127, 127]; an all-zero vector has scale 0), dequantized on read (code *
+ * scale). A token's own K / V are quantized before it attends to them, so chunked and
+ * token-by-token decoding see the same values. */
+typedef enum lq_kv_dtype { LQ_KV_F32 = 0, LQ_KV_INT8 } lq_kv_dtype;
 typedef struct lq_kv_cache lq_kv_cache;
 lq_status lq_kv_cache_init(lq_kv_cache **out, const lq_llama_model *m, int64_t max_tokens, lq_err *err);
+lq_status lq_kv_cache_init_dtype(lq_kv_cache **out, const lq_llama_model *m, int64_t max_tokens, lq_kv_dtype dtype,
+                                 lq_err *err);
+/* Bytes the cache holds per token (K and V over every layer, scales included). */
+int64_t lq_kv_cache_bytes_per_token(const lq_kv_cache *kv);
+/* "f32" / "int8" -> dtype; false for anything else. */
+bool lq_kv_dtype_parse(const char *s, lq_kv_dtype *out);
 void lq_kv_cache_free(lq_kv_cache *kv);
 void lq_kv_cache_reset(lq_kv_cache *kv);
 int64_t lq_kv_cache_len(const lq_kv_cache *kv); /* tokens already in the cache */

@@ -28,7 +28,10 @@ struct lq_llama_model {
 
 struct lq_kv_cache {
     int64_t max_tokens, len, n_layers, n_kv_heads, head_dim;
-    float *k, *v; /* per layer (max_tokens, Hkv, D), layer after layer */
+    lq_kv_dtype dtype;
+    float *k, *v;         /* f32: per layer (max_tokens, Hkv, D), layer after layer */
+    int8_t *kq, *vq;      /* int8: the same layout, codes */
+    float *ks, *vs;       /* int8: per layer (max_tokens, Hkv) scales */
 };
 
 /* Attention of q (1, T, Hq, D) at positions len .. len + T - 1 over the cached prefix and the new

@@ -130,6 +130,30 @@ if expect_rc 0 "perplexity" perplexity --model "$tiny" --data "$text" --ctx 16 -
     awk -v s="${n_scored% *}" -v w="${n_scored#* }" 'BEGIN { exit !(s == 7 * w && w >= 2) }' || fail "scored $n_scored: want 7 per window"
 fi
 
+# --- --kv-cache f32|int8
+expect_rc 2 "generate bad --kv-cache" generate --model "$tiny" --kv-cache int4 && has_err "int4" "bad kv-cache named"
+if [ -n "${first:-}" ]; then
+    expect_rc 0 "greedy, f32 KV cache" generate --model "$tiny" --prompt "the cat" --max-tokens 24 --kv-cache f32 &&
+        has_err 'f32 KV cache, [0-9]+ bytes per token' "f32 cache bytes reported"
+    checks=$((checks + 1))
+    [ "$out" = "$first" ] || fail "--kv-cache f32 differs from the default"
+    expect_rc 0 "greedy, int8 KV cache" generate --model "$tiny" --prompt "the cat" --max-tokens 24 --kv-cache int8 &&
+        has_err 'int8 KV cache, [0-9]+ bytes per token' "int8 cache bytes reported"
+fi
+if [ -n "${ppl:-}" ]; then
+    for kvt in f32 int8; do
+        expect_rc 0 "perplexity --kv-cache $kvt" perplexity --model "$tiny" --data "$text" --ctx 16 --json --kv-cache $kvt || continue
+        p2=$(tail -n 1 "$tmp/out" | sed -E 's/^\{"perplexity": ([0-9.]+),.*/\1/')
+        checks=$((checks + 1))
+        grep -q "\"kv_cache\": \"$kvt\"" "$tmp/out" || fail "perplexity json lacks kv_cache $kvt"
+        # f32 cache: the plain forward's value (float rounding only); int8: within 5 %
+        tol=$([ $kvt = f32 ] && echo 0.0001 || echo 0.05)
+        checks=$((checks + 1))
+        awk -v a="$p2" -v b="$ppl" -v t="$tol" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; exit !(d <= t) }' ||
+            fail "perplexity with $kvt cache $p2 vs $ppl (tolerance $tol)"
+    done
+fi
+
 if [ "$failures" -ne 0 ]; then
     echo "test_cli_generate: $failures of $checks checks failed"
     exit 1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/test_cli_inspect.sh: `loquat inspect` on a GGUF file gguf-py wrote and a safetensors file
-# the safetensors package wrote (text and --json), format told by magic not extension, HDF5 refused,
+# the safetensors package wrote (text and --json), format told by magic not extension, HDF5 (a file
+# tests/test_hdf5_inspect writes),
 # bad files exit 2 with a message naming the file. Needs no Python (JSON checked with grep).
 # Run by tools/run_tests.sh with BUILD set to the build directory; exits non-zero if any check fails.
 set -u
@@ -115,11 +116,38 @@ checks=$((checks + 1))
 [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "bad file: want a one-line message"
 expect_rc 2 "no FILE" inspect && has_err "missing FILE" "usage message"
 
-# --- HDF5: not in this build
-printf '\x89HDF\r\n\x1a\n' >"$tmp/ckpt.bin"
-expect_rc 1 "hdf5 by magic" inspect "$tmp/ckpt.bin" && has_err "HDF5 checkpoints are not supported by this build yet" "hdf5 message"
+# --- HDF5: a file tests/test_hdf5_inspect writes with the HDF5 C library
+h5w="${BUILD:-build}/tests/test_hdf5_inspect"
+checks=$((checks + 1))
+if ! "$h5w" --write "$tmp/ckpt.bin" 2>"$tmp/err"; then
+    fail "could not write the HDF5 fixture with $h5w"
+else
+    if expect_rc 0 "hdf5 by magic" inspect "$tmp/ckpt.bin"; then
+        has 'ckpt\.bin: HDF5$' "hdf5 header"
+        has '^  /model/layer0 +group$' "hdf5 group"
+        has '^  /model/layer0/weight +float32 +\[2, 3\] +24$' "hdf5 dataset row"
+        has '^  /model@note +string +scalar +"say \\"hi\\""$' "hdf5 string attribute"
+        has '^  /@version +int64 +scalar +3$' "hdf5 int attribute"
+        has '^  /model/layer0/weight@dims +int32 +\[4\] +\[7, -8, 9, 10\]$' "hdf5 array attribute"
+        has '^total: 3 tensors, 14 parameters, 60 bytes$' "hdf5 totals"
+    fi
+    if expect_rc 0 "hdf5 --json" inspect "$tmp/ckpt.bin" --json; then
+        checks=$((checks + 1))
+        [ "$(wc -l <"$tmp/out")" -eq 1 ] || fail "hdf5 --json: want one line"
+        has '"format":"hdf5"' "hdf5 json format"
+        has '\{"object":"/model","name":"lr","dtype":"float64","shape":\[\],"value":0\.25\}' "hdf5 json attribute"
+        has '\{"name":"/model/layer0/weight","dtype":"float32","loadable":true,"shape":\[2,3\],"params":6,"bytes":24\}' "hdf5 json dataset"
+        has '"tensor_count":3,"parameter_count":14,"total_bytes":60\}$' "hdf5 json totals"
+    fi
+    head -c 1000 "$tmp/ckpt.bin" >"$tmp/cut.h5"
+    expect_rc 2 "truncated hdf5" inspect "$tmp/cut.h5" && has_err "cut\.h5: HDF5 .*truncated file" "truncated hdf5 message"
+    checks=$((checks + 1))
+    [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "truncated hdf5: want a one-line message (HDF5's own error stack silenced)"
+fi
+printf '\x89HDF\r\n\x1a\n' >"$tmp/sig.bin"
+expect_rc 2 "hdf5 signature only" inspect "$tmp/sig.bin" && has_err "sig\.bin: " "hdf5 signature message"
 : >"$tmp/empty.h5"
-expect_rc 1 "hdf5 by extension" inspect "$tmp/empty.h5" && has_err "HDF5 checkpoints are not supported" "h5 message"
+expect_rc 2 "empty .h5" inspect "$tmp/empty.h5" && has_err "empty\.h5: not an HDF5 file" "empty h5 message"
 
 # --- help
 expect_rc 0 "inspect --help" inspect --help && has '^usage: loquat inspect FILE \[--json\]$' "usage line"

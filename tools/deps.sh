@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages loquat builds against; does nothing when they are all present.
 set -euo pipefail
-pkgs=(build-essential pkg-config libopenblas-openmp-dev libhdf5-dev libcmocka-dev libyaml-dev libcjson-dev libpcre2-dev)
+pkgs=(build-essential pkg-config libopenblas-openmp-dev libhdf5-dev libcmocka-dev libyaml-dev libcjson-dev libpcre2-dev zlib1g-dev)
 # EXTRA_PKGS="a b" adds packages a caller needs (valgrind for the memcheck run).
 # shellcheck disable=SC2206
 pkgs+=(${EXTRA_PKGS:-})

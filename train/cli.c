@@ -10,7 +10,7 @@
 #include "train/train.h"
 
 #define CLI_MAX_ARGS 3
-#define CLI_MAX_OPTS 8
+#define CLI_MAX_OPTS 12
 #define CLI_MAX_REPEAT 64
 #define CLI_EXIT_USAGE 2
 #define GRADCHECK_TOLERANCE 1e-2
@@ -98,7 +98,8 @@ static const cli_cmd commands[] = {
      {{"--model", CLI_STR, "PATH", true, false, 0, "GGUF file or Hugging Face model directory"},
       {"--data", CLI_STR, "FILE", true, false, 0, "plain-text file to score"},
       {"--ctx", CLI_INT, "N", false, false, 1L << 20, "tokens per window (default 512)"},
-      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print one JSON object on the last line"}},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print one JSON object on the last line"},
+      {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "score each window by incremental decoding through a KV cache of this dtype"}},
      cmd_perplexity},
     {"generate", "generate text from a prompt",
      "Continues a prompt with a model, streaming the text as it comes (KV cache); stops at an\n"
@@ -113,7 +114,8 @@ static const cli_cmd commands[] = {
       {"--temperature", CLI_STR, "T", false, false, 0, "sampling temperature, 0 = greedy (default 0)"},
       {"--top-k", CLI_INT, "K", false, false, 1L << 24, "sample among the K most likely tokens"},
       {"--top-p", CLI_STR, "P", false, false, 0, "nucleus sampling mass in (0, 1] (default 1)"},
-      {"--seed", CLI_STR, "S", false, false, 0, "random seed for sampling (default 0)"}},
+      {"--seed", CLI_STR, "S", false, false, 0, "random seed for sampling (default 0)"},
+      {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "KV cache storage: int8 = one f32 scale per token and head (default f32)"}},
      cmd_generate},
     {"merge", "merge a LoRA adapter into its base model and export it",
      "Adds an adapter's low-rank update to the base weights (dequantizing a quantized base) and\n"
@@ -152,10 +154,11 @@ static const cli_cmd commands[] = {
       {"--json", CLI_SWITCH, NULL, false, false, 0, "also print the report as one JSON object on the last line"}},
      cmd_dequantize},
     {"inspect", "list the tensors, dtypes and metadata of a model or checkpoint file",
-     "Prints the header of a GGUF or safetensors file (told apart by their first bytes): every\n"
+     "Prints the header of a GGUF, safetensors or HDF5 file (told apart by their first bytes): every\n"
      "metadata key with its type and value (long arrays show their first 8 elements and their\n"
      "length), a table of tensors (name, dtype, shape outermost first, bytes) and the totals.\n"
-     "HDF5 checkpoints are not supported by this build yet.",
+     "For HDF5: every group, dataset (dtype, shape, bytes) and attribute (strings and small\n"
+     "numeric values shown), in name order.",
      {{"FILE", false, "the file to inspect"}},
      {{"--json", CLI_SWITCH, NULL, false, false, 0, "print one JSON object with the same information"}},
      cmd_inspect},
@@ -533,6 +536,7 @@ static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a) {
         .top_p = opt_value(cmd, a, "--top-p"),
         .top_k = tk ? atol(tk) : 0,
         .seed = opt_value(cmd, a, "--seed"),
+        .kv_cache = opt_value(cmd, a, "--kv-cache"),
     };
     return lq_cmd_generate(&o);
 }
@@ -540,7 +544,7 @@ static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a) {
 static int cmd_perplexity(const cli_cmd *cmd, const cli_parsed *a) {
     const char *c = opt_value(cmd, a, "--ctx");
     lq_perplexity_opts o = {opt_value(cmd, a, "--model"), opt_value(cmd, a, "--data"), c ? atol(c) : 0,
-                            opt_value(cmd, a, "--json") != NULL};
+                            opt_value(cmd, a, "--json") != NULL, opt_value(cmd, a, "--kv-cache")};
     return lq_cmd_perplexity(&o);
 }
 

@@ -169,6 +169,11 @@ int lq_cmd_generate(const lq_generate_opts *o) {
         fprintf(stderr, "loquat generate: --seed expects a non-negative integer, got '%s'\n", o->seed);
         return 2;
     }
+    lq_kv_dtype kvt = LQ_KV_F32;
+    if (o->kv_cache && !lq_kv_dtype_parse(o->kv_cache, &kvt)) {
+        fprintf(stderr, "loquat generate: --kv-cache expects f32 or int8, got '%s'\n", o->kv_cache);
+        return 2;
+    }
     long max_new = o->max_tokens > 0 ? o->max_tokens : GEN_DEFAULT_MAX_TOKENS;
     struct stat sb;
     if (!o->model || stat(o->model, &sb) != 0) {
@@ -241,7 +246,7 @@ int lq_cmd_generate(const lq_generate_opts *o) {
         goto done;
     }
     if ((st = lq_sampler_init(&smp, &scfg, V, &err)) != LQ_OK || (st = lq_ctx_init(&ctx, &copts, &err)) != LQ_OK ||
-        (st = lq_kv_cache_init(&kv, m, (int64_t)n_prompt + max_new, &err)) != LQ_OK) {
+        (st = lq_kv_cache_init_dtype(&kv, m, (int64_t)n_prompt + max_new, kvt, &err)) != LQ_OK) {
         rc = fail(st, &err, NULL);
         goto done;
     }
@@ -304,6 +309,8 @@ int lq_cmd_generate(const lq_generate_opts *o) {
     fprintf(stderr, "loquat generate: prompt %zu tokens in %.2f s (%.1f tok/s); generated %ld tokens in %.2f s (%.1f tok/s)\n",
             n_prompt, t1 - t0, (double)n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9), n_gen, t2 - t1,
             (double)n_gen / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
+    fprintf(stderr, "loquat generate: %s KV cache, %lld bytes per token\n", kvt == LQ_KV_INT8 ? "int8" : "f32",
+            (long long)lq_kv_cache_bytes_per_token(kv));
 done:
     free(ids), free(row), free(text), free(pend);
     lq_sampler_free(&smp);

@@ -15,6 +15,7 @@
 
 #define PPL_DEFAULT_CTX 512
 #define PPL_MAX_FILE ((int64_t)1 << 30)
+#define PPL_KV_CHUNK 64 /* tokens per forward when decoding through a KV cache */
 
 /* The rules of llama.cpp's perplexity tool (examples/perplexity, non-strided mode):
  *  - the whole file is tokenized once, with BOS in front when the tokenizer adds one (add_bos);
@@ -24,7 +25,11 @@
  *  - only the second half is scored: the logits at positions ctx/2 .. ctx-2 predict the tokens
  *    at ctx/2 + 1 .. ctx-1 (ctx - 1 - ctx/2 predictions per window);
  *  - PPL = exp(mean NLL) over every scored prediction so far; the error bar is
- *    PPL * sqrt(var(NLL) / (n - 1)). */
+ *    PPL * sqrt(var(NLL) / (n - 1)).
+ * With --kv-cache f32|int8 each window goes through a fresh KV cache of that dtype in chunks of
+ * PPL_KV_CHUNK tokens, as generation decodes (each token's K / V are stored, quantized for int8,
+ * before any position reads them, so this equals token-by-token decoding): same windows, same
+ * scored positions; the difference to the plain forward is the cache's storage error. */
 
 static char *read_file(const char *path, size_t *n, lq_err *err) {
     FILE *f = fopen(path, "rb");
@@ -66,6 +71,11 @@ static double now_s(void) {
 
 int lq_cmd_perplexity(const lq_perplexity_opts *o) {
     long n_ctx = o->ctx > 0 ? o->ctx : PPL_DEFAULT_CTX;
+    lq_kv_dtype kvt = LQ_KV_F32;
+    if (o->kv_cache && !lq_kv_dtype_parse(o->kv_cache, &kvt)) {
+        fprintf(stderr, "loquat perplexity: --kv-cache expects f32 or int8, got '%s'\n", o->kv_cache);
+        return 2;
+    }
     if (n_ctx < 4) {
         fprintf(stderr, "loquat perplexity: --ctx must be at least 4, got %ld\n", n_ctx);
         return 2;
@@ -86,6 +96,8 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
     lq_lm_tok lt = {0};
     lq_ctx *ctx = NULL;
     int32_t *toks = NULL, *win = NULL;
+    lq_kv_cache *kv = NULL;
+    float *lgs = NULL; /* with a cache: the window's logits, (n_ctx, V) */
     int rc = 0;
     lq_status st = lq_llama_load(o->model, &m, &err);
     if (st == LQ_OK) st = lq_lm_tok_load(o->model, lq_llama_model_config(m), &lt, &err);
@@ -115,6 +127,11 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
     win = malloc((size_t)n_ctx * sizeof *win);
     if (!win) st = LQ_ERR(&err, LQ_ERR_OOM, "out of memory");
     if (st == LQ_OK) st = lq_ctx_init(&ctx, &copts, &err);
+    if (st == LQ_OK && o->kv_cache) {
+        st = lq_kv_cache_init_dtype(&kv, m, n_ctx, kvt, &err);
+        if (st == LQ_OK && !(lgs = malloc((size_t)n_ctx * (size_t)V * sizeof *lgs)))
+            st = LQ_ERR(&err, LQ_ERR_OOM, "out of memory for %ld x %lld logits", n_ctx, (long long)V);
+    }
     if (st != LQ_OK) {
         fprintf(stderr, "loquat perplexity: %s\n", err.msg);
         rc = lq_status_exit_code(st);
@@ -123,23 +140,47 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
     lq_ctx_set_grad(ctx, false);
     fprintf(stderr, "loquat perplexity: %zu tokens, %lld windows of %ld (scoring the last %lld positions of each)%s\n",
             n_tok, (long long)n_win, n_ctx, (long long)(n_ctx - 1 - first), lt.add_bos ? ", BOS first" : "");
+    if (kv)
+        fprintf(stderr, "loquat perplexity: decoding through the %s KV cache (%lld bytes per token)\n",
+                kvt == LQ_KV_INT8 ? "int8" : "f32", (long long)lq_kv_cache_bytes_per_token(kv));
     double nll = 0, nll2 = 0, t0 = now_s();
     int64_t count = 0;
     for (int64_t w = 0; w < n_win; w++) {
         memcpy(win, toks + w * n_ctx, (size_t)n_ctx * sizeof *win);
         if (lt.add_bos) win[0] = lt.bos;
-        int64_t shape[2] = {1, n_ctx};
-        lq_tensor *in = lq_new(ctx, LQ_DTYPE_I32, 2, shape);
-        if (in) memcpy(in->data, win, (size_t)n_ctx * sizeof *win);
-        lq_tensor *lg = lq_llama_forward(ctx, m, in, 0, NULL);
-        if (!lg || lq_ctx_status(ctx) != LQ_OK) {
-            const lq_err *ce = lq_ctx_error(ctx);
-            fprintf(stderr, "loquat perplexity: forward: %s\n", ce && ce->msg[0] ? ce->msg : "failed");
-            rc = lq_status_exit_code(ce ? ce->status : LQ_ERR_INTERNAL);
-            goto done;
+        lq_tensor *lg = NULL;
+        if (kv) lq_kv_cache_reset(kv);
+        for (int64_t p0 = 0; p0 < n_ctx; p0 += kv ? PPL_KV_CHUNK : n_ctx) {
+            int64_t n = kv && n_ctx - p0 > PPL_KV_CHUNK ? PPL_KV_CHUNK : n_ctx - p0;
+            lq_ctx_mark mk = lq_ctx_get_mark(ctx);
+            int64_t shape[2] = {1, n};
+            lq_tensor *in = lq_new(ctx, LQ_DTYPE_I32, 2, shape);
+            if (in) memcpy(in->data, win + p0, (size_t)n * sizeof *win);
+            lg = lq_llama_forward(ctx, m, in, p0, kv);
+            if (!lg || lq_ctx_status(ctx) != LQ_OK) {
+                const lq_err *ce = lq_ctx_error(ctx);
+                fprintf(stderr, "loquat perplexity: forward: %s\n", ce && ce->msg[0] ? ce->msg : "failed");
+                rc = lq_status_exit_code(ce ? ce->status : LQ_ERR_INTERNAL);
+                goto done;
+            }
+            if (kv) {
+                for (int64_t t = 0; t < n; t++)
+                    for (int64_t j = 0; j < V; j++) lgs[(p0 + t) * V + j] = *lq_f32_at(lg, 0, t, j, 0);
+                lq_ctx_reset_to(ctx, mk);
+            }
         }
         for (int64_t t = first; t < n_ctx - 1; t++) {
-            double v = nll_of(lg, t, V, toks[w * n_ctx + t + 1]);
+            int32_t target = toks[w * n_ctx + t + 1];
+            double v;
+            if (kv) {
+                const float *r = lgs + t * V;
+                double mx = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < V; j++) mx = r[j] > mx ? r[j] : mx;
+                for (int64_t j = 0; j < V; j++) sum += exp((double)r[j] - mx);
+                v = log(sum) + mx - (double)r[target];
+            } else {
+                v = nll_of(lg, t, V, target);
+            }
             nll += v, nll2 += v * v, count++;
         }
         lq_ctx_step_reset(ctx);
@@ -152,12 +193,13 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
            (long long)n_win, n_ctx);
     if (o->json)
         printf("{\"perplexity\": %.6f, \"perplexity_err\": %.6f, \"mean_nll\": %.8f, \"tokens\": %zu, \"scored\": %lld, "
-               "\"windows\": %lld, \"ctx\": %ld, \"bos\": %s, \"seconds\": %.3f}\n",
+               "\"windows\": %lld, \"ctx\": %ld, \"bos\": %s, \"kv_cache\": \"%s\", \"seconds\": %.3f}\n",
                ppl, ppl_err, mean, n_tok, (long long)count, (long long)n_win, n_ctx, lt.add_bos ? "true" : "false",
-               now_s() - t0);
+               kv ? (kvt == LQ_KV_INT8 ? "int8" : "f32") : "none", now_s() - t0);
     if (!isfinite(ppl)) rc = 1;
 done:
-    free(text), free(toks), free(win);
+    free(text), free(toks), free(win), free(lgs);
+    lq_kv_cache_free(kv);
     lq_ctx_free(ctx);
     lq_lm_tok_free(&lt);
     lq_llama_free(m);

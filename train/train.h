@@ -143,6 +143,7 @@ typedef struct lq_generate_opts {
     const char *top_p;       /* default 1 */
     long top_k;              /* 0 = off */
     const char *seed;        /* default 0 */
+    const char *kv_cache;    /* "f32" (default, NULL) or "int8" */
 } lq_generate_opts;
 int lq_cmd_generate(const lq_generate_opts *o);
 
@@ -150,6 +151,7 @@ typedef struct lq_perplexity_opts {
     const char *model, *data;
     long ctx; /* tokens per window; 0 = 512 */
     bool json;
+    const char *kv_cache; /* NULL: one forward per window; "f32" / "int8": incremental decoding through that cache */
 } lq_perplexity_opts;
 int lq_cmd_perplexity(const lq_perplexity_opts *o);
 
