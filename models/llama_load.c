@@ -181,6 +181,7 @@ static lq_status load_all(lq_llama_model *m, const char *path, const names *nm, 
     int64_t es[2] = {V, C};
     lq_tensor *embed_file = NULL;
     LQ_TRY(load_weight(m, path, nm->embed, 2, es, WANT_KEEP, false, 0, &embed_file, err));
+    m->embed_file = embed_file;
     if (embed_file->dtype == LQ_DTYPE_F32) {
         m->embed = embed_file;
     } else { /* lq_embedding reads f32: dequantize the table once (V * C * 4 bytes) */

@@ -23,6 +23,12 @@ lq_status lq_llama_load(const char *path, lq_llama_model **out, lq_err *err);
 void lq_llama_free(lq_llama_model *m);
 const lq_llama_config *lq_llama_model_config(const lq_llama_model *m);
 
+/* Writes m as a GGUF file llama.cpp reads (architecture "llama": its metadata keys and tensor
+ * names, weights in their loaded dtypes, q / k rows re-permuted to llama.cpp's interleaved
+ * order), atomically. Weights only: no tokenizer metadata. Biases and scaled RoPE are
+ * LQ_ERR_UNSUPPORTED. */
+lq_status lq_llama_save_gguf(const lq_llama_model *m, const char *path, lq_err *err);
+
 /* Key / value cache for incremental decoding: up to max_tokens positions per sequence, batch 1.
  * K (after RoPE) and V, (max_tokens, Hkv, D) per layer, stored as f32 or as int8: one f32 scale
  * per (token, head) vector of D values, symmetric (scale = absmax / 127, code = x / scale rounded

@@ -16,7 +16,8 @@ typedef struct lq_llama_layer {
 struct lq_llama_model {
     lq_llama_config cfg;
     lq_llama_layer *layers;
-    lq_tensor *embed;    /* (V, C) f32, dequantized at load when the file holds another dtype */
+    lq_tensor *embed;      /* (V, C) f32, dequantized at load when the file holds another dtype */
+    lq_tensor *embed_file; /* the embedding as the file holds it (== embed when f32); for export */
     lq_tensor *out_norm; /* (C) f32 */
     lq_tensor *lm_head;  /* (V, C) in file dtype; the embedding's file tensor when tied */
     float *inv_freq;     /* head_dim / 2 */
