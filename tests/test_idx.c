@@ -160,12 +160,8 @@ static void test_hostile(void **state) {
 /* The real data set, if cached. */
 static void test_fashion_mnist(void **state) {
     (void)state;
-    const char *cache = getenv("LOQUAT_CACHE");
     char dir[512], p[640];
-    if (cache && *cache)
-        snprintf(dir, sizeof dir, "%s/data/fashion-mnist", cache);
-    else
-        snprintf(dir, sizeof dir, "%s/.cache/loquat/data/fashion-mnist", getenv("HOME") ? getenv("HOME") : "");
+    lq_cache_path("data/fashion-mnist", dir, sizeof dir);
     snprintf(p, sizeof p, "%s/t10k-labels-idx1-ubyte.gz", dir);
     if (access(p, R_OK) != 0) {
         print_message("Fashion-MNIST not in %s (run tools/fetch_fashion_mnist.sh): skipped\n", dir);

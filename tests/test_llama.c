@@ -384,11 +384,10 @@ static void test_bad_hf(void **state) {
 /* The real SmolLM2-135M-Instruct Q4_1 GGUF, when fetched (tools/fetch_model.sh). */
 static void test_smollm2(void **state) {
     (void)state;
-    const char *home = getenv("HOME");
     char path[512];
-    snprintf(path, sizeof path, "%s/.cache/loquat/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
+    lq_cache_path("models/SmolLM2-135M-Instruct.Q4_1.gguf", path, sizeof path);
     struct stat sb;
-    if (!home || stat(path, &sb) != 0) skip();
+    if (stat(path, &sb) != 0) skip();
     lq_llama_model *m = NULL;
     lq_err err;
     lq_err_clear(&err);

@@ -253,9 +253,9 @@ static void test_variants(void **state) {
 /* SmolLM2-135M's tokenizer exported from its GGUF (49152 ids): not committed; skipped when absent. */
 static void test_smollm2(void **state) {
     char path[512], rp[512], name[64];
-    const char *env = getenv("LOQUAT_SMOLLM2_TOKENIZER"), *home = getenv("HOME");
+    const char *env = getenv("LOQUAT_SMOLLM2_TOKENIZER");
     if (env) snprintf(path, sizeof path, "%s", env);
-    else snprintf(path, sizeof path, "%s/.cache/loquat/models/SmolLM2-135M-Instruct.tokenizer.json", home ? home : "");
+    else lq_cache_path("models/SmolLM2-135M-Instruct.tokenizer.json", path, sizeof path);
     FILE *f = fopen(path, "rb");
     if (!f) {
         print_message("skipped: %s not found (tools/gen_tokenizer_fixtures.py --smollm2 writes it)\n", path);

@@ -135,9 +135,9 @@ static void test_tiny_matches_json(void **state) {
 static void test_smollm2_gguf(void **state) {
     (void)state;
     char path[512], rp[512], name[64];
-    const char *env = getenv("LOQUAT_SMOLLM2_GGUF"), *home = getenv("HOME");
+    const char *env = getenv("LOQUAT_SMOLLM2_GGUF");
     if (env) snprintf(path, sizeof path, "%s", env);
-    else snprintf(path, sizeof path, "%s/.cache/loquat/models/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "");
+    else lq_cache_path("models/SmolLM2-135M-Instruct.Q4_1.gguf", path, sizeof path);
     if (access(path, R_OK) != 0) {
         print_message("skipped: %s not found (tools/fetch_model.sh fetches it)\n", path);
         skip();
@@ -176,7 +176,7 @@ static void test_smollm2_gguf(void **state) {
     char jp[512];
     const char *jenv = getenv("LOQUAT_SMOLLM2_TOKENIZER");
     if (jenv) snprintf(jp, sizeof jp, "%s", jenv);
-    else snprintf(jp, sizeof jp, "%s/.cache/loquat/models/SmolLM2-135M-Instruct.tokenizer.json", home ? home : "");
+    else lq_cache_path("models/SmolLM2-135M-Instruct.tokenizer.json", jp, sizeof jp);
     lq_tokenizer *tj = NULL;
     if (access(jp, R_OK) == 0 && lq_tokenizer_load(&tj, jp, NULL) == LQ_OK) {
         static const char *const probe[] = {

@@ -61,6 +61,13 @@ lq_ctx *lq_test_ctx(int n_threads) {
     return ctx;
 }
 
+const char *lq_cache_path(const char *rel, char *buf, size_t n) {
+    const char *cache = getenv("LOQUAT_CACHE"), *home = getenv("HOME");
+    if (cache && *cache) snprintf(buf, n, "%s/%s", cache, rel);
+    else snprintf(buf, n, "%s/.cache/loquat/%s", home ? home : "", rel);
+    return buf;
+}
+
 const char *lq_fixture_path(const char *name, char *buf, size_t n) {
     const char *dir = getenv("LOQUAT_FIXTURES");
     snprintf(buf, n, "%s/%s", dir && *dir ? dir : "tests/fixtures", name);

@@ -23,6 +23,10 @@ void lq_assert_ctx_ok_impl(const lq_ctx *ctx, const char *file, int line);
 /* A context with n threads, seed 1234 (fails the test if it cannot be made). */
 lq_ctx *lq_test_ctx(int n_threads);
 
+/* Path of a file in loquat's cache ($LOQUAT_CACHE, default ~/.cache/loquat), where
+ * tools/fetch_model.sh and the other fetch tools put models and data. */
+const char *lq_cache_path(const char *rel, char *buf, size_t n);
+
 /* Path of a file under tests/fixtures/, resolved against LOQUAT_FIXTURES or the source tree. */
 const char *lq_fixture_path(const char *name, char *buf, size_t n);
 
