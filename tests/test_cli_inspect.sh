@@ -5,39 +5,9 @@
 # bad files exit 2 with a message naming the file. Needs no Python (JSON checked with grep).
 # Run by tools/run_tests.sh with BUILD set to the build directory; exits non-zero if any check fails.
 set -u
-bin="${BUILD:-build}/loquat"
 fxd="${LOQUAT_FIXTURES:-tests/fixtures}"
-if [ ! -x "$bin" ]; then
-    echo "FAIL: $bin not found or not executable"
-    exit 1
-fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-checks=0
-
-run() {
-    "$bin" "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-    out=$(cat "$tmp/out")
-    err=$(cat "$tmp/err")
-}
-
-fail() {
-    failures=$((failures + 1))
-    echo "FAIL: $*"
-    echo "  stdout: $(tail -c 600 "$tmp/out")"
-    echo "  stderr: $(head -c 600 "$tmp/err")"
-}
-
-expect_rc() { # expect_rc CODE DESCRIPTION ARGS...
-    local want=$1 what=$2
-    shift 2
-    checks=$((checks + 1))
-    run "$@"
-    if [ "$rc" -ne "$want" ]; then fail "$what: 'loquat $*' exited $rc, want $want"; return 1; fi
-    return 0
-}
+# shellcheck source=tests/cli_harness.sh
+source "$(dirname "$0")/cli_harness.sh"
 
 has() { # has PATTERN DESCRIPTION (grep -E on the last stdout)
     checks=$((checks + 1))
