@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/file.h"
 #include "datasets/datasets.h"
 
 static const char ALPACA_INPUT[] =
@@ -93,34 +94,7 @@ static lq_status doc_finish(doc_buf *d, const lq_data_opts *o, bool train_eos, l
 }
 
 static lq_status read_file(const char *path, char **out, size_t *len, lq_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return LQ_ERR(err, LQ_ERR_INPUT, "%s: not a regular file", path);
-    }
-    if ((int64_t)sb.st_size > LQ_DATA_MAX_FILE) {
-        fclose(f);
-        return LQ_ERR(err, LQ_ERR_INPUT, "%s: %lld bytes, more than the %lld a data file may have", path,
-                      (long long)sb.st_size, (long long)LQ_DATA_MAX_FILE);
-    }
-    size_t n = (size_t)sb.st_size;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        fclose(f);
-        return LQ_ERR(err, LQ_ERR_OOM, "%s: %zu bytes", path, n);
-    }
-    size_t got = fread(buf, 1, n, f);
-    fclose(f);
-    if (got != n) {
-        free(buf);
-        return LQ_ERR(err, LQ_ERR_IO, "%s: read %zu of %zu bytes", path, got, n);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return LQ_OK;
+    return lq_read_file(path, LQ_DATA_MAX_FILE, "a data file", out, len, err);
 }
 
 static lq_status load_text_file(const lq_tokenizer *tok, const char *path, const lq_data_opts *o, lq_docs *docs,

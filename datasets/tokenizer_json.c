@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/file.h"
 #include "datasets/datasets_impl.h"
 
 #define GPT2_RE "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
@@ -395,32 +396,9 @@ done:
 lq_status lq_tokenizer_load(lq_tokenizer **out, const char *path, lq_err *err) {
     if (!out || !path) return LQ_ERR(err, LQ_ERR_ARG, "lq_tokenizer_load: NULL argument");
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return LQ_ERR(err, LQ_ERR_INPUT, "%s: not a regular file", path);
-    }
-    if ((int64_t)sb.st_size > LQ_TOK_MAX_FILE) {
-        fclose(f);
-        return LQ_ERR(err, LQ_ERR_INPUT, "%s: %lld bytes is more than the %lld a tokenizer.json may have", path,
-                      (long long)sb.st_size, (long long)LQ_TOK_MAX_FILE);
-    }
-    size_t n = (size_t)sb.st_size;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        fclose(f);
-        return LQ_ERR(err, LQ_ERR_OOM, "%s: out of memory for %zu bytes", path, n);
-    }
-    size_t got = fread(buf, 1, n, f);
-    int rerr = ferror(f);
-    fclose(f);
-    if (got != n || rerr) {
-        free(buf);
-        return LQ_ERR(err, LQ_ERR_IO, "%s: read %zu of %zu bytes", path, got, n);
-    }
-    buf[n] = 0;
+    char *buf = NULL;
+    size_t n = 0;
+    LQ_TRY(lq_read_file(path, LQ_TOK_MAX_FILE, "a tokenizer.json", &buf, &n, err));
     lq_status st = lq_tokenizer_from_json(out, buf, n, path, err);
     free(buf);
     return st;

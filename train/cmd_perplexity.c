@@ -11,6 +11,7 @@
 #include "datasets/datasets.h"
 #include "io/io.h"
 #include "models/models.h"
+#include "core/file.h"
 #include "train/train.h"
 
 #define PPL_DEFAULT_CTX 512
@@ -32,22 +33,8 @@
  * scored positions; the difference to the plain forward is the cache's storage error. */
 
 static char *read_file(const char *path, size_t *n, lq_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
     char *buf = NULL;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) LQ_ERR(err, LQ_ERR_INPUT, "%s: not a regular file", path);
-    else if ((int64_t)sb.st_size > PPL_MAX_FILE) LQ_ERR(err, LQ_ERR_INPUT, "%s: larger than 1 GiB", path);
-    else if (!(buf = malloc((size_t)sb.st_size + 1))) LQ_ERR(err, LQ_ERR_OOM, "%s: out of memory", path);
-    else if (fread(buf, 1, (size_t)sb.st_size, f) != (size_t)sb.st_size) {
-        LQ_ERR(err, LQ_ERR_IO, "%s: read failed", path);
-        free(buf), buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[sb.st_size] = 0, *n = (size_t)sb.st_size;
+    lq_read_file(path, PPL_MAX_FILE, "a text to score", &buf, n, err);
     return buf;
 }
 
