@@ -5,7 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 lq_status lq_read_file(const char *path, int64_t max_bytes, const char *what, char **out, size_t *len, lq_err *err) {
     *out = NULL;
@@ -38,5 +41,30 @@ lq_status lq_read_file(const char *path, int64_t max_bytes, const char *what, ch
     buf[n] = 0;
     *out = buf;
     *len = n;
+    return LQ_OK;
+}
+
+lq_status lq_map_file(const char *path, size_t min_bytes, const char *too_short, void **map, size_t *size,
+                      lq_err *err) {
+    *map = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return LQ_ERR(err, LQ_ERR_INPUT, "%s: not a regular file", path);
+    }
+    if ((size_t)st.st_size < min_bytes) {
+        close(fd);
+        return LQ_ERR(err, LQ_ERR_INPUT, "%s: %lld bytes is too short for %s", path, (long long)st.st_size,
+                      too_short);
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (p == MAP_FAILED) return LQ_ERR(err, LQ_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
+    *map = p;
+    *size = (size_t)st.st_size;
     return LQ_OK;
 }

@@ -13,4 +13,10 @@
  * a short read is LQ_ERR_IO. */
 lq_status lq_read_file(const char *path, int64_t max_bytes, const char *what, char **out, size_t *len, lq_err *err);
 
+/* Maps the regular file at path read-only (*map, *size; munmap(*map, *size) to release). A file
+ * shorter than min_bytes is LQ_ERR_INPUT, its message naming `too_short` (what the bytes are
+ * needed for); open / stat errors are LQ_ERR_INPUT, a failed mmap LQ_ERR_IO. */
+lq_status lq_map_file(const char *path, size_t min_bytes, const char *too_short, void **map, size_t *size,
+                      lq_err *err);
+
 #endif

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/file.h"
 #include "io/io_impl.h"
 #include "quant/half.h"
 
@@ -350,23 +351,8 @@ void lq_st_close(lq_st_file *f) {
 }
 
 static lq_status map_file(lq_st_file *f, lq_err *err) {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open: %s", f->path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return LQ_ERR(err, LQ_ERR_INPUT, "%s: not a regular file", f->path);
-    }
-    if (st.st_size < 8) {
-        close(fd);
-        return LQ_ERR(err, LQ_ERR_INPUT, "%s: %lld bytes is too short for a safetensors file (8-byte header length)",
-                      f->path, (long long)st.st_size);
-    }
-    f->map_size = (size_t)st.st_size;
-    void *p = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (p == MAP_FAILED) return LQ_ERR(err, LQ_ERR_IO, "%s: mmap failed: %s", f->path, strerror(e));
+    void *p;
+    LQ_TRY(lq_map_file(f->path, 8, "a safetensors file (8-byte header length)", &p, &f->map_size, err));
     f->map = p;
     return LQ_OK;
 }
