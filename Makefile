@@ -3,7 +3,7 @@
 
 CC      ?= cc
 NVCC    ?= nvcc
-PKGS    := openblas cmocka libcjson libpcre2-8 zlib hdf5
+PKGS    := openblas cmocka libcjson libpcre2-8 zlib hdf5 yaml-0.1
 # OpenBLAS built on OpenMP shares one thread pool with loquat's own OpenMP loops. The pthread
 # build's threads and OpenMP's spinning workers fight over the cores (measured 2-5x slower
 # quantized matmuls on 2 cores), so the OpenMP build is preferred where it is installed;
@@ -59,7 +59,7 @@ endif
 endif
 endif
 PKG_CFLAGS  := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS    := $(shell pkg-config --libs openblas libcjson libpcre2-8 zlib hdf5 2>/dev/null)
+PKG_LIBS    := $(shell pkg-config --libs openblas libcjson libpcre2-8 zlib hdf5 yaml-0.1 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 # BUILD=dir on the command line puts a build elsewhere (parallel work trees).
@@ -89,7 +89,7 @@ LDFLAGS += -fopenmp
 endif
 LDFLAGS += $(LDSAN)
 
-LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c io/*.c models/*.c datasets/*.c train/*.c)
+LIB_SRC := $(wildcard core/*.c quant/*.c autograd/*.c autograd/ops/*.c io/*.c lora/*.c models/*.c datasets/*.c train/*.c)
 LIB_SRC := $(filter-out train/main.c,$(LIB_SRC))
 CU_SRC  :=
 ifeq ($(CUDA),1)

@@ -15,6 +15,7 @@ static const char *const status_names[LQ_STATUS_COUNT] = {
     [LQ_ERR_UNSUPPORTED] = "unsupported",
     [LQ_ERR_STATE] = "invalid state",
     [LQ_ERR_INTERNAL] = "internal error",
+    [LQ_ERR_INTERRUPTED] = "interrupted",
 };
 
 const char *lq_status_name(lq_status s) {

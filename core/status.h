@@ -17,6 +17,7 @@ typedef enum lq_status {
     LQ_ERR_UNSUPPORTED, /* valid request this build or device cannot do */
     LQ_ERR_STATE,       /* call made in the wrong state (e.g. backward twice) */
     LQ_ERR_INTERNAL,    /* a bug in loquat */
+    LQ_ERR_INTERRUPTED, /* the user stopped the run (Ctrl-C); state was saved first */
     LQ_STATUS_COUNT
 } lq_status;
 

@@ -2,6 +2,7 @@
 #ifndef LQ_MODELS_IMPL_H
 #define LQ_MODELS_IMPL_H
 
+#include "lora/lora.h"
 #include "models/models.h"
 
 /* One decoder layer's weights. Linear weights (out, in) keep their file dtype (f32 goes through
@@ -11,6 +12,7 @@ typedef struct lq_llama_layer {
     lq_tensor *attn_norm, *ffn_norm;
     lq_tensor *wq, *wk, *wv, *wo, *wgate, *wup, *wdown;
     lq_tensor *bq, *bk, *bv, *bo, *bgate, *bup, *bdown; /* NULL when the config has none */
+    const lq_lora *lora[LQ_LORA_N_TARGETS]; /* attached adapters (indexed by lq_lora_target), NULL = none */
 } lq_llama_layer;
 
 struct lq_llama_model {
@@ -23,6 +25,7 @@ struct lq_llama_model {
     float *inv_freq;     /* head_dim / 2 */
     lq_gguf_file *gguf;  /* kept open: weights may point into its mapping */
     lq_st_model *st;
+    const lq_lora_set *lora; /* attached adapter set (not owned), NULL = none */
     lq_tensor **owned; /* every tensor struct the model made (freed with lq_tensor_free) */
     int n_owned, cap_owned;
 };

@@ -8,6 +8,7 @@
 
 #include "core/cuda.h"
 #include "train/train.h"
+#include "train/trainer.h"
 
 #define CLI_MAX_ARGS 3
 #define CLI_MAX_OPTS 12
@@ -67,6 +68,11 @@ static int cmd_dequantize(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_inspect(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_perplexity(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_train(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_eval(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_merge(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_config(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_mem(const cli_cmd *cmd, const cli_parsed *a);
 
 /* Every command, in the order `loquat --help` lists them. */
 static const cli_cmd commands[] = {
@@ -75,8 +81,10 @@ static const cli_cmd commands[] = {
      "checkpoints. --set overrides any config key (dotted path) for this run.",
      {{"CONFIG.yaml", false, "the job's config file"}},
      {{"--set", CLI_KV, "key=value", false, true, 0, "override a config key, e.g. --set learning_rate=1e-4 (repeatable)"},
-      {"--resume", CLI_SWITCH, NULL, false, false, 0, "continue from the newest checkpoint in the output directory"}},
-     cmd_not_built},
+      {"--resume", CLI_SWITCH, NULL, false, false, 0, "continue from the newest complete checkpoint in the output directory"},
+      {"--stop-after", CLI_INT, "N", false, false, 1L << 40, "stop after N optimizer steps, saving a checkpoint as Ctrl-C does"},
+      {"--quiet", CLI_SWITCH, NULL, false, false, 0, "no progress line (metrics still go to metrics.jsonl)"}},
+     cmd_train},
     {"qat", "quantization-aware training: fake-quant forward, straight-through backward",
      "Trains with the quantization a config specifies simulated in the forward pass, so the\n"
      "model learns to live with it; optionally compares against post-training quantization.",
@@ -85,10 +93,13 @@ static const cli_cmd commands[] = {
       {"--json", CLI_SWITCH, NULL, false, false, 0, "print the results as JSON on stdout"}},
      cmd_not_built},
     {"eval", "evaluate a model or checkpoint on the eval set a config names",
-     "Runs the evaluation a config describes (loss, perplexity, accuracy) and prints the metrics.",
+     "Runs the evaluation a config describes (validation loss and perplexity of its base model,\n"
+     "with an adapter if given) and prints the metrics.",
      {{"CONFIG.yaml", false, "the job's config file"}},
-     {{0}},
-     cmd_not_built},
+     {{"--set", CLI_KV, "key=value", false, true, 0, "override a config key (repeatable)"},
+      {"--adapter", CLI_STR, "DIR", false, false, 0, "PEFT adapter folder applied on the base model"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print one JSON object on the last line"}},
+     cmd_eval},
     {"perplexity", "perplexity of a model on a text file",
      "Tokenizes a text file and scores it the way llama.cpp's perplexity tool does: BOS first when\n"
      "the tokenizer adds one, non-overlapping windows of --ctx tokens (the first token of each set to\n"
@@ -99,7 +110,8 @@ static const cli_cmd commands[] = {
       {"--data", CLI_STR, "FILE", true, false, 0, "plain-text file to score"},
       {"--ctx", CLI_INT, "N", false, false, 1L << 20, "tokens per window (default 512)"},
       {"--json", CLI_SWITCH, NULL, false, false, 0, "also print one JSON object on the last line"},
-      {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "score each window by incremental decoding through a KV cache of this dtype"}},
+      {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "score each window by incremental decoding through a KV cache of this dtype"},
+      {"--adapter", CLI_STR, "DIR", false, false, 0, "PEFT LoRA adapter folder applied on the model"}},
      cmd_perplexity},
     {"generate", "generate text from a prompt",
      "Continues a prompt with a model, streaming the text as it comes (KV cache); stops at an\n"
@@ -115,17 +127,22 @@ static const cli_cmd commands[] = {
       {"--top-k", CLI_INT, "K", false, false, 1L << 24, "sample among the K most likely tokens"},
       {"--top-p", CLI_STR, "P", false, false, 0, "nucleus sampling mass in (0, 1] (default 1)"},
       {"--seed", CLI_STR, "S", false, false, 0, "random seed for sampling (default 0)"},
-      {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "KV cache storage: int8 = one f32 scale per token and head (default f32)"}},
+      {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "KV cache storage: int8 = one f32 scale per token and head (default f32)"},
+      {"--adapter", CLI_STR, "DIR", false, false, 0, "PEFT LoRA adapter folder applied on the model"}},
      cmd_generate},
     {"merge", "merge a LoRA adapter into its base model and export it",
-     "Adds an adapter's low-rank update to the base weights (dequantizing a quantized base) and\n"
-     "writes a plain model file.",
+     "Adds an adapter's low-rank update to the base weights in float32 (dequantizing a quantized\n"
+     "base) and writes the merged model: a Hugging Face folder (config.json, model.safetensors and\n"
+     "the tokenizer files) that transformers loads, or a GGUF file that llama.cpp loads, in the\n"
+     "chosen dtype; a requantizing dtype reports each tensor's error.",
      {{0}},
-     {{"--base", CLI_STR, "MODEL", true, false, 0, "base model file or directory"},
-      {"--adapter", CLI_STR, "DIR", true, false, 0, "adapter directory (PEFT layout)"},
-      {"--out", CLI_STR, "PATH", true, false, 0, "where to write the merged model"},
-      {"--format", CLI_CHOICE, "safetensors|gguf", false, false, 0, "output format (default: from the extension)"}},
-     cmd_not_built},
+     {{"--model", CLI_STR, "MODEL", true, false, 0, "base model: GGUF file or Hugging Face folder"},
+      {"--adapter", CLI_STR, "DIR", true, false, 0, "adapter folder (PEFT layout)"},
+      {"--out", CLI_STR, "PATH", true, false, 0, "output folder (safetensors) or .gguf file"},
+      {"--format", CLI_CHOICE, "safetensors|gguf", false, false, 0, "output format (default: gguf for a .gguf path, else safetensors)"},
+      {"--dtype", CLI_CHOICE, "f32|f16|bf16|q8_0|q4_0|nf4", false, false, 0, "weight dtype of the output (default f32)"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print the report as one JSON object on the last line"}},
+     cmd_merge},
     {"quantize", "quantize a model file's weights to a low-bit format",
      "Reads a safetensors model (a file, a sharded model's index.json, or their folder), quantizes\n"
      "its linear weights (2-D float '*.weight' tensors) and writes one safetensors file; every other\n"
@@ -165,14 +182,16 @@ static const cli_cmd commands[] = {
     {"config", "check a config file and print it with every default filled in",
      "Parses and validates a config, then prints the complete configuration a run would use.",
      {{"CONFIG.yaml", false, "the config file"}},
-     {{0}},
-     cmd_not_built},
+     {{"--set", CLI_KV, "key=value", false, true, 0, "override a config key (repeatable)"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "print one JSON object instead of YAML"}},
+     cmd_config},
     {"mem", "estimate the memory a config's run needs",
      "Prints the bytes a run would take: frozen base, trainable parameters, optimizer state,\n"
-     "activations per step.",
+     "activations per step with and without gradient checkpointing.",
      {{"CONFIG.yaml", false, "the config file"}},
-     {{0}},
-     cmd_not_built},
+     {{"--set", CLI_KV, "key=value", false, true, 0, "override a config key (repeatable)"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print one JSON object on the last line"}},
+     cmd_mem},
     {"gradcheck", "check every op's backward against finite differences",
      "Runs each op in the op table (or the one named) on random shapes and compares its\n"
      "backward with central finite differences. Prints one line per op: name, max relative error,\n"
@@ -537,6 +556,7 @@ static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a) {
         .top_k = tk ? atol(tk) : 0,
         .seed = opt_value(cmd, a, "--seed"),
         .kv_cache = opt_value(cmd, a, "--kv-cache"),
+        .adapter = opt_value(cmd, a, "--adapter"),
     };
     return lq_cmd_generate(&o);
 }
@@ -544,8 +564,60 @@ static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a) {
 static int cmd_perplexity(const cli_cmd *cmd, const cli_parsed *a) {
     const char *c = opt_value(cmd, a, "--ctx");
     lq_perplexity_opts o = {opt_value(cmd, a, "--model"), opt_value(cmd, a, "--data"), c ? atol(c) : 0,
-                            opt_value(cmd, a, "--json") != NULL, opt_value(cmd, a, "--kv-cache")};
+                            opt_value(cmd, a, "--json") != NULL, opt_value(cmd, a, "--kv-cache"),
+                            opt_value(cmd, a, "--adapter")};
     return lq_cmd_perplexity(&o);
+}
+
+/* --- fine-tuning: the work is in train/cmd_train.c, cmd_merge.c, cmd_config.c, cmd_mem.c ------ */
+
+/* Index of an option in cmd's table (the parser stores values by that index). */
+static int opt_index(const cli_cmd *cmd, const char *name) {
+    for (int i = 0; i < CLI_MAX_OPTS && cmd->opts[i].name; i++)
+        if (strcmp(cmd->opts[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* Every value given for a repeatable option (NULL-free array inside a), and their count. */
+static const char *const *opt_values(const cli_cmd *cmd, const cli_parsed *a, const char *name, int *n) {
+    int i = opt_index(cmd, name);
+    *n = i < 0 ? 0 : a->count[i];
+    return i < 0 ? NULL : a->val[i];
+}
+
+static int cmd_train(const cli_cmd *cmd, const cli_parsed *a) {
+    int n_sets;
+    const char *const *sets = opt_values(cmd, a, "--set", &n_sets);
+    const char *sa = opt_value(cmd, a, "--stop-after");
+    lq_trainer_opts o = {.resume = opt_value(cmd, a, "--resume") != NULL,
+                         .stop_after = sa ? atoll(sa) : 0,
+                         .quiet = opt_value(cmd, a, "--quiet") != NULL};
+    return lq_cmd_train(a->pos[0], sets, n_sets, &o);
+}
+
+static int cmd_eval(const cli_cmd *cmd, const cli_parsed *a) {
+    int n_sets;
+    const char *const *sets = opt_values(cmd, a, "--set", &n_sets);
+    return lq_cmd_eval(a->pos[0], sets, n_sets, opt_value(cmd, a, "--adapter"), opt_value(cmd, a, "--json") != NULL);
+}
+
+static int cmd_merge(const cli_cmd *cmd, const cli_parsed *a) {
+    lq_merge_opts o = {opt_value(cmd, a, "--model"), opt_value(cmd, a, "--adapter"), opt_value(cmd, a, "--out"),
+                       opt_value(cmd, a, "--format"), opt_value(cmd, a, "--dtype"),
+                       opt_value(cmd, a, "--json") != NULL};
+    return lq_cmd_merge(&o);
+}
+
+static int cmd_config(const cli_cmd *cmd, const cli_parsed *a) {
+    int n_sets;
+    const char *const *sets = opt_values(cmd, a, "--set", &n_sets);
+    return lq_cmd_config(a->pos[0], sets, n_sets, opt_value(cmd, a, "--json") != NULL);
+}
+
+static int cmd_mem(const cli_cmd *cmd, const cli_parsed *a) {
+    int n_sets;
+    const char *const *sets = opt_values(cmd, a, "--set", &n_sets);
+    return lq_cmd_mem(a->pos[0], sets, n_sets, opt_value(cmd, a, "--json") != NULL);
 }
 
 /* --- entry ---------------------------------------------------------------------------------- */

@@ -144,6 +144,7 @@ typedef struct lq_generate_opts {
     long top_k;              /* 0 = off */
     const char *seed;        /* default 0 */
     const char *kv_cache;    /* "f32" (default, NULL) or "int8" */
+    const char *adapter;     /* PEFT adapter folder applied on top of the model, or NULL */
 } lq_generate_opts;
 int lq_cmd_generate(const lq_generate_opts *o);
 
@@ -152,6 +153,7 @@ typedef struct lq_perplexity_opts {
     long ctx; /* tokens per window; 0 = 512 */
     bool json;
     const char *kv_cache; /* NULL: one forward per window; "f32" / "int8": incremental decoding through that cache */
+    const char *adapter;  /* PEFT adapter folder applied on top of the model, or NULL */
 } lq_perplexity_opts;
 int lq_cmd_perplexity(const lq_perplexity_opts *o);
 
@@ -167,5 +169,33 @@ typedef struct lq_lm_tok {
 } lq_lm_tok;
 lq_status lq_lm_tok_load(const char *model_path, const struct lq_llama_config *cfg, lq_lm_tok *out, lq_err *err);
 void lq_lm_tok_free(lq_lm_tok *t);
+
+/* ---------------------------------------------------------------------------------------------
+ * Fine-tuning commands. Each returns the exit code (0 ok, 2 bad flags / config / input, 1 runtime
+ * failure); `sets` are --set key=value overrides of the config.
+ * ------------------------------------------------------------------------------------------- */
+
+/* `loquat config CONFIG [--set k=v]... [--json]` (train/cmd_config.c): validates and prints the
+ * resolved config (YAML; with json one JSON object). */
+int lq_cmd_config(const char *config, const char *const *sets, int n_sets, bool json);
+
+/* `loquat mem CONFIG [--set k=v]... [--json]` (train/cmd_mem.c): the memory estimate of a run. */
+int lq_cmd_mem(const char *config, const char *const *sets, int n_sets, bool json);
+
+/* `loquat eval CONFIG [--set k=v]... [--adapter DIR] [--json]` (train/cmd_train.c): validation
+ * loss and perplexity of the config's base model (with the adapter if given) on its validation
+ * split. */
+int lq_cmd_eval(const char *config, const char *const *sets, int n_sets, const char *adapter, bool json);
+
+/* `loquat merge` (train/cmd_merge.c). */
+typedef struct lq_merge_opts {
+    const char *model;   /* base model: GGUF file or Hugging Face folder */
+    const char *adapter; /* PEFT adapter folder */
+    const char *out;     /* output folder (safetensors) or .gguf file */
+    const char *format;  /* "safetensors" | "gguf"; NULL = from out's extension */
+    const char *dtype;   /* "f32" | "f16" | "bf16" | "q8_0" | "q4_0" | "nf4"; NULL = f32 */
+    bool json;
+} lq_merge_opts;
+int lq_cmd_merge(const lq_merge_opts *o);
 
 #endif
