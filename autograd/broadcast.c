@@ -45,8 +45,21 @@ void lq_bcast_forward(lq_ctx *ctx, lq_node *n, lq_binop op) {
     int64_t m = lq_numel(out);
     if (lq_same_shape(a, b) && lq_is_contiguous(a) && lq_is_contiguous(b)) {
         const float *x = a->data, *y = b->data;
+        /* the op hoisted out of the loop, so each loop is one vectorizable stream */
+        switch (op) {
+        case LQ_BINOP_ADD:
 #pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
-        for (int64_t i = 0; i < m; i++) o[i] = apply(op, x[i], y[i]);
+            for (int64_t i = 0; i < m; i++) o[i] = x[i] + y[i];
+            break;
+        case LQ_BINOP_SUB:
+#pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
+            for (int64_t i = 0; i < m; i++) o[i] = x[i] - y[i];
+            break;
+        default:
+#pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
+            for (int64_t i = 0; i < m; i++) o[i] = x[i] * y[i];
+            break;
+        }
         return;
     }
     int64_t ne4[4];
@@ -71,9 +84,19 @@ void lq_bcast_accumulate(lq_ctx *ctx, float *g, const lq_tensor *t, const lq_ten
     int64_t m = lq_numel(out);
     bool same = lq_same_shape(t, out);
     if (same && (!other || (lq_same_shape(other, out) && lq_is_contiguous(other)))) {
+        /* one loop per case, so each is a plain vectorizable stream (the same arithmetic: sign is
+         * +-1, so sign * v is exact and the sum is the one the single loop made) */
         const float *w = other ? other->data : NULL;
+        if (w) {
 #pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
-        for (int64_t i = 0; i < m; i++) g[i] += sign * (w ? gout[i] * w[i] : gout[i]);
+            for (int64_t i = 0; i < m; i++) g[i] += sign * (gout[i] * w[i]);
+        } else if (sign == 1.0f) {
+#pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
+            for (int64_t i = 0; i < m; i++) g[i] += gout[i];
+        } else {
+#pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
+            for (int64_t i = 0; i < m; i++) g[i] += sign * gout[i];
+        }
         return;
     }
     /* General case: walk the output; a broadcast dim of t has stride 0 in g, so several output

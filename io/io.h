@@ -134,6 +134,30 @@ typedef struct lq_st_kv {
 lq_status lq_st_write(const char *path, const lq_st_wtensor *t, int64_t n, const lq_st_kv *meta, int64_t n_meta,
                       lq_err *err);
 
+/* transformers' bitsandbytes 4-bit layout of one (rows, cols) weight W (io/st_bnb4.c), as a
+ * Linear4bit state dict holds it (QuantState.as_dict(packed=True)): W (U8 [(n+1)/2, 1], two codes
+ * per byte, element 2j high), W.absmax (F32 [blocks], or U8 with double quantization),
+ * W.quant_map (F32 [16]), [W.nested_absmax (F32 [ceil(blocks / 256)]), W.nested_quant_map
+ * (F32 [256])], W.quant_state.bitsandbytes__nf4|fp4 (U8: the JSON {"quant_type", "blocksize",
+ * "dtype", "shape"[, "nested_blocksize", "nested_dtype", "nested_offset"]} as json.dumps writes
+ * it). encode quantizes x (rows * cols floats) as lq_bnb4_quantize and fills out (names and
+ * buffers owned by out, except where own[i] is false: the static code tables); y (optional) gets
+ * the dequantized values. torch_dtype ("float32" ...) is the dtype the state records. */
+#define LQ_ST_BNB4_MAX 6
+typedef struct lq_st_bnb4 {
+    lq_st_wtensor t[LQ_ST_BNB4_MAX];
+    bool own[LQ_ST_BNB4_MAX]; /* t[i].data is owned (a caller taking it over clears the flag) */
+    int n;
+} lq_st_bnb4;
+lq_status lq_st_bnb4_encode(lq_st_bnb4 *out, const char *name, lq_dtype type, const float *x, int64_t rows,
+                            int64_t cols, int64_t block, bool double_quant, const char *torch_dtype, float *y,
+                            lq_err *err);
+void lq_st_bnb4_free(lq_st_bnb4 *b);
+/* Python's repr(float(v)) (json.dumps): the shortest digits that read back to v, fixed notation
+ * for decimal exponents in [-5, 16) ("2.0", "0.0001"), else "1.5e-05"; "null" for NaN / Inf.
+ * Returns snprintf's count. */
+int lq_py_float_repr(char *out, size_t cap, double v);
+
 /* ---------------------------------------------------------------------------------------------
  * Sharded checkpoints. A model is a .safetensors file, a model.safetensors.index.json (whose
  * "weight_map" maps each tensor name to a shard file name in the same folder), or a folder

@@ -1,14 +1,17 @@
-/* models/llama.c: the Llama forward pass (embedding, RMSNorm, RoPE, GQA attention, SwiGLU) on autograd ops. */
+/* models/llama.c: the Llama forward pass (embedding, RMSNorm, RoPE, GQA attention, SwiGLU; every projection with its
+ * LoRA adapter when one is attached) on autograd ops, one decoder layer shared by inference and training. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "autograd/autograd_impl.h"
 #include "models/models_impl.h"
 
 void lq_llama_free(lq_llama_model *m) {
     if (!m) return;
-    for (int i = 0; i < m->n_owned; i++) lq_tensor_free(m->owned[i]);
+    for (int i = 0; i < m->n_owned; i++) {
+        if (m->owned[i]) lq_qstate_free(m->owned[i]->qs); /* NF4 / FP4 weights made at load own their state */
+        lq_tensor_free(m->owned[i]);
+    }
     free(m->owned);
     free(m->layers);
     free(m->inv_freq);
@@ -18,58 +21,90 @@ void lq_llama_free(lq_llama_model *m) {
 }
 
 lq_status lq_llama_load(const char *path, lq_llama_model **out, lq_err *err) {
-    LQ_CHECK(err, path && out, LQ_ERR_ARG, "lq_llama_load needs a path and an output");
-    *out = NULL;
-    struct stat sb;
-    if (stat(path, &sb) != 0) return LQ_ERR(err, LQ_ERR_INPUT, "%s: no such file or folder", path);
-    lq_llama_model *m = calloc(1, sizeof *m);
-    if (!m) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for a model");
-    lq_status s;
-    if (!S_ISDIR(sb.st_mode) && lq_gguf_sniff(path))
-        s = lq_llama_load_gguf(m, path, err);
-    else
-        s = lq_llama_load_hf(m, path, err);
-    if (s == LQ_OK) {
-        m->inv_freq = calloc((size_t)(m->cfg.head_dim / 2), sizeof(float));
-        s = m->inv_freq ? lq_llama_rope_inv_freq(&m->cfg, m->inv_freq)
-                        : LQ_ERR(err, LQ_ERR_OOM, "out of memory for RoPE frequencies");
-        if (s != LQ_OK && err && err->status == LQ_OK) LQ_ERR(err, s, "%s: invalid RoPE configuration", path);
-    }
-    if (s != LQ_OK) {
-        lq_llama_free(m);
-        return s;
-    }
-    *out = m;
-    return LQ_OK;
+    return lq_llama_load_ex(path, NULL, out, err);
 }
 
 const lq_llama_config *lq_llama_model_config(const lq_llama_model *m) { return m ? &m->cfg : NULL; }
 
-/* The one entry for every linear layer: x (B, T, in) W^T (+ b). f32 weights take lq_matmul_t,
- * any other dtype with a to_f32 (f16, bf16, GGUF blocks) lq_qmatmul. */
-static lq_tensor *linear(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, lq_tensor *b) {
-    if (!x) return NULL;
-    int64_t B = x->ne[0], T = x->ne[1];
-    int64_t s2[2] = {B * T, x->ne[2]};
-    lq_tensor *x2 = lq_reshape(ctx, lq_contiguous(ctx, x), 2, s2);
-    lq_tensor *y = w->dtype == LQ_DTYPE_F32 ? lq_matmul_t(ctx, x2, w, false, true) : lq_qmatmul(ctx, x2, w);
-    if (b) y = lq_add(ctx, y, b);
-    int64_t s3[3] = {B, T, w->ne[0]};
-    return lq_reshape(ctx, y, 3, s3);
+/* Every projection: x (N, in) W^T (+ b) (+ the adapter's s B A dropout(x)) -> (N, out). lq_lora_linear
+ * takes f32 weights through lq_matmul_t and any other dtype (f16, bf16, GGUF blocks, NF4) through
+ * lq_qmatmul; a NULL adapter is the plain linear. */
+static lq_tensor *proj(lq_ctx *ctx, lq_tensor *x2, lq_tensor *w, lq_tensor *b, const lq_lora *lora) {
+    if (!x2) return NULL;
+    return lq_lora_linear(ctx, x2, w, b, lora);
 }
 
-static lq_tensor *heads(lq_ctx *ctx, lq_tensor *x, int64_t H, int64_t D) {
+/* (N, H * D) -> (B, T, H, D), a view. */
+static lq_tensor *heads(lq_ctx *ctx, lq_tensor *x, int64_t B, int64_t T, int64_t H, int64_t D) {
     if (!x) return NULL;
-    int64_t s[4] = {x->ne[0], x->ne[1], H, D};
+    int64_t s[4] = {B, T, H, D};
     return lq_reshape(ctx, x, 4, s);
 }
 
-lq_tensor *lq_llama_forward(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, int64_t pos0, lq_kv_cache *kv) {
-    if (!ctx || lq_ctx_status(ctx) != LQ_OK) return NULL;
-    if (!m || !ids) return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "llama_forward: model and ids are required");
+/* (B, T, C) -> (B * T, C): a view of the contiguous activations the ops here produce. */
+static lq_tensor *rows(lq_ctx *ctx, lq_tensor *x) {
+    if (!x) return NULL;
+    int64_t s[2] = {x->ne[0] * x->ne[1], x->ne[2]};
+    return lq_reshape(ctx, lq_contiguous(ctx, x), 2, s);
+}
+
+static lq_tensor *unrows(lq_ctx *ctx, lq_tensor *x, int64_t B, int64_t T) {
+    if (!x) return NULL;
+    int64_t s[3] = {B, T, x->ne[1]};
+    return lq_reshape(ctx, x, 3, s);
+}
+
+lq_tensor *lq_llama_layer_forward(lq_ctx *ctx, const lq_llama_model *m, int64_t l, lq_tensor *h, lq_tensor *pos,
+                                  lq_tensor *doc, lq_kv_cache *kv) {
+    if (!h) return NULL;
     const lq_llama_config *c = &m->cfg;
-    if (ids->dtype != LQ_DTYPE_I32 || ids->ndim != 2 || ids->ne[1] < 1)
-        return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "llama_forward: ids must be i32 (B, T) with T >= 1");
+    const lq_llama_layer *L = &m->layers[l];
+    int64_t B = h->ne[0], T = h->ne[1];
+    int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads, D = c->head_dim;
+    float eps = (float)c->rms_norm_eps;
+    lq_rope_params rp = {.layout = LQ_ROPE_HALF, .rot_dim = (int)D, .theta = (float)c->rope_theta,
+                         .inv_freq = m->inv_freq};
+    lq_attn_params ap = {.scale = 0, .causal = true, .doc = doc};
+
+    lq_tensor *x = rows(ctx, lq_rmsnorm(ctx, h, L->attn_norm, eps)); /* (B*T, C) */
+    lq_tensor *q = lq_rope(ctx, heads(ctx, proj(ctx, x, L->wq, L->bq, L->lora[LQ_LORA_Q]), B, T, Hq, D), pos, &rp);
+    lq_tensor *k = lq_rope(ctx, heads(ctx, proj(ctx, x, L->wk, L->bk, L->lora[LQ_LORA_K]), B, T, Hkv, D), pos, &rp);
+    lq_tensor *v = heads(ctx, proj(ctx, x, L->wv, L->bv, L->lora[LQ_LORA_V]), B, T, Hkv, D);
+    lq_tensor *a = kv ? lq_kv_attend(ctx, kv, l, q, k, v) : lq_attention(ctx, q, k, v, &ap); /* (B, T, Hq, D) */
+    if (!a) return NULL;
+    int64_t s2[2] = {B * T, Hq * D};
+    a = lq_reshape(ctx, lq_contiguous(ctx, a), 2, s2);
+    h = lq_add(ctx, h, unrows(ctx, proj(ctx, a, L->wo, L->bo, L->lora[LQ_LORA_O]), B, T));
+    x = rows(ctx, lq_rmsnorm(ctx, h, L->ffn_norm, eps));
+    lq_tensor *g = lq_swiglu(ctx, proj(ctx, x, L->wgate, L->bgate, L->lora[LQ_LORA_GATE]),
+                             proj(ctx, x, L->wup, L->bup, L->lora[LQ_LORA_UP])); /* (B*T, F) */
+    return lq_add(ctx, h, unrows(ctx, proj(ctx, g, L->wdown, L->bdown, L->lora[LQ_LORA_DOWN]), B, T));
+}
+
+lq_tensor *lq_llama_check_ids(lq_ctx *ctx, const lq_llama_model *m, lq_tensor *ids, const char *who) {
+    if (!ctx || lq_ctx_status(ctx) != LQ_OK) return NULL;
+    if (!m || !ids) return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "%s: model and ids are required", who);
+    if (ids->dtype != LQ_DTYPE_I32 || ids->ndim != 2 || ids->ne[0] < 1 || ids->ne[1] < 1 || !lq_is_contiguous(ids))
+        return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "%s: ids must be contiguous i32 (B, T) with B, T >= 1", who);
+    const int32_t *idv = ids->data;
+    int64_t n = ids->ne[0] * ids->ne[1], V = m->cfg.vocab_size;
+    for (int64_t i = 0; i < n; i++)
+        if (idv[i] < 0 || idv[i] >= V)
+            return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "%s: token id %d is outside the vocabulary of %lld", who, (int)idv[i],
+                              (long long)V);
+    return ids;
+}
+
+lq_tensor *lq_llama_head(lq_ctx *ctx, const lq_llama_model *m, lq_tensor *h) {
+    if (!h) return NULL;
+    int64_t B = h->ne[0], T = h->ne[1];
+    lq_tensor *x = rows(ctx, lq_rmsnorm(ctx, h, m->out_norm, (float)m->cfg.rms_norm_eps));
+    return unrows(ctx, proj(ctx, x, m->lm_head, NULL, NULL), B, T);
+}
+
+lq_tensor *lq_llama_forward(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, int64_t pos0, lq_kv_cache *kv) {
+    if (!lq_llama_check_ids(ctx, m, ids, "llama_forward")) return NULL;
+    const lq_llama_config *c = &m->cfg;
     int64_t B = ids->ne[0], T = ids->ne[1];
     if (kv) {
         if (B != 1) return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "llama_forward: a KV cache takes batch 1, got %lld", (long long)B);
@@ -88,39 +123,13 @@ lq_tensor *lq_llama_forward(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, int6
     if (c->sliding_window > 0 && pos0 + T > c->sliding_window)
         return LQ_OP_FAIL(ctx, LQ_ERR_UNSUPPORTED, "llama_forward: %lld tokens exceed the sliding window %lld",
                           (long long)(pos0 + T), (long long)c->sliding_window);
-    const int32_t *idv = ids->data;
-    for (int64_t i = 0; i < B * T; i++)
-        if (idv[i] < 0 || idv[i] >= c->vocab_size)
-            return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "llama_forward: token id %d is outside the vocabulary of %lld",
-                              (int)idv[i], (long long)c->vocab_size);
 
-    int64_t Hq = c->num_attention_heads, Hkv = c->num_key_value_heads, D = c->head_dim;
-    float eps = (float)c->rms_norm_eps;
     lq_tensor *pos = lq_new(ctx, LQ_DTYPE_I32, 1, &T);
     if (!pos) return NULL;
     for (int64_t t = 0; t < T; t++) ((int32_t *)pos->data)[t] = (int32_t)(pos0 + t);
-    lq_rope_params rp = {.layout = LQ_ROPE_HALF, .rot_dim = (int)D, .theta = (float)c->rope_theta,
-                         .inv_freq = m->inv_freq};
-    lq_attn_params ap = {.scale = 0, .causal = true, .doc = NULL};
-
     lq_tensor *h = lq_embedding(ctx, m->embed, ids);
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        const lq_llama_layer *L = &m->layers[l];
-        lq_tensor *x = lq_rmsnorm(ctx, h, L->attn_norm, eps);
-        lq_tensor *q = lq_rope(ctx, heads(ctx, linear(ctx, x, L->wq, L->bq), Hq, D), pos, &rp);
-        lq_tensor *k = lq_rope(ctx, heads(ctx, linear(ctx, x, L->wk, L->bk), Hkv, D), pos, &rp);
-        lq_tensor *v = heads(ctx, linear(ctx, x, L->wv, L->bv), Hkv, D);
-        lq_tensor *a = kv ? lq_kv_attend(ctx, kv, l, q, k, v) : lq_attention(ctx, q, k, v, &ap);
-        int64_t s3[3] = {B, T, Hq * D};
-        a = a ? lq_reshape(ctx, lq_contiguous(ctx, a), 3, s3) : NULL;
-        h = lq_add(ctx, h, linear(ctx, a, L->wo, L->bo));
-        x = lq_rmsnorm(ctx, h, L->ffn_norm, eps);
-        lq_tensor *g = lq_swiglu(ctx, linear(ctx, x, L->wgate, L->bgate), linear(ctx, x, L->wup, L->bup));
-        h = lq_add(ctx, h, linear(ctx, g, L->wdown, L->bdown));
-        if (!h) return NULL;
-    }
-    h = lq_rmsnorm(ctx, h, m->out_norm, eps);
-    lq_tensor *logits = linear(ctx, h, m->lm_head, NULL);
+    for (int64_t l = 0; l < c->num_hidden_layers && h; l++) h = lq_llama_layer_forward(ctx, m, l, h, pos, NULL, kv);
+    lq_tensor *logits = lq_llama_head(ctx, m, h);
     if (logits && kv) lq_kv_cache_advance(kv, T);
     return logits;
 }

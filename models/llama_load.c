@@ -1,8 +1,10 @@
-/* models/llama_load.c: builds a Llama model's frozen weights from a GGUF file or a Hugging Face folder. */
+/* models/llama_load.c: builds a Llama model's frozen weights from a GGUF file or a Hugging Face folder, optionally
+ * requantizing the decoder-layer projections to NF4 / FP4 (QLoRA's base). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "models/models_impl.h"
 
@@ -304,4 +306,142 @@ lq_status lq_llama_load_hf(lq_llama_model *m, const char *path, lq_err *err) {
     LQ_TRY(lq_llama_config_load(&m->cfg, path, err));
     LQ_TRY(lq_st_model_open(&m->st, path, err));
     return load_all(m, path, &hf_names, false, err);
+}
+
+/* The model's slot for t in the owned list, or -1. */
+static int owned_index(const lq_llama_model *m, const lq_tensor *t) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == t) return i;
+    return -1;
+}
+
+lq_status lq_llama_replace_weight(lq_llama_model *m, lq_tensor **slot, lq_tensor *t, lq_err *err) {
+    int i = owned_index(m, *slot);
+    if (i >= 0) {
+        lq_qstate_free(m->owned[i]->qs);
+        lq_tensor_free(m->owned[i]);
+        m->owned[i] = t;
+    } else {
+        LQ_TRY(track(m, t, err));
+    }
+    *slot = t;
+    return LQ_OK;
+}
+
+/* Requantizes one weight (out, in) of any dtype to NF4 / FP4 as bitsandbytes' quantize_4bit of its
+ * f32 values; f32 is scratch for numel floats. The new tensor (same name, frozen, owning its codes
+ * and state) replaces *slot. */
+static lq_status requantize(lq_llama_model *m, lq_tensor **slot, lq_dtype type, int64_t block, bool dq, float *f32,
+                            lq_err *err) {
+    lq_tensor *w = *slot;
+    const lq_dtype_traits *tr = lq_dtype_info(w->dtype);
+    if (!tr || !tr->to_f32)
+        return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "weight '%s' (%s) cannot be dequantized", w->name, lq_dtype_name(w->dtype));
+    int64_t n = lq_numel(w);
+    tr->to_f32(w->data, f32, n, w->qs, 0);
+    lq_tensor *t = lq_tensor_alloc(type, w->ndim, w->ne, w->name, err);
+    if (!t) return LQ_ERR_OOM;
+    lq_qstate *qs = NULL;
+    lq_status s = lq_bnb4_quantize(type, f32, n, block, dq, t->data, &qs, err);
+    if (s != LQ_OK) {
+        lq_tensor_free(t);
+        if (err) { /* name the tensor (NaN / Inf weights end here) */
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            lq_err_clear(err);
+            LQ_ERR(err, s, "tensor '%s': %s", w->name, msg);
+        }
+        return s;
+    }
+    t->qs = qs;
+    t->flags &= ~(uint32_t)LQ_TENSOR_REQUIRES_GRAD;
+    s = lq_llama_replace_weight(m, slot, t, err);
+    if (s != LQ_OK) lq_qstate_free(qs); /* track() freed t */
+    return s;
+}
+
+/* Every decoder-layer linear weight to NF4 / FP4, one weight at a time (the transient f32 buffer is
+ * the largest weight). */
+static lq_status quantize_base(lq_llama_model *m, const char *path, const lq_llama_load_opts *o, lq_err *err) {
+    lq_dtype type = o->quant == LQ_BASE_NF4 ? LQ_DTYPE_NF4 : LQ_DTYPE_FP4;
+    int64_t block = o->block_size ? o->block_size : 64;
+    if (block < 32 || block > 4096 || (block & (block - 1)) != 0)
+        return LQ_ERR(err, LQ_ERR_ARG, "%s: quant block size %lld must be a power of two in 32..4096", path,
+                      (long long)block);
+    int64_t max_n = 0;
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) {
+        lq_llama_layer *L = &m->layers[l];
+        lq_tensor *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->wgate, L->wup, L->wdown};
+        for (int j = 0; j < 7; j++)
+            if (lq_numel(ws[j]) > max_n) max_n = lq_numel(ws[j]);
+    }
+    float *f32 = malloc((size_t)(max_n ? max_n : 1) * sizeof(float));
+    if (!f32) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for a %lld-float dequantization buffer", (long long)max_n);
+    lq_status s = LQ_OK;
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers && s == LQ_OK; l++) {
+        lq_llama_layer *L = &m->layers[l];
+        lq_tensor **ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup, &L->wdown};
+        for (int j = 0; j < 7 && s == LQ_OK; j++) s = requantize(m, ws[j], type, block, o->double_quant, f32, err);
+    }
+    free(f32);
+    if (s != LQ_OK && err) { /* name the file: the quantizer's message names only the tensor */
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        lq_err_clear(err);
+        LQ_ERR(err, s, "%s: 4-bit quantization of the base: %s", path, msg);
+    }
+    return s;
+}
+
+lq_status lq_llama_load_ex(const char *path, const lq_llama_load_opts *opts, lq_llama_model **out, lq_err *err) {
+    LQ_CHECK(err, path && out, LQ_ERR_ARG, "lq_llama_load needs a path and an output");
+    *out = NULL;
+    lq_llama_load_opts keep = {.quant = LQ_BASE_KEEP};
+    const lq_llama_load_opts *o = opts ? opts : &keep;
+    LQ_CHECK(err, o->quant == LQ_BASE_KEEP || o->quant == LQ_BASE_NF4 || o->quant == LQ_BASE_FP4, LQ_ERR_ARG,
+             "lq_llama_load_ex: unknown base quantization %d", (int)o->quant);
+    struct stat sb;
+    if (stat(path, &sb) != 0) return LQ_ERR(err, LQ_ERR_INPUT, "%s: no such file or folder", path);
+    lq_llama_model *m = calloc(1, sizeof *m);
+    if (!m) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for a model");
+    lq_status s;
+    if (!S_ISDIR(sb.st_mode) && lq_gguf_sniff(path))
+        s = lq_llama_load_gguf(m, path, err);
+    else
+        s = lq_llama_load_hf(m, path, err);
+    if (s == LQ_OK) {
+        m->inv_freq = calloc((size_t)(m->cfg.head_dim / 2), sizeof(float));
+        s = m->inv_freq ? lq_llama_rope_inv_freq(&m->cfg, m->inv_freq)
+                        : LQ_ERR(err, LQ_ERR_OOM, "out of memory for RoPE frequencies");
+        if (s != LQ_OK && err && err->status == LQ_OK) LQ_ERR(err, s, "%s: invalid RoPE configuration", path);
+    }
+    if (s == LQ_OK && o->quant != LQ_BASE_KEEP) s = quantize_base(m, path, o, err);
+    if (s != LQ_OK) {
+        lq_llama_free(m);
+        return s;
+    }
+    *out = m;
+    return LQ_OK;
+}
+
+/* Bytes of a quant state's scales for a tensor of n elements. */
+static int64_t qstate_bytes(const lq_qstate *qs, int64_t n) {
+    if (!qs || qs->block <= 0) return 0;
+    int64_t nb = (n + qs->block - 1) / qs->block, b = 0;
+    if (qs->absmax) b += nb * (int64_t)sizeof(float);
+    if (qs->zero) b += nb * (int64_t)sizeof(float);
+    if (qs->absmax_q) b += nb;
+    if (qs->absmax2 && qs->block2 > 0) b += (nb + qs->block2 - 1) / qs->block2 * (int64_t)sizeof(float);
+    return b;
+}
+
+int64_t lq_llama_weight_bytes(const lq_llama_model *m) {
+    if (!m) return 0;
+    int64_t b = 0;
+    for (int i = 0; i < m->n_owned; i++) {
+        const lq_tensor *t = m->owned[i];
+        if (!t) continue;
+        b += (int64_t)lq_nbytes(t) + qstate_bytes(t->qs, lq_numel(t));
+    }
+    return b;
 }

@@ -100,6 +100,7 @@ typedef struct lq_llama_fwd_opts {
     lq_tensor *doc;       /* (B, T) i32 document ids: attention stays within a document; NULL = none */
     bool checkpoint;      /* gradient checkpointing: each decoder layer's activations are dropped after
                            * forward and recomputed in backward */
+    int64_t chunk_rows;   /* lq_llama_loss: rows of logits per chunk; 0 = as many as fit 8M floats */
 } lq_llama_fwd_opts;
 
 /* Logits (B, T, V) for ids (B, T) with gradients flowing into the attached adapters. */
@@ -132,7 +133,10 @@ typedef void (*lq_export_report_fn)(void *user, const char *name, double rmse, d
 lq_status lq_llama_save_hf(const lq_llama_model *m, const char *dir, lq_export_dtype dtype,
                            lq_export_report_fn report, void *user, lq_err *err);
 /* As lq_llama_save_gguf, with every 2-D weight converted to dtype (F32 / F16 / BF16 / Q8_0 /
- * Q4_0; NF4 is LQ_ERR_UNSUPPORTED: GGUF has no NF4), norms f32. */
+ * Q4_0; NF4 is LQ_ERR_UNSUPPORTED: GGUF has no NF4), norms f32 (models/llama_export.c). Metadata:
+ * a GGUF base's general.* and tokenizer.* keys are carried over (general.file_type set for dtype);
+ * from a Hugging Face base, tokenizer.* is converted from the tokenizer.json beside its weights
+ * when that is a byte-level BPE llama.cpp names (pre-tokenizer gpt-2 or smollm), else left out. */
 lq_status lq_llama_save_gguf_as(const lq_llama_model *m, const char *path, lq_export_dtype dtype,
                                 lq_export_report_fn report, void *user, lq_err *err);
 

@@ -45,8 +45,26 @@ struct lq_kv_cache {
 lq_tensor *lq_kv_attend(lq_ctx *ctx, lq_kv_cache *kv, int64_t layer, lq_tensor *q, lq_tensor *k, lq_tensor *v);
 void lq_kv_cache_advance(lq_kv_cache *kv, int64_t n);
 
+/* One decoder layer (llama.c), shared by lq_llama_forward and the training forward: h (B, T, C) ->
+ * (B, T, C); pos (T) or (B, T) i32 RoPE positions; doc (B, T) i32 or NULL (lq_attention's document
+ * mask); kv NULL or the generation cache. Every projection goes through lq_lora_linear with the
+ * layer's attached adapter. NULL with the error in ctx. */
+lq_tensor *lq_llama_layer_forward(lq_ctx *ctx, const lq_llama_model *m, int64_t l, lq_tensor *h, lq_tensor *pos,
+                                  lq_tensor *doc, lq_kv_cache *kv);
+/* Final norm and lm_head: h (B, T, C) -> logits (B, T, V). */
+lq_tensor *lq_llama_head(lq_ctx *ctx, const lq_llama_model *m, lq_tensor *h);
+/* Checks ids are contiguous i32 (B, T) within the vocabulary; ids, or NULL with the error in ctx. */
+lq_tensor *lq_llama_check_ids(lq_ctx *ctx, const lq_llama_model *m, lq_tensor *ids, const char *who);
+/* Replaces the weight in *slot by t (an owned tensor), releasing the old one (and its quant state)
+ * when the model owns it (llama_load.c). On failure t is freed. */
+lq_status lq_llama_replace_weight(lq_llama_model *m, lq_tensor **slot, lq_tensor *t, lq_err *err);
+
 /* Loaders (llama_load.c): fill m (zeroed, cfg unset) from a GGUF file or HF folder. */
 lq_status lq_llama_load_gguf(lq_llama_model *m, const char *path, lq_err *err);
 lq_status lq_llama_load_hf(lq_llama_model *m, const char *path, lq_err *err);
+
+/* Export (llama_save.c): a model tensor of any dtype dequantized into a new f32 buffer (numel
+ * floats, malloc'd); NULL with err set when it cannot be read. */
+float *lq_llama_weight_f32(const lq_tensor *t, lq_err *err);
 
 #endif

@@ -111,7 +111,8 @@ static const cli_cmd commands[] = {
       {"--ctx", CLI_INT, "N", false, false, 1L << 20, "tokens per window (default 512)"},
       {"--json", CLI_SWITCH, NULL, false, false, 0, "also print one JSON object on the last line"},
       {"--kv-cache", CLI_CHOICE, "f32|int8", false, false, 0, "score each window by incremental decoding through a KV cache of this dtype"},
-      {"--adapter", CLI_STR, "DIR", false, false, 0, "PEFT LoRA adapter folder applied on the model"}},
+      {"--adapter", CLI_STR, "DIR", false, false, 0, "PEFT LoRA adapter folder applied on the model"},
+      {"--dump-logits", CLI_STR, "FILE", false, false, 0, "write the first window's ids and logits (1, T, V) f32 to a safetensors file"}},
      cmd_perplexity},
     {"generate", "generate text from a prompt",
      "Continues a prompt with a model, streaming the text as it comes (KV cache); stops at an\n"
@@ -565,7 +566,7 @@ static int cmd_perplexity(const cli_cmd *cmd, const cli_parsed *a) {
     const char *c = opt_value(cmd, a, "--ctx");
     lq_perplexity_opts o = {opt_value(cmd, a, "--model"), opt_value(cmd, a, "--data"), c ? atol(c) : 0,
                             opt_value(cmd, a, "--json") != NULL, opt_value(cmd, a, "--kv-cache"),
-                            opt_value(cmd, a, "--adapter")};
+                            opt_value(cmd, a, "--adapter"), opt_value(cmd, a, "--dump-logits")};
     return lq_cmd_perplexity(&o);
 }
 

@@ -11,6 +11,7 @@
 
 #include "datasets/datasets.h"
 #include "io/io.h"
+#include "lora/lora.h"
 #include "models/models.h"
 #include "train/train.h"
 
@@ -140,6 +141,24 @@ static int fail(lq_status st, const lq_err *err, const char *what) {
     return lq_status_exit_code(st);
 }
 
+/* Loads the PEFT adapter folder dir and attaches it to m; a folder that is missing or does not fit
+ * the model is LQ_ERR_INPUT (exit 2) naming it. */
+static lq_status attach_adapter(lq_llama_model *m, const char *dir, lq_lora_set **out, lq_err *err) {
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return LQ_ERR(err, LQ_ERR_INPUT, "--adapter %s: %s", dir,
+                      stat(dir, &sb) != 0 ? strerror(errno) : "not a folder (a PEFT adapter folder is expected)");
+    LQ_TRY(lq_peft_load(out, dir, err));
+    lq_status s = lq_llama_lora_attach(m, *out, err);
+    if (s != LQ_OK) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        *err = (lq_err){0}; /* the first error sticks: restate it with the folder's name */
+        LQ_ERR(err, s, "adapter %s does not fit the model: %s", dir, msg);
+    }
+    return s;
+}
+
 static bool parse_double(const char *s, double lo, double hi, double *out) {
     char *end = NULL;
     errno = 0;
@@ -190,7 +209,9 @@ int lq_cmd_generate(const lq_generate_opts *o) {
     float *row = NULL;
     char *text = NULL, *pend = NULL;
     int rc = 0;
+    lq_lora_set *adapter = NULL;
     lq_status st = lq_llama_load(o->model, &m, &err);
+    if (st == LQ_OK && o->adapter) st = attach_adapter(m, o->adapter, &adapter, &err);
     if (st != LQ_OK) {
         rc = fail(st, &err, NULL);
         goto done;
@@ -318,5 +339,6 @@ done:
     lq_ctx_free(ctx);
     lq_lm_tok_free(&lt);
     lq_llama_free(m);
+    lq_lora_set_free(adapter);
     return rc;
 }

@@ -10,6 +10,7 @@
 
 #include "datasets/datasets.h"
 #include "io/io.h"
+#include "lora/lora.h"
 #include "models/models.h"
 #include "core/file.h"
 #include "train/train.h"
@@ -50,6 +51,40 @@ static double nll_of(const lq_tensor *lg, int64_t t, int64_t V, int32_t target) 
     return log(s) + mx - (double)*lq_f32_at(lg, 0, t, target, 0);
 }
 
+/* Loads the PEFT adapter folder dir and attaches it to m (which must have been loaded from the
+ * base the adapter was trained on: every module must name one of its projections with the same
+ * shape). Errors name the folder; a misfit is LQ_ERR_INPUT (exit 2). */
+static lq_status attach_adapter(lq_llama_model *m, const char *dir, lq_lora_set **out, lq_err *err) {
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return LQ_ERR(err, LQ_ERR_INPUT, "--adapter %s: %s", dir,
+                      stat(dir, &sb) != 0 ? strerror(errno) : "not a folder (a PEFT adapter folder is expected)");
+    LQ_TRY(lq_peft_load(out, dir, err));
+    lq_status s = lq_llama_lora_attach(m, *out, err);
+    if (s != LQ_OK) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        *err = (lq_err){0}; /* the first error sticks: restate it with the folder's name */
+        LQ_ERR(err, s, "adapter %s does not fit the model: %s", dir, msg);
+    }
+    return s;
+}
+
+/* --dump-logits: the first window's ids (1, T) i32 and logits (1, T, V) f32 as a safetensors file. */
+static lq_status dump_logits(const char *path, const int32_t *ids, int64_t T, int64_t V, const lq_tensor *lg,
+                             const float *lgs, lq_err *err) {
+    float *buf = malloc((size_t)T * (size_t)V * sizeof *buf);
+    if (!buf) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for the logits dump");
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < V; j++) buf[t * V + j] = lgs ? lgs[t * V + j] : *lq_f32_at(lg, 0, t, j, 0);
+    lq_st_wtensor w[2] = {{.name = "ids", .dtype = LQ_ST_I32, .ndim = 2, .shape = {1, T}, .data = ids},
+                          {.name = "logits", .dtype = LQ_ST_F32, .ndim = 3, .shape = {1, T, V}, .data = buf}};
+    lq_st_kv meta[] = {{"format", "pt"}};
+    lq_status s = lq_st_write(path, w, 2, meta, 1, err);
+    free(buf);
+    return s;
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -86,7 +121,9 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
     lq_kv_cache *kv = NULL;
     float *lgs = NULL; /* with a cache: the window's logits, (n_ctx, V) */
     int rc = 0;
+    lq_lora_set *adapter = NULL;
     lq_status st = lq_llama_load(o->model, &m, &err);
+    if (st == LQ_OK && o->adapter) st = attach_adapter(m, o->adapter, &adapter, &err);
     if (st == LQ_OK) st = lq_lm_tok_load(o->model, lq_llama_model_config(m), &lt, &err);
     size_t n_tok = 0;
     if (st == LQ_OK) st = lq_tokenizer_encode(lt.tok, text, len, true, &toks, &n_tok, &err);
@@ -156,6 +193,14 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
                 lq_ctx_reset_to(ctx, mk);
             }
         }
+        if (w == 0 && o->dump_logits) {
+            lq_status ds = dump_logits(o->dump_logits, win, n_ctx, V, lg, kv ? lgs : NULL, &err);
+            if (ds != LQ_OK) {
+                fprintf(stderr, "loquat perplexity: --dump-logits: %s\n", err.msg);
+                rc = lq_status_exit_code(ds);
+                goto done;
+            }
+        }
         for (int64_t t = first; t < n_ctx - 1; t++) {
             int32_t target = toks[w * n_ctx + t + 1];
             double v;
@@ -190,5 +235,6 @@ done:
     lq_ctx_free(ctx);
     lq_lm_tok_free(&lt);
     lq_llama_free(m);
+    lq_lora_set_free(adapter);
     return rc;
 }

@@ -101,52 +101,10 @@ void jb_str(jbuf *b, const char *s) {
     jb_put(b, "\"", 1);
 }
 
-/* Python's repr(float): the shortest digits that read back to the same double, in fixed notation
- * when the decimal exponent X is in [-5, 16) ("2.0", "0.0001"), else "1.5e-05" / "1e+16". */
+/* Python's repr(float) (io/st_bnb4.c writes it; the quant-state JSON needs the same text). */
 void jb_pyfloat(jbuf *b, double v) {
-    if (!isfinite(v)) {
-        jb_put(b, "null", 4);
-        return;
-    }
-    char sci[40];
-    for (int prec = 0; prec <= 17; prec++) {
-        snprintf(sci, sizeof sci, "%.*e", prec, v);
-        if (strtod(sci, NULL) == v) break;
-    }
-    /* sci = [-]D[.DDD]e[+-]XX */
-    const char *p = sci;
-    bool neg = *p == '-';
-    if (neg) p++;
-    char digits[24];
-    int nd = 0;
-    for (; *p && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9') digits[nd++] = *p;
-    int x = atoi(p + 1);
-    while (nd > 1 && digits[nd - 1] == '0') nd--; /* trailing zeros of the mantissa */
-    digits[nd] = '\0';
     char out[64];
-    int k = 0;
-    if (neg) out[k++] = '-';
-    if (x < -4 || x >= 16) {
-        out[k++] = digits[0];
-        if (nd > 1) {
-            out[k++] = '.';
-            for (int i = 1; i < nd; i++) out[k++] = digits[i];
-        }
-        k += snprintf(out + k, sizeof out - (size_t)k, "e%c%02d", x < 0 ? '-' : '+', x < 0 ? -x : x);
-    } else if (x < 0) {
-        out[k++] = '0';
-        out[k++] = '.';
-        for (int i = 0; i < -x - 1; i++) out[k++] = '0';
-        for (int i = 0; i < nd; i++) out[k++] = digits[i];
-    } else {
-        for (int i = 0; i <= x; i++) out[k++] = i < nd ? digits[i] : '0';
-        out[k++] = '.';
-        if (nd > x + 1)
-            for (int i = x + 1; i < nd; i++) out[k++] = digits[i];
-        else out[k++] = '0';
-    }
-    out[k] = '\0';
+    int k = lq_py_float_repr(out, sizeof out, v);
     jb_put(b, out, (size_t)k);
 }
 

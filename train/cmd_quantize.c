@@ -141,51 +141,18 @@ static bool add_state(qjob *j, const char *name, const char *key, jbuf *b) {
     return ok;
 }
 
-static void *dup_mem(const void *p, size_t n) {
-    void *q = malloc(n ? n : 1);
-    if (q) memcpy(q, p, n);
-    return q;
-}
-
+/* The layout is io/'s lq_st_bnb4 (shared with the merged NF4 export); its tensors move into the
+ * output list. */
 static lq_status quantize_bnb(qjob *j, const lq_st_tensor *t, const float *x, float *y, lq_err *err) {
-    int64_t n = t->numel, nb = (n + j->block - 1) / j->block, nb2 = (nb + LQ_BNB_BLOCK2 - 1) / LQ_BNB_BLOCK2;
-    uint8_t *codes = malloc((size_t)(n + 1) / 2);
-    if (!codes) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for tensor '%s'", t->name);
-    lq_qstate *qs = NULL;
-    lq_status s = lq_bnb4_quantize(j->bnb_type, x, n, j->block, j->o->double_quant, codes, &qs, err);
-    if (s != LQ_OK) {
-        free(codes);
-        return s;
+    lq_st_bnb4 b;
+    LQ_TRY(lq_st_bnb4_encode(&b, t->name, j->bnb_type, x, t->shape[0], t->shape[1], j->block, j->o->double_quant,
+                             qs_torch_dtype_name(t->dtype), y, err));
+    bool ok = true;
+    for (int i = 0; i < b.n; i++) {
+        ok = ok && qout_add(&j->w, b.t[i].name, "", b.t[i].dtype, b.t[i].ndim, b.t[i].shape, b.t[i].data, b.own[i]);
+        b.own[i] = false; /* the list owns it now (or freed it) */
     }
-    lq_bnb4_dequantize(j->bnb_type, codes, n, qs, y);
-    bool dq = j->o->double_quant;
-    int64_t cshape[2] = {(n + 1) / 2, 1}, s16 = 16, s256 = 256;
-    bool ok = qout_add(&j->w, t->name, "", LQ_ST_U8, 2, cshape, codes, true);
-    if (dq) ok = ok && qout_add(&j->w, t->name, ".absmax", LQ_ST_U8, 1, &nb, dup_mem(qs->absmax_q, (size_t)nb), true);
-    else ok = ok && qout_add(&j->w, t->name, ".absmax", LQ_ST_F32, 1, &nb, dup_mem(qs->absmax, (size_t)nb * 4), true);
-    const float *map = j->bnb_type == LQ_DTYPE_NF4 ? lq_nf4_code() : lq_fp4_code();
-    ok = ok && qout_add(&j->w, t->name, ".quant_map", LQ_ST_F32, 1, &s16, map, false);
-    if (dq) {
-        ok = ok && qout_add(&j->w, t->name, ".nested_absmax", LQ_ST_F32, 1, &nb2, dup_mem(qs->absmax2, (size_t)nb2 * 4),
-                            true);
-        ok = ok && qout_add(&j->w, t->name, ".nested_quant_map", LQ_ST_F32, 1, &s256, lq_bnb_dynamic_map(), false);
-    }
-    /* json.dumps of QuantState.as_dict's non-tensor entries, in its key order */
-    const char *qt = j->bnb_type == LQ_DTYPE_NF4 ? "nf4" : "fp4";
-    jbuf b = {0};
-    jb_printf(&b, "{\"quant_type\": \"%s\", \"blocksize\": %ld, \"dtype\": \"%s\", \"shape\": [%lld, %lld]", qt, j->block,
-              qs_torch_dtype_name(t->dtype), (long long)t->shape[0], (long long)t->shape[1]);
-    if (dq) {
-        jb_printf(&b, ", \"nested_blocksize\": %lld, \"nested_dtype\": \"float32\", \"nested_offset\": ",
-                  (long long)LQ_BNB_BLOCK2);
-        jb_pyfloat(&b, (double)qs->offset);
-    }
-    jb_printf(&b, "}");
-    char key[32];
-    snprintf(key, sizeof key, QS_BNB_PREFIX "%s", qt);
-    ok = ok && add_state(j, t->name, key, &b);
-    free(b.p);
-    lq_qstate_free(qs);
+    lq_st_bnb4_free(&b);
     if (!ok) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for tensor '%s'", t->name);
     return LQ_OK;
 }

@@ -49,7 +49,12 @@ typedef struct lq_train_config {
     /* data */
     lq_dataset_cfg datasets[LQ_CFG_MAX_DATASETS];
     int n_datasets;
-    double val_set_size;         /* < 1: fraction of documents; >= 1: a count; default 0 */
+    /* test_datasets (axolotl's key): a held-out validation set, entries as datasets. When given,
+     * its documents (all entries concatenated in config order, not shuffled) are the eval docs
+     * instead of a split of the training documents, and val_set_size must be 0. */
+    lq_dataset_cfg test_datasets[LQ_CFG_MAX_DATASETS];
+    int n_test_datasets;
+    double val_set_size;         /* < 1: fraction of documents; >= 1: a count (an integer); default 0 */
     int64_t sequence_len;        /* default 512 */
     bool sample_packing;         /* default true */
     char *dataset_prepared_path; /* token cache folder; NULL = <output_dir>/cache */
@@ -86,10 +91,12 @@ typedef struct lq_train_config {
     int threads;                 /* 0 = all cores */
 } lq_train_config;
 
-/* Fills defaults (strings NULL). */
+/* Fills defaults (strings NULL; a parsed config has adapter "lora", optimizer "adamw" and device
+ * "cpu" filled in). */
 void lq_train_config_defaults(lq_train_config *c);
-/* Reads a YAML config file, applies the overrides ("key=value", value parsed as a YAML scalar or
- * flow sequence, e.g. lora_target_modules=[q_proj,v_proj]; dotted keys datasets.0.path allowed),
+/* Reads a YAML config file, applies the overrides ("key=value", value parsed as a YAML scalar, flow
+ * sequence or flow mapping, e.g. lora_target_modules=[q_proj,v_proj]; an empty value is null = the
+ * default; dotted keys datasets.0.path allowed, index = length appends an entry),
  * validates and resolves. Errors (LQ_ERR_INPUT) read "FILE:LINE: key 'k': what is wrong (allowed:
  * ...)" and for an unknown key add "did you mean 'x'?" (closest by edit distance); an override's
  * errors name "--set k=v" instead of a line. */
@@ -106,5 +113,10 @@ char *lq_train_config_to_yaml(const lq_train_config *c);
 void lq_train_config_free(lq_train_config *c);
 
 const char *lq_lr_sched_name(lq_lr_sched s);
+
+/* The schema table behind parse / write (train/yaml_tree.h: key, type, offset, default, range,
+ * help), {NULL}-terminated; for JSON output (lq_yschema_to_json) and documentation. */
+struct lq_ykey;
+const struct lq_ykey *lq_train_config_schema(void);
 
 #endif

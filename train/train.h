@@ -154,6 +154,7 @@ typedef struct lq_perplexity_opts {
     bool json;
     const char *kv_cache; /* NULL: one forward per window; "f32" / "int8": incremental decoding through that cache */
     const char *adapter;  /* PEFT adapter folder applied on top of the model, or NULL */
+    const char *dump_logits; /* safetensors file for the first window's "ids" (1, T) i32 and "logits" (1, T, V) f32 */
 } lq_perplexity_opts;
 int lq_cmd_perplexity(const lq_perplexity_opts *o);
 

@@ -2,13 +2,16 @@
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "autograd/autograd_impl.h"
 
 /* Node parameters: ip[0] causal, fp[0] scale; in[3] the doc ids (B, T) when given.
  * saved[0] P (B, Hq, T, T), the softmax probabilities, kept only when the node is recorded.
  * Every (b, h) pair is one independent attention problem; pairs are processed in chunks so a
- * no-grad forward (or the backward's dS buffer) needs at most about SCRATCH_FLOATS floats. */
+ * no-grad forward needs at most about SCRATCH_FLOATS floats. */
 #define SCRATCH_FLOATS ((int64_t)1 << 22)
 
 typedef struct dims {
@@ -39,17 +42,15 @@ static inline bool visible(const int32_t *doc_b, bool causal, int64_t i, int64_t
     return !doc_b || doc_b[i] == doc_b[j];
 }
 
-/* In place on the chunk's score rows: masked, max-subtracted softmax. A row that sees nothing
- * (impossible with these masks, a row always sees itself) becomes all zeros. */
-static void softmax_rows(lq_ctx *ctx, const lq_node *n, const dims *d, int64_t pair0, int64_t npairs, float *S) {
+/* In place on one pair's T score rows (batch b): masked, max-subtracted softmax. A row that sees
+ * nothing (impossible with these masks, a row always sees itself) becomes all zeros. */
+static void softmax_pair(const lq_node *n, const dims *d, int64_t b, float *S) {
     const int32_t *doc = n->n_in > 3 ? n->in[3]->data : NULL;
+    const int32_t *doc_b = doc ? doc + b * d->T : NULL;
     bool causal = n->ip[0] != 0;
-    int64_t T = d->T, rows = npairs * T;
-#pragma omp parallel for num_threads(ctx->n_threads) if (rows * T > 16384)
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t pair = pair0 + r / T, i = r % T, b = pair / d->Hq;
-        const int32_t *doc_b = doc ? doc + b * T : NULL;
-        float *s = S + r * T;
+    int64_t T = d->T;
+    for (int64_t i = 0; i < T; i++) {
+        float *s = S + i * T;
         float mx = -INFINITY;
         for (int64_t j = 0; j < T; j++)
             if (visible(doc_b, causal, i, j) && s[j] > mx) mx = s[j];
@@ -67,6 +68,17 @@ static void softmax_rows(lq_ctx *ctx, const lq_node *n, const dims *d, int64_t p
     }
 }
 
+/* Threads for a loop over `units` independent attention problems of T x T: one sgemm of
+ * 256 x 256 x 64 is too small to split well across cores, so the pairs themselves are shared out
+ * and each sgemm runs on one thread (OpenBLAS's OpenMP build goes single-threaded inside a
+ * parallel region). Every pair is computed by the same calls in the same order either way, so the
+ * result does not depend on the thread count. */
+static int pair_threads(const lq_ctx *ctx, int64_t units, int64_t T) {
+    int nt = ctx->n_threads;
+    if (units < 2 || T * T < 4096) return 1;
+    return nt > units ? (int)units : nt;
+}
+
 /* Per pair (b, h) with kv head kh = h / group:  S = scale Q_h K_kh^T (T, T), P = softmax(mask(S))
  * row-wise, O_h = P V_kh. Q_h is q at (b, 0, h, 0) read as a (T, D) matrix with row stride Hq*D,
  * so sgemm works on the (B, T, H, D) layout directly. */
@@ -81,19 +93,21 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
     float *P = lq_ctx_alloc(ctx, (size_t)(chunk * tt) * sizeof(float));
     if (!P) return ctx->err.status;
     if (n->recorded) n->saved[0] = P;
+    /* the thread count from all the pairs, not the chunk's: a chunk of one pair still runs inside
+     * the parallel region, so its sgemm is the same single-threaded call as in the recorded path */
+    int nt = pair_threads(ctx, npairs, T);
     for (int64_t p0 = 0; p0 < npairs; p0 += chunk) {
         int64_t np = npairs - p0 < chunk ? npairs - p0 : chunk;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1)
         for (int64_t e = 0; e < np; e++) {
             int64_t b = (p0 + e) / d.Hq, h = (p0 + e) % d.Hq, kh = h / d.group;
+            float *Pe = P + e * tt;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)d.D, scale,
-                        q + head_off(&d, b, h, d.Hq), d.ldq, k + head_off(&d, b, kh, d.Hkv), d.ldk, 0.0f,
-                        P + e * tt, (int)T);
-        }
-        softmax_rows(ctx, n, &d, p0, np, P);
-        for (int64_t e = 0; e < np; e++) {
-            int64_t b = (p0 + e) / d.Hq, h = (p0 + e) % d.Hq, kh = h / d.group;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)d.D, (int)T, 1.0f, P + e * tt,
-                        (int)T, v + head_off(&d, b, kh, d.Hkv), d.ldk, 0.0f, o + head_off(&d, b, h, d.Hq), d.ldq);
+                        q + head_off(&d, b, h, d.Hq), d.ldq, k + head_off(&d, b, kh, d.Hkv), d.ldk, 0.0f, Pe,
+                        (int)T);
+            softmax_pair(n, &d, b, Pe);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)d.D, (int)T, 1.0f, Pe, (int)T,
+                        v + head_off(&d, b, kh, d.Hkv), d.ldk, 0.0f, o + head_off(&d, b, h, d.Hq), d.ldq);
         }
         if (n->recorded) P += np * tt;
     }
@@ -121,43 +135,46 @@ static lq_status bwd(lq_ctx *ctx, lq_node *n) {
     const float *dO = n->out->grad->data, *P = n->saved[0];
     if (!P) return LQ_ERR(&ctx->err, LQ_ERR_STATE, "attention: backward without the saved probabilities");
     float scale = n->fp[0];
-    int64_t T = d.T, tt = T * T, npairs = d.B * d.Hq;
+    int64_t T = d.T, tt = T * T, units = d.B * d.Hkv;
     int Ti = (int)T, Di = (int)d.D;
-    if (gv)
-        for (int64_t pr = 0; pr < npairs; pr++) {
-            int64_t b = pr / d.Hq, h = pr % d.Hq, kh = h / d.group;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Ti, Di, Ti, 1.0f, P + pr * tt, Ti,
-                        dO + head_off(&d, b, h, d.Hq), d.ldq, 1.0f, gv + head_off(&d, b, kh, d.Hkv), d.ldk);
-        }
-    if (!gq && !gk) return LQ_OK;
-    int64_t chunk = pairs_per_chunk(&d);
-    if (chunk > npairs) chunk = npairs;
-    float *dS = lq_ctx_alloc(ctx, (size_t)(chunk * tt) * sizeof(float));
-    if (!dS) return ctx->err.status;
-    for (int64_t p0 = 0; p0 < npairs; p0 += chunk) {
-        int64_t np = npairs - p0 < chunk ? npairs - p0 : chunk;
-        for (int64_t e = 0; e < np; e++) {
-            int64_t b = (p0 + e) / d.Hq, h = (p0 + e) % d.Hq, kh = h / d.group;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Ti, Ti, Di, 1.0f, dO + head_off(&d, b, h, d.Hq),
-                        d.ldq, v + head_off(&d, b, kh, d.Hkv), d.ldk, 0.0f, dS + e * tt, Ti);
-        }
-        int64_t rows = np * T;
-        const float *Pc = P + p0 * tt;
-#pragma omp parallel for num_threads(ctx->n_threads) if (rows * T > 16384)
-        for (int64_t r = 0; r < rows; r++) {
-            const float *pr = Pc + r * T;
-            float *g = dS + r * T;
-            float dot = 0.0f;
-            for (int64_t j = 0; j < T; j++) dot += g[j] * pr[j];
-            for (int64_t j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot);
-        }
-        for (int64_t e = 0; e < np; e++) {
-            int64_t b = (p0 + e) / d.Hq, h = (p0 + e) % d.Hq, kh = h / d.group;
+    /* One unit = one (b, kv head) and its group of q heads, in ascending order: every dK / dV sum
+     * over the group is made by the same sgemm calls in the same order on any thread count, and
+     * units write disjoint parts of dQ / dK / dV. One T x T dS scratch per thread. */
+    int nt = pair_threads(ctx, units, T);
+    float *dS_all = NULL;
+    if (gq || gk) {
+        dS_all = lq_ctx_alloc(ctx, (size_t)(nt * tt) * sizeof(float));
+        if (!dS_all) return ctx->err.status;
+    }
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1)
+    for (int64_t u = 0; u < units; u++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *dS = dS_all ? dS_all + (int64_t)tid * tt : NULL;
+        int64_t b = u / d.Hkv, kh = u % d.Hkv;
+        for (int64_t h = kh * d.group; h < (kh + 1) * d.group; h++) {
+            const float *Pp = P + (b * d.Hq + h) * tt;
+            const float *dOh = dO + head_off(&d, b, h, d.Hq);
+            if (gv)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Ti, Di, Ti, 1.0f, Pp, Ti, dOh, d.ldq, 1.0f,
+                            gv + head_off(&d, b, kh, d.Hkv), d.ldk);
+            if (!dS) continue;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Ti, Ti, Di, 1.0f, dOh, d.ldq,
+                        v + head_off(&d, b, kh, d.Hkv), d.ldk, 0.0f, dS, Ti);
+            for (int64_t r = 0; r < T; r++) {
+                const float *pr = Pp + r * T;
+                float *g = dS + r * T;
+                float dot = 0.0f;
+                for (int64_t j = 0; j < T; j++) dot += g[j] * pr[j];
+                for (int64_t j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot);
+            }
             if (gq)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Ti, Di, Ti, scale, dS + e * tt, Ti,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Ti, Di, Ti, scale, dS, Ti,
                             k + head_off(&d, b, kh, d.Hkv), d.ldk, 1.0f, gq + head_off(&d, b, h, d.Hq), d.ldq);
             if (gk)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Ti, Di, Ti, scale, dS + e * tt, Ti,
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Ti, Di, Ti, scale, dS, Ti,
                             q + head_off(&d, b, h, d.Hq), d.ldq, 1.0f, gk + head_off(&d, b, kh, d.Hkv), d.ldk);
         }
     }

@@ -8,7 +8,9 @@
 /* log(sum_k exp(x_k)) of one row of V logits, max-subtracted; the sum in double. */
 static double row_logsumexp(const float *x, int64_t V) {
     float m = -INFINITY;
-    for (int64_t k = 0; k < V; k++) m = fmaxf(m, x[k]);
+    /* the comparison, not fmaxf: the same maximum (NaNs skipped either way; a +-0 tie cannot
+     * change x - m), inlined to maxss instead of a libm call per logit */
+    for (int64_t k = 0; k < V; k++) m = x[k] > m ? x[k] : m;
     double s = 0.0;
     for (int64_t k = 0; k < V; k++) s += expf(x[k] - m);
     return (double)m + log(s);
