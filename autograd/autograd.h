@@ -101,6 +101,16 @@ bool lq_ctx_set_training(lq_ctx *ctx, bool training);
 /* Restarts the random streams of random ops (dropout) at a given seed. */
 void lq_ctx_set_seed(lq_ctx *ctx, uint64_t seed);
 
+/* Gradient release (off by default): the gradient of a recorded op's output (an intermediate:
+ * never a leaf, a parameter, or a tensor whose grad the caller set) comes from a context-owned
+ * pool of reusable blocks and goes back to it as soon as that op's backward has run, as PyTorch
+ * frees a node's incoming gradient. Backward then holds only the gradients still to be consumed
+ * instead of every one until the step ends; results are bit-identical. After backward such
+ * tensors' grad is NULL (the loss's too), so leave it off when reading intermediate gradients.
+ * Blocks are kept across steps (no malloc once a step of the same shapes has run) and freed by
+ * lq_ctx_free. Returns the previous setting. */
+bool lq_ctx_set_release_grads(lq_ctx *ctx, bool on);
+
 /* End of a step: drops the tape and every activation; the arena keeps its memory. */
 void lq_ctx_step_reset(lq_ctx *ctx);
 
@@ -118,6 +128,9 @@ typedef struct lq_arena_stats {
     size_t high_water; /* most bytes ever in use at once */
     size_t capacity;   /* bytes held */
     uint64_t sys_allocs; /* times the arena called malloc */
+    /* the gradient pool (lq_ctx_set_release_grads), bytes incl. 64-byte block headers */
+    size_t pool_in_use, pool_high_water, pool_capacity;
+    uint64_t pool_sys_allocs;
 } lq_arena_stats;
 lq_arena_stats lq_ctx_arena_stats(const lq_ctx *ctx);
 

@@ -36,6 +36,37 @@ void lq_arena_reset_to(lq_arena *a, lq_arena_chunk *chunk, size_t used);
 size_t lq_arena_used(const lq_arena *a);
 size_t lq_arena_capacity(const lq_arena *a);
 
+/* --- gradient pool: reusable blocks for intermediate gradients (lq_ctx_set_release_grads) ---- */
+
+/* Private flag on a grad tensor whose header and data are a pool block (grad_pool.c). */
+#define LQ_TENSOR_POOLED_GRAD (1u << 30)
+
+typedef struct lq_pool_block lq_pool_block;
+typedef struct lq_pool_class {
+    size_t bytes;        /* data bytes of every block in the class (64-aligned) */
+    lq_pool_block *free; /* blocks ready to hand out */
+    int n_free, n_out;
+    int step_peak;       /* most blocks of the class handed out at once this step */
+} lq_pool_class;
+
+typedef struct lq_grad_pool {
+    lq_pool_class *cls; /* free lists keyed by exact byte size; a model has a few dozen sizes */
+    int n_cls, cap_cls;
+    lq_pool_block *out; /* blocks handed out now (doubly linked) */
+    size_t in_use, high_water, capacity; /* bytes, headers included */
+    uint64_t sys_allocs;
+    bool used_this_step;
+} lq_grad_pool;
+
+/* A zeroed contiguous f32 gradient of like's logical shape from the pool (flagged
+ * LQ_TENSOR_POOLED_GRAD); NULL with an error in ctx if out of memory. */
+lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like);
+/* Hands a pool gradient back; the tensor (header included) must not be used after. */
+void lq_pool_release(lq_grad_pool *p, lq_tensor *grad);
+/* End of a step: takes back every block still out and trims classes the step did not need. */
+void lq_pool_step_end(lq_grad_pool *p);
+void lq_pool_free(lq_grad_pool *p);
+
 /* --- context ------------------------------------------------------------------------------- */
 
 struct lq_ctx {
@@ -49,6 +80,8 @@ struct lq_ctx {
     lq_arena scratch;    /* checkpointed segments run here */
     lq_arena *arena;     /* where allocations go now */
     struct lq_node *tape; /* newest recorded node */
+    bool release_grads;   /* intermediates' grads come from pool and go back after their node's backward */
+    lq_grad_pool pool;
 };
 
 /* --- tape nodes and the op table ------------------------------------------------------------ */

@@ -30,6 +30,7 @@ void lq_ctx_free(lq_ctx *ctx) {
     if (!ctx) return;
     lq_arena_free(&ctx->main);
     lq_arena_free(&ctx->scratch);
+    lq_pool_free(&ctx->pool);
     free(ctx);
 }
 
@@ -56,8 +57,15 @@ void lq_ctx_set_seed(lq_ctx *ctx, uint64_t seed) {
     ctx->rng_stream = 0;
 }
 
+bool lq_ctx_set_release_grads(lq_ctx *ctx, bool on) {
+    bool prev = ctx->release_grads;
+    ctx->release_grads = on;
+    return prev;
+}
+
 void lq_ctx_step_reset(lq_ctx *ctx) {
     ctx->tape = NULL;
+    lq_pool_step_end(&ctx->pool);
     ctx->arena = &ctx->main;
     lq_arena_reset(&ctx->main);
     lq_arena_reset(&ctx->scratch);
@@ -79,6 +87,10 @@ lq_arena_stats lq_ctx_arena_stats(const lq_ctx *ctx) {
         .high_water = ctx->main.high_water + ctx->scratch.high_water,
         .capacity = lq_arena_capacity(&ctx->main) + lq_arena_capacity(&ctx->scratch),
         .sys_allocs = ctx->main.sys_allocs + ctx->scratch.sys_allocs,
+        .pool_in_use = ctx->pool.in_use,
+        .pool_high_water = ctx->pool.high_water,
+        .pool_capacity = ctx->pool.capacity,
+        .pool_sys_allocs = ctx->pool.sys_allocs,
     };
     return s;
 }

@@ -98,7 +98,10 @@ lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
     *g = NULL;
     if (!lq_requires_grad(t)) return LQ_OK;
     if (!t->grad) {
-        lq_tensor *gt = lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
+        /* an intermediate (a recorded node's output, not a parameter) in release mode: a pool
+         * block that walk() hands back after the node's backward */
+        bool pooled = ctx->release_grads && t->node && t->node->recorded && !(t->flags & LQ_TENSOR_PARAM);
+        lq_tensor *gt = pooled ? lq_pool_grad(ctx, t) : lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
         if (!gt) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
         t->grad = gt;
     }
@@ -117,7 +120,9 @@ lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src) {
 }
 
 /* Walks the tape from its newest node back to stop, calling each backward whose output got a
- * gradient. Nodes whose output never received one (not on the loss's path) are skipped. */
+ * gradient. Nodes whose output never received one (not on the loss's path) are skipped. Every
+ * consumer of a node's output was recorded after it, so once the node's backward has run nothing
+ * adds to or reads its output's gradient again: a pool gradient goes back then. */
 static lq_status walk(lq_ctx *ctx, lq_node *stop) {
     for (lq_node *n = ctx->tape; n && n != stop; n = n->prev) {
         if (!n->out->grad) continue;
@@ -125,6 +130,10 @@ static lq_status walk(lq_ctx *ctx, lq_node *stop) {
         if (s != LQ_OK) {
             if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: backward failed", n->op->name);
             return s;
+        }
+        if (n->out->grad->flags & LQ_TENSOR_POOLED_GRAD) {
+            lq_pool_release(&ctx->pool, n->out->grad);
+            n->out->grad = NULL;
         }
     }
     return LQ_OK;

@@ -1,4 +1,4 @@
-/* bench/bench_train.c: tokens/s and peak RSS of QLoRA training steps on a Llama GGUF (SmolLM2-135M), one JSON line. */
+/* bench/bench_train.c: tokens/s and peak RSS of QLoRA training steps on SmolLM2-135M: one JSON line. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +15,14 @@
  * runs this and bench/peer_lora.py alternately (A B A B) and prints medians and ratios.
  * A step is what a trainer does per micro-batch with gradient_accumulation_steps = 1: zero the
  * adapter grads, loss (mean cross-entropy of next-token labels) forward, backward, AdamW update;
- * the arena is reset between steps. Two warm-up steps by default: the arena finds its size in the
+ * the arena is reset between steps. As in the trainer, each activation gradient goes back to the
+ * context's pool once its node's backward has run (--release-grads 0: kept to the step's end, for
+ * A/B). Two warm-up steps by default: the arena finds its size in the
  * first and merges its chunks into one at the reset after it, so the second still pays the page
- * faults of first touching that block; from the third on a step allocates nothing. Ids are seeded random tokens from the vocabulary (the same
- * generator as peer_lora.py, so both see the same batch), labels the ids shifted by one with the
- * last position ignored: HF's causal-LM loss counts the same B (T - 1) tokens. */
+ * faults of first touching that block; from the third on a step allocates nothing. Ids are seeded
+ * random tokens from the vocabulary (the same generator as peer_lora.py, so both see the same
+ * batch), labels the ids shifted by one with the last position ignored: HF's causal-LM loss counts
+ * the same B (T - 1) tokens. */
 
 #define MAX_STEPS 256
 
@@ -30,6 +33,7 @@ typedef struct opts {
     float alpha, dropout;
     bool checkpoint;
     bool keep; /* --base keep: the GGUF's own blocks (base_quant: native) instead of NF4 */
+    bool release; /* --release-grads: free each activation gradient once used (as the trainer) */
     uint64_t seed;
 } opts;
 
@@ -90,7 +94,7 @@ static int usage(void) {
     fprintf(stderr,
             "usage: bench_train [--model GGUF] [--batch 4] [--seq 256] [--r 16] [--alpha 32] [--dropout 0.05]\n"
             "                   [--steps 4] [--warmup 2] [--threads 2] [--checkpoint 0|1] [--seed 1]\n"
-            "                   [--base nf4|keep]\n");
+            "                   [--base nf4|keep] [--release-grads 1|0]\n");
     return 2;
 }
 
@@ -103,7 +107,7 @@ static const char *default_model(char *buf, size_t n) {
 
 static int parse(int argc, char **argv, opts *o, char *mbuf, size_t mn) {
     *o = (opts){.batch = 4, .seq = 256, .r = 16, .alpha = 32.0f, .dropout = 0.05f, .steps = 4, .warmup = 2,
-                .threads = 2, .seed = 1};
+                .threads = 2, .seed = 1, .release = true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return usage();
@@ -117,6 +121,7 @@ static int parse(int argc, char **argv, opts *o, char *mbuf, size_t mn) {
         else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
         else if (!strcmp(a, "--threads")) o->threads = atoi(v);
         else if (!strcmp(a, "--checkpoint")) o->checkpoint = atoi(v) != 0;
+        else if (!strcmp(a, "--release-grads")) o->release = atoi(v) != 0;
         else if (!strcmp(a, "--seed")) o->seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--base") && (!strcmp(v, "nf4") || !strcmp(v, "keep"))) o->keep = !strcmp(v, "keep");
         else return usage();
@@ -166,6 +171,7 @@ int main(int argc, char **argv) {
     lq_ctx *ctx = NULL;
     if (lq_ctx_init(&ctx, &co, &err) != LQ_OK) return fail("context", err.msg);
     lq_ctx_set_training(ctx, true);
+    lq_ctx_set_release_grads(ctx, o.release);
     double rss_load = rss_now_mb();
     reset_hwm();
 
@@ -212,13 +218,15 @@ int main(int argc, char **argv) {
     double fmed = o.steps % 2 ? fwd_t[o.steps / 2] : 0.5 * (fwd_t[o.steps / 2 - 1] + fwd_t[o.steps / 2]);
     printf("{\"impl\": \"loquat\", \"base\": \"%s\", \"checkpoint\": %s, \"threads\": %d, \"batch\": %lld, "
            "\"seq\": %lld, \"r\": %d, \"steps\": %d, \"step_s_median\": %.4f, \"fwd_s_median\": %.4f, "
-           "\"tokens_per_s\": %.2f, \"peak_rss_mb\": %.1f, \"train_peak_rss_mb\": %.1f, \"rss_start_mb\": %.1f, \"rss_after_load_mb\": %.1f, "
-           "\"weight_mb\": %.2f, \"trainable\": %lld, \"arena_high_water_mb\": %.1f, \"load_s\": %.2f, "
-           "\"loss_first\": %.4f, \"loss_last\": %.4f, \"openblas_core\": \"%s\"}\n",
-           o.keep ? "gguf-native" : "nf4-dq64", o.checkpoint ? "true" : "false", o.threads, (long long)o.batch, (long long)o.seq, o.r, o.steps, med, fmed,
-           (double)BT / med, peak, train_peak, rss0, rss_load, (double)lq_llama_weight_bytes(m) / 1e6,
-           (long long)lq_params_count_elements(set->params), (double)as.high_water / 1e6, load_s, first_loss,
-           last_loss, openblas_get_corename());
+           "\"tokens_per_s\": %.2f, \"peak_rss_mb\": %.1f, \"train_peak_rss_mb\": %.1f, \"rss_start_mb\": %.1f, "
+           "\"rss_after_load_mb\": %.1f, \"weight_mb\": %.2f, \"trainable\": %lld, \"arena_high_water_mb\": %.1f, "
+           "\"release_grads\": %s, \"grad_pool_high_water_mb\": %.1f, \"grad_pool_mb\": %.1f, "
+           "\"load_s\": %.2f, \"loss_first\": %.4f, \"loss_last\": %.4f, \"openblas_core\": \"%s\"}\n",
+           o.keep ? "gguf-native" : "nf4-dq64", o.checkpoint ? "true" : "false", o.threads, (long long)o.batch,
+           (long long)o.seq, o.r, o.steps, med, fmed, (double)BT / med, peak, train_peak, rss0, rss_load,
+           (double)lq_llama_weight_bytes(m) / 1e6, (long long)lq_params_count_elements(set->params),
+           (double)as.high_water / 1e6, o.release ? "true" : "false", (double)as.pool_high_water / 1e6,
+           (double)as.pool_capacity / 1e6, load_s, first_loss, last_loss, openblas_get_corename());
     free(ids_v);
     lq_adamw_free(&opt);
     lq_ctx_free(ctx);

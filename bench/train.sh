@@ -45,7 +45,7 @@ out=${OUT:-/tmp/loquat-bench-train.jsonl}
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$commit+uncommitted"; fi
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME")"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME")"
 echo "commit: $commit; model: $model"
 echo "settings: batch $batch x seq $seq, LoRA r $r alpha $((2 * r)) dropout 0.05 all-linear, AdamW, $threads threads, $warmup warm-up + $steps timed steps, $rounds rounds"
 echo "OpenBLAS: $(pkg-config --modversion openblas 2>/dev/null || echo '?'), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}, OMP_NUM_THREADS=$OMP_NUM_THREADS, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-default}"
@@ -81,7 +81,11 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {}
 for r in rows:
     by.setdefault(r["label"], []).append(r)
-med = {k: {f: statistics.median(x[f] for x in v) for f in ("tokens_per_s", "step_s_median", "train_peak_rss_mb", "peak_rss_mb", "weight_mb")} | {"n": len(v)} for k, v in by.items()}
+# medians over the runs of each configuration; tokens/s from the median step time (not a median of
+# rates, which with an even number of runs would not match the step time shown)
+med = {k: {f: statistics.median(x[f] for x in v) for f in ("step_s_median", "train_peak_rss_mb", "peak_rss_mb", "weight_mb")} | {"n": len(v)} for k, v in by.items()}
+for k, v in by.items():
+    med[k]["tokens_per_s"] = v[0]["batch"] * v[0]["seq"] / med[k]["step_s_median"]
 peer = "pytorch+peft fp32" if "pytorch+peft fp32" in med else next((k for k in med if k.startswith("pytorch")), None)
 print(f"| configuration | runs | s / step | tokens/s | training peak RSS MB | process peak RSS MB | weights MB | tokens/s vs {peer or '-'} | peak RSS vs {peer or '-'} |")
 print("|---|---|---|---|---|---|---|---|---|")

@@ -57,6 +57,22 @@ static lq_tensor *hidden(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, const l
 
     lq_tensor *h = lq_embedding(ctx, m->embed, ids); /* (B, T, C) */
     bool ckpt = o && o->checkpoint;
+    if (!lq_ctx_grad_enabled(ctx) && h) {
+        /* Without grad nothing a layer makes outlives it: its output is copied into one of two
+         * (B, T, C) buffers and the arena rewound, so an evaluation batch holds one layer's
+         * activations at a time instead of every layer's (the values are the same). */
+        lq_tensor *buf[2] = {lq_new(ctx, LQ_DTYPE_F32, 3, h->ne), lq_new(ctx, LQ_DTYPE_F32, 3, h->ne)};
+        if (!buf[0] || !buf[1]) return NULL;
+        for (int64_t l = 0; l < c->num_hidden_layers && h; l++) {
+            lq_ctx_mark mk = lq_ctx_get_mark(ctx);
+            lq_tensor *y = lq_contiguous(ctx, lq_llama_layer_forward(ctx, m, l, h, pos, doc, NULL));
+            if (!y) return NULL;
+            memcpy(buf[l & 1]->data, y->data, lq_nbytes(buf[l & 1]));
+            lq_ctx_reset_to(ctx, mk);
+            h = buf[l & 1];
+        }
+        return h;
+    }
     for (int64_t l = 0; l < c->num_hidden_layers && h; l++) {
         if (!ckpt) {
             h = lq_llama_layer_forward(ctx, m, l, h, pos, doc, NULL);
@@ -112,10 +128,12 @@ lq_tensor *lq_llama_loss(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, lq_tens
     lq_tensor *x = lq_reshape(ctx, lq_contiguous(ctx, lq_rmsnorm(ctx, h, m->out_norm, (float)m->cfg.rms_norm_eps)), 2, s2);
     int64_t rows = o && o->chunk_rows > 0 ? o->chunk_rows : LOSS_CHUNK_FLOATS / V;
     if (rows < 1) rows = 1;
-    bool ckpt = o && o->checkpoint;
+    bool ckpt = o && o->checkpoint, nograd = !lq_ctx_grad_enabled(ctx);
     lq_tensor *total = NULL;
+    float acc = 0.0f; /* no grad: the running sum, as lq_add would form it, chunk by chunk */
     for (int64_t r0 = 0; r0 < N && x; r0 += rows) {
         int64_t n = N - r0 < rows ? N - r0 : rows;
+        lq_ctx_mark mk = lq_ctx_get_mark(ctx); /* no grad: a chunk's logits go once it is summed */
         chunk_seg *u = lq_ctx_alloc(ctx, sizeof *u);
         lq_tensor *lv = lq_ctx_alloc(ctx, sizeof *lv);
         if (!u || !lv) return NULL;
@@ -126,9 +144,21 @@ lq_tensor *lq_llama_loss(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, lq_tens
         *u = (chunk_seg){.m = m, .labels = lv};
         /* one chunk covering every row is x itself: no slice node */
         lq_tensor *xs = n == N ? x : lq_slice(ctx, x, 0, r0, r0 + n);
+        if (nograd) {
+            lq_tensor *part = chunk_segment(ctx, &xs, 1, u);
+            if (!part) return NULL;
+            acc = r0 == 0 ? *(const float *)part->data : acc + *(const float *)part->data;
+            lq_ctx_reset_to(ctx, mk);
+            continue;
+        }
         lq_tensor *part = ckpt ? lq_checkpoint(ctx, chunk_segment, u, 1, &xs) : chunk_segment(ctx, &xs, 1, u);
         total = total ? lq_add(ctx, total, part) : part;
         if (!total) return NULL;
+    }
+    if (nograd && x) {
+        total = lq_new(ctx, LQ_DTYPE_F32, 0, NULL);
+        if (!total) return NULL;
+        *(float *)total->data = acc;
     }
     if (total && n_counted) *n_counted = counted;
     return total;

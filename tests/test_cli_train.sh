@@ -116,4 +116,9 @@ expect_text err 'lora_model_dir .*r=4.*lora_r=8' "rank mismatch names both value
 expect_rc 1 "device cuda" train "$cfg" --set "output_dir=$tmp/run7" --set device=cuda
 expect_text err 'no CUDA backend' "device cuda refused"
 
+# a run far larger than the machine's memory is refused before allocating, with the estimate
+expect_rc 2 "run larger than memory" train "$cfg" --set "output_dir=$tmp/run8" --set micro_batch_size=512 --set sequence_len=4096
+expect_text err "needs about [0-9]+ MiB \(loquat mem's estimate\).*MemAvailable" "estimate and MemAvailable named"
+check "$([ ! -e "$tmp/run8" ]; echo $?)" "nothing written for a refused run"
+
 harness_done test_cli_train.sh

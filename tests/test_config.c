@@ -636,7 +636,7 @@ static void test_demo_config(void **state) {
     assert_int_equal(c.max_steps, 30);
     assert_int_equal(c.lr_scheduler, LQ_SCHED_COSINE);
     assert_int_equal(c.warmup_steps, 3);
-    assert_int_equal(c.eval_steps, 10);
+    assert_int_equal(c.eval_steps, 0);
     assert_int_equal(c.save_steps, 10);
     assert_int_equal(c.save_total_limit, 2);
     assert_int_equal(c.logging_steps, 1);

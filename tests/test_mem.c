@@ -183,6 +183,7 @@ static int64_t measure(lq_llama_model *m, int64_t B, int64_t T, bool ckpt, float
     lq_ctx *ctx = NULL;
     lq_err err = {0};
     assert_int_equal(lq_ctx_init(&ctx, &co, &err), LQ_OK);
+    lq_ctx_set_release_grads(ctx, true); /* as the trainer runs */
     for (int pass = 0; pass < 2; pass++) {
         bool train = pass == 1;
         lq_ctx_set_training(ctx, train && dropout > 0);
@@ -203,16 +204,18 @@ static int64_t measure(lq_llama_model *m, int64_t B, int64_t T, bool ckpt, float
         if (train) assert_int_equal(lq_backward(ctx, loss), LQ_OK);
         lq_ctx_step_reset(ctx);
     }
-    int64_t hw = (int64_t)lq_ctx_arena_stats(ctx).high_water;
+    lq_arena_stats st = lq_ctx_arena_stats(ctx);
+    int64_t hw = (int64_t)(st.high_water + st.pool_capacity); /* the pool keeps its blocks */
     lq_ctx_free(ctx);
     return hw;
 }
 
-static void check_close(const char *what, int64_t est, int64_t got, double tol) {
+/* est within [got * (1 - lo), got * (1 + hi)]. */
+static void check_range(const char *what, int64_t est, int64_t got, double lo, double hi) {
     double rel = (double)(est - got) / (double)got;
-    printf("  %-40s estimate %9.3f MiB, arena high water %9.3f MiB (%+.1f%%)\n", what, est / 1048576.0,
+    printf("  %-40s estimate %9.3f MiB, arena + pool high water %9.3f MiB (%+.1f%%)\n", what, est / 1048576.0,
            got / 1048576.0, 100 * rel);
-    assert_true(rel <= tol && rel >= -tol);
+    assert_true(rel <= hi && rel >= -lo);
 }
 
 /* The activation tally against what the arenas really hold, with and without checkpointing,
@@ -243,9 +246,11 @@ static void test_activations_match_arena(void **state) {
         int64_t plain = measure(m, B, T, false, 0.05f, th), ck = measure(m, B, T, true, 0.05f, th);
         char what[96];
         snprintf(what, sizeof what, "(%lld, %lld) %d thr eval + training step", (long long)B, (long long)T, th);
-        check_close(what, e.activations, plain, 0.05);
+        /* release mode: the pool's share is bounded by one layer's gradients, which on a model
+         * this small is a large part of the whole: an upper bound here, not a close estimate */
+        check_range(what, e.activations, plain, 0.05, 0.35);
         snprintf(what, sizeof what, "(%lld, %lld) %d thr eval + checkpointed step", (long long)B, (long long)T, th);
-        check_close(what, e.activations_ckpt, ck, 0.05);
+        check_range(what, e.activations_ckpt, ck, 0.05, 0.35);
     }
     lq_llama_free(m);
     lq_lora_set_free(set);
@@ -279,8 +284,8 @@ static void test_smollm2(void **state) {
     lq_lora_cfg lcfg = {.r = 16, .alpha = 32, .dropout = 0.05f, .targets = LQ_LORA_ALL_LINEAR};
     lq_lora_set *set = NULL;
     assert_int_equal(lq_llama_lora_create(m, &lcfg, 1, &set, &err), LQ_OK);
-    check_close("SmolLM2 (1, 32) eval + training step", e.activations, measure(m, 1, 32, false, 0.05f, 1), 0.05);
-    check_close("SmolLM2 (1, 32) eval + checkpointed step", e.activations_ckpt, measure(m, 1, 32, true, 0.05f, 1), 0.05);
+    check_range("SmolLM2 (1, 32) eval + training step", e.activations, measure(m, 1, 32, false, 0.05f, 1), 0.05, 0.05);
+    check_range("SmolLM2 (1, 32) eval + checkpointed step", e.activations_ckpt, measure(m, 1, 32, true, 0.05f, 1), 0.05, 0.05);
     lq_llama_free(m);
     lq_lora_set_free(set);
 }

@@ -205,6 +205,7 @@ static int64_t bnb4_bytes(int64_t n, int64_t block, bool dq) {
 typedef struct tally {
     int64_t bytes; /* forward outputs, saved buffers, nodes */
     int64_t grads; /* gradient buffers backward will make */
+    int64_t scratch; /* other buffers backward makes in the arena (attention's dS) */
     int64_t fwd_peak; /* the most held during the forward: bytes so far plus a dequant tile */
 } tally;
 
@@ -235,6 +236,8 @@ typedef struct act_shape {
     bool dropout; /* lora_dropout > 0 (training mode) */
     bool grad;    /* recorded (training) or not (evaluation) */
     int threads;  /* the context's */
+    bool release; /* lq_ctx_set_release_grads (the trainer's setting): intermediate gradients
+                   * live in a pool, each returned once its node's backward has run */
     int64_t tile_lin[LQ_LORA_N_TARGETS], tile_head; /* dequant tile bytes of a quantized matmul, 0 for f32 */
 } act_shape;
 
@@ -294,7 +297,7 @@ static void layer(tally *t, const act_shape *s, bool h_rg) {
     int64_t tt = s->T * s->T;
     if (a) {
         t->bytes += al(s->B * m->Hq * tt * 4);      /* P */
-        t->grads += al(attn_ds_floats(s) * 4);       /* dS */
+        t->scratch += al(attn_ds_floats(s) * 4);     /* dS */
     } else {
         t->bytes += al(attn_chunk(s) * tt * 4);
     }
@@ -368,15 +371,58 @@ static int64_t act_plain(const act_shape *s) {
     tally t = {0};
     op(&t, s->B * s->T * s->m->C, false); /* embedding (frozen table: no gradient) */
     bool h_rg = false;
+    int64_t layer_grads = 0; /* the most gradient bytes one layer makes */
     for (int64_t l = 0; l < s->m->L; l++) {
+        int64_t g0 = t.grads;
         layer(&t, s, h_rg);
+        if (t.grads - g0 > layer_grads) layer_grads = t.grads - g0;
         h_rg = s->grad && s->targets != 0;
     }
     int64_t grads_layers = t.grads;
     head(&t, s, h_rg, false, NULL);
     if (!s->grad) return fwd_end(&t);
-    int64_t end = t.bytes + t.grads, at_head = t.bytes + t.grads - grads_layers + s->tile_head;
+    if (s->release) {
+        /* The arena keeps the forward and backward's scratch; the pool keeps, per size, the most
+         * gradients alive at once: bounded by one layer's (or the head's) gradients plus the
+         * residual stream's two (B, T, C) ones. */
+        int64_t head_grads = t.grads - grads_layers, C = s->B * s->T * s->m->C;
+        int64_t pool = (layer_grads > head_grads ? layer_grads : head_grads) + 2 * (TENSOR_BYTES + al(C * 4));
+        int64_t end = t.bytes + t.scratch + pool;
+        return end > fwd_end(&t) + pool ? end : fwd_end(&t) + pool;
+    }
+    int64_t end = t.bytes + t.grads + t.scratch, at_head = t.bytes + t.grads - grads_layers + s->tile_head;
     return end > at_head ? end : at_head;
+}
+
+/* One evaluation batch (no grad; models/llama_train.c): the embedding and two (B, T, C) buffers
+ * stay; each layer runs on top of them and is rewound once its output is copied into a buffer;
+ * then the final norm and its (N, C) view, and one loss chunk at a time (rewound after it is
+ * summed), and the scalar sum. */
+static int64_t act_eval(const act_shape *s) {
+    int64_t N = s->B * s->T, C = s->m->C, rows = head_rows(s);
+    tally base = {0};
+    op(&base, N * C, false);                          /* embedding */
+    base.bytes += 2 * (TENSOR_BYTES + al(N * C * 4)); /* the two buffers (no node) */
+    int64_t peak = base.bytes;
+    for (int64_t l = 0; l < s->m->L; l++) {
+        tally lt = base;
+        lt.fwd_peak = 0;
+        layer(&lt, s, false);
+        if (fwd_end(&lt) > peak) peak = fwd_end(&lt);
+    }
+    tally h = base;
+    h.fwd_peak = 0;
+    view(&h, N * C, rmsnorm(&h, s, N, false));
+    for (int64_t r0 = 0; r0 < N; r0 += rows) {
+        int64_t n = N - r0 < rows ? N - r0 : rows;
+        tally c = h;
+        c.bytes += al(sizeof(void *) * 2) + TENSOR_BYTES; /* the chunk's user data and label view */
+        if (n != N) view(&c, n * C, false);
+        head_chunk(&c, s, n, false);
+        if (fwd_end(&c) > peak) peak = fwd_end(&c);
+    }
+    h.bytes += TENSOR_BYTES + al(4); /* the sum */
+    return fwd_end(&h) > peak ? fwd_end(&h) : peak;
 }
 
 /* With checkpointing: the main arena keeps the embedding, each layer's output h (B, T, C) and its
@@ -400,7 +446,7 @@ static int64_t act_ckpt(const act_shape *s, int64_t main_floor) {
         layer(&bw, s, h_rg);
         bw.bytes += TENSOR_BYTES; /* the input's alias and, when it needs one, its gradient */
         if (h_rg) bw.grads += TENSOR_BYTES + al(N * C * 4);
-        int64_t f = fwd_end(&fw), b = bw.bytes + bw.grads;
+        int64_t f = fwd_end(&fw), b = bw.bytes + bw.grads + bw.scratch;
         int64_t b_tile = b - TENSOR_BYTES - al(N * C * 4) + (h_rg ? s->tile_lin[LQ_LORA_Q] : 0);
         if (fwd_end(&bw) > b) b = fwd_end(&bw);
         if (b_tile > b) b = b_tile;
@@ -410,7 +456,8 @@ static int64_t act_ckpt(const act_shape *s, int64_t main_floor) {
         op(&main, N * C, h_rg);
     }
     head(&main, s, h_rg, true, &seg);
-    int64_t main_peak = main.bytes + main.grads;
+    /* release mode: the layer outputs' gradients go back to the pool one by one */
+    int64_t main_peak = main.bytes + (s->release ? 2 * (TENSOR_BYTES + al(N * C * 4)) : main.grads);
     return (main_peak > main_floor ? main_peak : main_floor) + seg;
 }
 
@@ -483,17 +530,16 @@ lq_status lq_mem_estimate_run(const lq_train_config *cfg, lq_mem_estimate *out, 
                       (long long)cfg->micro_batch_size, (long long)cfg->sequence_len);
     int threads = cfg->threads > 0 ? cfg->threads : (int)sysconf(_SC_NPROCESSORS_ONLN); /* as the trainer */
     act_shape s = {&m,   cfg->micro_batch_size, cfg->sequence_len, r, cfg->lora_targets, cfg->lora_dropout > 0,
-                   true, threads < 1 ? 1 : threads, {0}, 0};
+                   true, threads < 1 ? 1 : threads, true, {0}, 0};
     lq_dtype q4_dt = cfg->bnb_4bit_quant_type == LQ_DTYPE_FP4 ? LQ_DTYPE_FP4 : LQ_DTYPE_NF4;
     for (int t = 0; t < LQ_LORA_N_TARGETS; t++)
         s.tile_lin[t] = tile_bytes(q4 ? q4_dt : m.lin_dtype[t], m.lin_out[t], m.lin_in[t]);
     s.tile_head = tile_bytes(m.head_dtype, m.V, m.C);
-    /* evaluation runs the same micro-batches in the main arena without grad, and so without
-     * checkpointing: every layer's outputs stay there until the batch ends */
+    /* evaluation runs the same micro-batches in the main arena without grad, one layer at a time */
     act_shape ev = s;
     ev.grad = false;
     ev.dropout = false;
-    int64_t eval = act_plain(&ev);
+    int64_t eval = act_eval(&ev);
     out->activations = act_plain(&s);
     if (eval > out->activations) out->activations = eval;
     out->activations_ckpt = act_ckpt(&s, eval);

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "train/mem.h"
 #include "train/trainer_impl.h"
 
 lq_status lq_trn_load_model(const lq_train_config *cfg, lq_llama_model **model, lq_lm_tok *tok, lq_err *err) {
@@ -52,6 +53,14 @@ lq_status lq_trainer_init(lq_trainer **out, const lq_train_config *cfg, const lq
     if (cfg->device && strcmp(cfg->device, "cuda") == 0)
         return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "device: cuda: this build has no CUDA backend (make CUDA=1 ...)");
     if (!cfg->output_dir || !*cfg->output_dir) return LQ_ERR(err, LQ_ERR_INPUT, "output_dir: required");
+    /* A run that cannot fit is refused before anything big is allocated (the estimate reads only
+     * the model's header and the data files' sizes); a failed estimate is not fatal here: the
+     * load that follows reports a bad model or dataset with its own message. */
+    lq_mem_estimate me;
+    lq_err me_err;
+    lq_err_clear(&me_err);
+    if (lq_mem_estimate_run(cfg, &me, &me_err) == LQ_OK && lq_mem_check(&me, &me_err) != LQ_OK)
+        return LQ_ERR(err, LQ_ERR_INPUT, "%s", me_err.msg);
     lq_trainer *t = calloc(1, sizeof *t);
     if (!t) return LQ_ERR(err, LQ_ERR_OOM, "trainer");
     t->cfg = cfg;
@@ -66,6 +75,7 @@ lq_status lq_trainer_init(lq_trainer **out, const lq_train_config *cfg, const lq
     if (st == LQ_OK) {
         lq_ctx_opts co = {.n_threads = t->threads, .seed = cfg->seed};
         st = lq_ctx_init(&t->ctx, &co, err);
+        if (st == LQ_OK) lq_ctx_set_release_grads(t->ctx, true); /* free activation grads once used */
     }
     if (st == LQ_OK) {
         lq_adamw_cfg ac = {.lr = (float)cfg->learning_rate, .beta1 = (float)cfg->adam_beta1, .beta2 = (float)cfg->adam_beta2,

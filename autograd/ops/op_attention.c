@@ -71,8 +71,10 @@ static void softmax_pair(const lq_node *n, const dims *d, int64_t b, float *S) {
 /* Threads for a loop over `units` independent attention problems of T x T: one sgemm of
  * 256 x 256 x 64 is too small to split well across cores, so the pairs themselves are shared out
  * and each sgemm runs on one thread (OpenBLAS's OpenMP build goes single-threaded inside a
- * parallel region). Every pair is computed by the same calls in the same order either way, so the
- * result does not depend on the thread count. */
+ * parallel region). Every pair is computed by the same calls in the same order either way; the
+ * result is the same on 1 and 2 context threads as far as OpenBLAS's sgemm gives the same bits
+ * split over its threads or not (bit-identical at q (2, 256, 6, 64), kv 2 heads; the no-grad chunk
+ * loop therefore takes its thread count from all pairs, not the chunk's, so both paths agree). */
 static int pair_threads(const lq_ctx *ctx, int64_t units, int64_t T) {
     int nt = ctx->n_threads;
     if (units < 2 || T * T < 4096) return 1;

@@ -26,9 +26,12 @@ static inline uint64_t mask_key(uint64_t seed, uint64_t stream) {
  * scalar loop's. The hash is most of dropout's cost: scalar 64-bit multiplies, ~2 ns an element;
  * the LoRA adapters draw a mask for every input element of every adapted projection. */
 __attribute__((target("avx512f,avx512dq,avx512vl"))) static inline __mmask8 kept8(uint64_t key, int64_t i, __m256 p) {
-    __m512i z = _mm512_add_epi64(_mm512_set1_epi64((long long)(key + (uint64_t)i)), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)0xbf58476d1ce4e5b9ULL));
-    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)0x94d049bb133111ebULL));
+    const __m512i c1 = _mm512_set1_epi64((long long)0xbf58476d1ce4e5b9ULL);
+    const __m512i c2 = _mm512_set1_epi64((long long)0x94d049bb133111ebULL);
+    __m512i z = _mm512_add_epi64(_mm512_set1_epi64((long long)(key + (uint64_t)i)),
+                                 _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), c1);
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), c2);
     z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
     __m256 u = _mm256_mul_ps(_mm512_cvtepi64_ps(_mm512_srli_epi64(z, 40)), _mm256_set1_ps(1.0f / 16777216.0f));
     return _mm256_cmp_ps_mask(u, p, _CMP_GE_OQ);
@@ -36,8 +39,9 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) static inline __mmask8 kept
 
 /* y[i] = kept ? x[i] / q : 0 (fwd), or gx[i] += gy[i] / q where kept (bwd), for i in [a, b), a and b
  * multiples of 8 except b = m at the end (the tail goes scalar). */
-__attribute__((target("avx512f,avx512dq,avx512vl"))) static void run_avx512(bool bwd, uint64_t key, float p, float q,
-                                                                           const float *x, float *y, int64_t a, int64_t b) {
+__attribute__((target("avx512f,avx512dq,avx512vl"))) static void run_avx512(bool bwd, uint64_t key, float p,
+                                                                           float q, const float *x, float *y,
+                                                                           int64_t a, int64_t b) {
     __m256 vp = _mm256_set1_ps(p), vq = _mm256_set1_ps(q);
     int64_t i = a;
     for (; i + 8 <= b; i += 8) {
