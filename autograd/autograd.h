@@ -303,6 +303,13 @@ typedef struct lq_qmatmul_tiles {
 lq_qmatmul_tiles lq_qmatmul_default_tiles(lq_dtype t, int64_t n_rows, int64_t k);
 /* As lq_qmatmul with chosen tiles (NULL = defaults): for tests and benchmarks. */
 lq_tensor *lq_qmatmul_tiled(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, const lq_qmatmul_tiles *tiles);
+/* The fused LoRA linear: y = x deq(w)^T (+ bias) + scaling (dropout(x, p) A^T) B^T for x (..., K),
+ * w (N, K) frozen of any dtype with a to_f32 (f32 straight to sgemm), A (r, K), B (N, r) f32,
+ * bias (N) or NULL -> (..., N). One output; it keeps only u = scaling dropout(x) A^T (..., r) for
+ * backward (the dropout mask, drawn as lq_dropout draws it, is regenerated there). Dropout runs
+ * in training mode with p > 0 only. tiles as lq_qmatmul_tiled (NULL = defaults). */
+lq_tensor *lq_lora_linear_fused(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, lq_tensor *bias, lq_tensor *A, lq_tensor *B,
+                                float scaling, float p, const lq_qmatmul_tiles *tiles);
 
 /* ---------------------------------------------------------------------------------------------
  * Fake quantization for QAT: quantize-dequantize in the forward (quant/'s arithmetic), with

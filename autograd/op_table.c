@@ -24,7 +24,7 @@
     /* training structure */                                                                      \
     X(checkpoint)                                                                                 \
     /* quantized base weights */                                                                  \
-    X(qmatmul)                                                                                    \
+    X(qmatmul) X(lora_linear)                                                                     \
     /* fake quantization (QAT) */                                                                 \
     X(fake_quant) X(fake_quant_lsq) X(pact) X(fake_quant_dynamic) X(fake_quant_bnb4)
 

@@ -8,67 +8,54 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "datasets/datasets.h"
 
 #define KEY_MAX 256
 static const char PROBE[] = "Hello, world! 12345 <|im_start|>user\n  tabs\tand ünïcödé  <|endoftext|>";
 
-typedef struct fnv {
-    uint64_t h;
-} fnv;
-
-static void fnv_add(fnv *f, const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        f->h ^= b[i];
-        f->h *= 0x100000001B3ull;
-    }
-}
-
-static void fnv_u64(fnv *f, uint64_t v) { fnv_add(f, &v, sizeof v); }
-
 static lq_status tok_fingerprint(const lq_tokenizer *tok, uint64_t *out, lq_err *err) {
-    fnv f = {0xCBF29CE484222325ull};
+    lq_fnv f = LQ_FNV_INIT;
     int32_t n = lq_tokenizer_n_ids(tok);
-    fnv_u64(&f, (uint64_t)n);
+    lq_fnv_u64(&f, (uint64_t)n);
     for (int32_t i = 0; i < n; i++) {
         const char *s = lq_tokenizer_id_to_token(tok, i);
-        fnv_u64(&f, s ? strlen(s) + 1 : 0);
-        if (s) fnv_add(&f, s, strlen(s));
-        fnv_u64(&f, lq_tokenizer_is_special(tok, i));
+        lq_fnv_u64(&f, s ? strlen(s) + 1 : 0);
+        if (s) lq_fnv_add(&f, s, strlen(s));
+        lq_fnv_u64(&f, lq_tokenizer_is_special(tok, i));
     }
     for (int sp = 0; sp < 2; sp++) {
         int32_t *ids = NULL;
         size_t k = 0;
         LQ_TRY(lq_tokenizer_encode(tok, PROBE, sizeof PROBE - 1, sp, &ids, &k, err));
-        fnv_u64(&f, k);
-        fnv_add(&f, ids, k * sizeof *ids);
+        lq_fnv_u64(&f, k);
+        lq_fnv_add(&f, ids, k * sizeof *ids);
         free(ids);
     }
     *out = f.h;
     return LQ_OK;
 }
 
-static lq_status hash_file(fnv *f, const char *path, lq_err *err) {
+static lq_status hash_file(lq_fnv *f, const char *path, lq_err *err) {
     FILE *fp = fopen(path, "rb");
     if (!fp) return LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
     unsigned char buf[1 << 15];
     size_t n, total = 0;
     while ((n = fread(buf, 1, sizeof buf, fp)) > 0) {
-        fnv_add(f, buf, n);
+        lq_fnv_add(f, buf, n);
         total += n;
     }
     bool bad = ferror(fp);
     fclose(fp);
     if (bad) return LQ_ERR(err, LQ_ERR_IO, "%s: read failed", path);
-    fnv_u64(f, total);
+    lq_fnv_u64(f, total);
     return LQ_OK;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* The .txt files of a folder in the loader's order, names and bytes. */
-static lq_status hash_dir(fnv *f, const char *path, lq_err *err) {
+static lq_status hash_dir(lq_fnv *f, const char *path, lq_err *err) {
     DIR *dir = opendir(path);
     if (!dir) return LQ_ERR(err, LQ_ERR_INPUT, "%s: cannot open folder: %s", path, strerror(errno));
     char **names = NULL;
@@ -101,7 +88,7 @@ static lq_status hash_dir(fnv *f, const char *path, lq_err *err) {
             st = LQ_ERR(err, LQ_ERR_INPUT, "%s/%s: path too long", path, names[i]);
             break;
         }
-        fnv_add(f, names[i], strlen(names[i]) + 1);
+        lq_fnv_add(f, names[i], strlen(names[i]) + 1);
         st = hash_file(f, full, err);
     }
     for (size_t i = 0; i < n; i++) free(names[i]);
@@ -112,13 +99,13 @@ static lq_status hash_dir(fnv *f, const char *path, lq_err *err) {
 static lq_status make_key(const lq_tokenizer *tok, const char *path, const lq_data_opts *o, char *key, lq_err *err) {
     uint64_t th;
     LQ_TRY(tok_fingerprint(tok, &th, err));
-    fnv f = {0xCBF29CE484222325ull};
+    lq_fnv f = LQ_FNV_INIT;
     struct stat sb;
     if (stat(path, &sb) != 0) return LQ_ERR(err, LQ_ERR_INPUT, "%s: %s", path, strerror(errno));
     if (S_ISDIR(sb.st_mode) && o->format == LQ_DATA_TEXT) LQ_TRY(hash_dir(&f, path, err));
     else LQ_TRY(hash_file(&f, path, err));
-    fnv t = {0xCBF29CE484222325ull};
-    if (o->chat_template) fnv_add(&t, o->chat_template, strlen(o->chat_template) + 1);
+    lq_fnv t = LQ_FNV_INIT;
+    if (o->chat_template) lq_fnv_add(&t, o->chat_template, strlen(o->chat_template) + 1);
     snprintf(key, KEY_MAX, "loquat-token-cache v1 format=%s tok=%016llx data=%016llx eos=%d special=%d tmpl=%016llx",
              lq_data_format_name(o->format), (unsigned long long)th, (unsigned long long)f.h, (int)o->eos_id,
              (int)o->add_special, (unsigned long long)t.h);

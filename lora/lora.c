@@ -70,6 +70,10 @@ lq_status lq_lora_cfg_check(const lq_lora_cfg *c, lq_err *err) {
 
 lq_tensor *lq_lora_linear(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, lq_tensor *bias, const lq_lora *lora) {
     if (!ctx) return NULL;
+    /* An adapter on a frozen base: one fused op (autograd/ops/op_lora_linear.c) that keeps only
+     * the (..., r) intermediate for backward instead of five activations of the composition below. */
+    if (lora && w && !(w->flags & LQ_TENSOR_REQUIRES_GRAD))
+        return lq_lora_linear_fused(ctx, x, w, bias, lora->A, lora->B, lora->scaling, lora->dropout, NULL);
     x = lq_contiguous(ctx, x); /* a NULL x or w records the error in ctx (sticky) */
     lq_tensor *y = w && w->dtype != LQ_DTYPE_F32 ? lq_qmatmul(ctx, x, w) : lq_matmul_t(ctx, x, w, false, true);
     if (bias) y = lq_add(ctx, y, bias);

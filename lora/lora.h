@@ -50,7 +50,8 @@ typedef struct lq_lora {
 
 /* y = x W^T (+ bias) + scaling * (dropout(x) A^T) B^T, for x (N, in) f32 -> (N, out).
  * W (out, in) is frozen, of any dtype with a to_f32 (f32 through lq_matmul_t, others through
- * lq_qmatmul with the shared dequant kernels); bias (out) or NULL. lora NULL = the plain linear.
+ * lq_qmatmul with the shared dequant kernels); bias (out) or NULL. lora NULL = the plain linear;
+ * with an adapter (and W not requiring a gradient) it is one fused op, lq_lora_linear_fused.
  * Dropout (training mode only) is drawn from the context seed, as lq_dropout. */
 lq_tensor *lq_lora_linear(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, lq_tensor *bias, const lq_lora *lora);
 

@@ -292,10 +292,11 @@ static void test_parity_covers_ops(void **state) {
     (void)state;
     /* views and plumbing have no numeric peer; dropout's masks come from loquat's own generator;
      * the fake-quant ops are checked against torch / bitsandbytes in test_fake_quant.c and
-     * qmatmul against dequantize-then-matmul in test_qmatmul.c */
+     * qmatmul against dequantize-then-matmul in test_qmatmul.c, and the fused lora_linear (what
+     * lq_lora_linear runs with an adapter) against PEFT + torch in test_lora.c */
     const char *no_torch_peer[] = {"contiguous", "reshape", "transpose", "permute", "slice", "concat",
-                                   "scale", "dropout", "checkpoint", "qmatmul", "fake_quant", "fake_quant_lsq",
-                                   "pact", "fake_quant_dynamic", "fake_quant_bnb4"};
+                                   "scale", "dropout", "checkpoint", "qmatmul", "lora_linear", "fake_quant",
+                                   "fake_quant_lsq", "pact", "fake_quant_dynamic", "fake_quant_bnb4"};
     for (int i = 0; i < lq_op_count(); i++) {
         const char *name = lq_op_name(i);
         bool found = false;

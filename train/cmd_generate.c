@@ -141,9 +141,8 @@ static int fail(lq_status st, const lq_err *err, const char *what) {
     return lq_status_exit_code(st);
 }
 
-/* Loads the PEFT adapter folder dir and attaches it to m; a folder that is missing or does not fit
- * the model is LQ_ERR_INPUT (exit 2) naming it. */
-static lq_status attach_adapter(lq_llama_model *m, const char *dir, lq_lora_set **out, lq_err *err) {
+/* Shared with `loquat perplexity` (train/train.h). */
+lq_status lq_lm_attach_adapter(struct lq_llama_model *m, const char *dir, struct lq_lora_set **out, lq_err *err) {
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return LQ_ERR(err, LQ_ERR_INPUT, "--adapter %s: %s", dir,
@@ -211,7 +210,7 @@ int lq_cmd_generate(const lq_generate_opts *o) {
     int rc = 0;
     lq_lora_set *adapter = NULL;
     lq_status st = lq_llama_load(o->model, &m, &err);
-    if (st == LQ_OK && o->adapter) st = attach_adapter(m, o->adapter, &adapter, &err);
+    if (st == LQ_OK && o->adapter) st = lq_lm_attach_adapter(m, o->adapter, &adapter, &err);
     if (st != LQ_OK) {
         rc = fail(st, &err, NULL);
         goto done;

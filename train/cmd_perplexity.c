@@ -51,25 +51,6 @@ static double nll_of(const lq_tensor *lg, int64_t t, int64_t V, int32_t target) 
     return log(s) + mx - (double)*lq_f32_at(lg, 0, t, target, 0);
 }
 
-/* Loads the PEFT adapter folder dir and attaches it to m (which must have been loaded from the
- * base the adapter was trained on: every module must name one of its projections with the same
- * shape). Errors name the folder; a misfit is LQ_ERR_INPUT (exit 2). */
-static lq_status attach_adapter(lq_llama_model *m, const char *dir, lq_lora_set **out, lq_err *err) {
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return LQ_ERR(err, LQ_ERR_INPUT, "--adapter %s: %s", dir,
-                      stat(dir, &sb) != 0 ? strerror(errno) : "not a folder (a PEFT adapter folder is expected)");
-    LQ_TRY(lq_peft_load(out, dir, err));
-    lq_status s = lq_llama_lora_attach(m, *out, err);
-    if (s != LQ_OK) {
-        char msg[sizeof err->msg];
-        snprintf(msg, sizeof msg, "%s", err->msg);
-        *err = (lq_err){0}; /* the first error sticks: restate it with the folder's name */
-        LQ_ERR(err, s, "adapter %s does not fit the model: %s", dir, msg);
-    }
-    return s;
-}
-
 /* --dump-logits: the first window's ids (1, T) i32 and logits (1, T, V) f32 as a safetensors file. */
 static lq_status dump_logits(const char *path, const int32_t *ids, int64_t T, int64_t V, const lq_tensor *lg,
                              const float *lgs, lq_err *err) {
@@ -123,7 +104,7 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
     int rc = 0;
     lq_lora_set *adapter = NULL;
     lq_status st = lq_llama_load(o->model, &m, &err);
-    if (st == LQ_OK && o->adapter) st = attach_adapter(m, o->adapter, &adapter, &err);
+    if (st == LQ_OK && o->adapter) st = lq_lm_attach_adapter(m, o->adapter, &adapter, &err);
     if (st == LQ_OK) st = lq_lm_tok_load(o->model, lq_llama_model_config(m), &lt, &err);
     size_t n_tok = 0;
     if (st == LQ_OK) st = lq_tokenizer_encode(lt.tok, text, len, true, &toks, &n_tok, &err);

@@ -256,20 +256,23 @@ static int64_t attn_chunk(const act_shape *s) {
     return c < pairs ? c : pairs;
 }
 
-/* lq_lora_linear on x (N, in) -> (N, out): the base matmul's (N, out); for an adapted target also
- * dropout(x) (N, in) (training with p > 0), x A^T (N, r), its scaled copy (N, r), (.) B^T (N, out)
- * and the sum (N, out). The quantized matmul's dequant tiles are rewound at once (workspace). */
+/* lq_lora_linear on x (N, in) -> (N, out): the base matmul's (N, out), its dequant tile on top
+ * (rewound at once). An adapted target is one fused op (autograd/ops/op_lora_linear.c): the output
+ * (N, out) and, when recorded, u (N, r) kept for backward; drop(x) (N, in) (training with p > 0)
+ * and, unrecorded, u are scratch on top, rewound before the op returns. Its backward's du (N, r)
+ * and (N, in) buffer are rewound too, before the step's end. */
 static bool lora_linear(tally *t, const act_shape *s, int tg, bool x_rg) {
     int64_t N = s->B * s->T, in = s->m->lin_in[tg], out = s->m->lin_out[tg];
     bool g = s->grad;
-    bool y_rg = op(t, N * out, g && x_rg);
+    bool adapted = (s->targets & (1u << tg)) != 0;
+    bool y_rg = op(t, N * out, g && (x_rg || adapted));
     tile_on_top(t, s->tile_lin[tg]);
-    if (!(s->targets & (1u << tg))) return y_rg;
-    if (s->dropout) op(t, N * in, g && x_rg);
-    op(t, N * s->r, g);
-    op(t, N * s->r, g);
-    op(t, N * out, g);
-    return op(t, N * out, g);
+    if (!adapted) return y_rg;
+    int64_t top = s->dropout ? al(N * in * 4) : 0;
+    if (g) t->bytes += al(N * s->r * 4);
+    else top += al(N * s->r * 4);
+    tile_on_top(t, top);
+    return y_rg;
 }
 
 /* lq_rmsnorm: the output and, when recorded, rstd (one float per row). */

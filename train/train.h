@@ -169,6 +169,13 @@ typedef struct lq_lm_tok {
     char *chat_template; /* malloc'd, or NULL */
 } lq_lm_tok;
 lq_status lq_lm_tok_load(const char *model_path, const struct lq_llama_config *cfg, lq_lm_tok *out, lq_err *err);
+
+/* Loads the PEFT adapter folder dir and attaches it to m (loaded from the base the adapter was
+ * trained on: every module must name one of its projections with the same shape). A folder that
+ * is missing or does not fit is LQ_ERR_INPUT (exit 2) naming it. Free *out after the model. */
+struct lq_llama_model;
+struct lq_lora_set;
+lq_status lq_lm_attach_adapter(struct lq_llama_model *m, const char *dir, struct lq_lora_set **out, lq_err *err);
 void lq_lm_tok_free(lq_lm_tok *t);
 
 /* ---------------------------------------------------------------------------------------------

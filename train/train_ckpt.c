@@ -11,34 +11,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "train/trainer_impl.h"
-
-typedef struct fnv {
-    uint64_t h;
-} fnv;
-
-static void fnv_add(fnv *f, const void *p, size_t n) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        f->h ^= b[i];
-        f->h *= 0x100000001B3ull;
-    }
-}
-
-static void fnv_i64(fnv *f, int64_t v) { fnv_add(f, &v, sizeof v); }
 
 /* FNV-1a 64 over everything a checkpoint holds, in a fixed order (a bit flip anywhere shows). */
 static uint64_t ckpt_checksum(const lq_ckpt *c) {
-    fnv f = {0xCBF29CE484222325ull};
+    lq_fnv f = LQ_FNV_INIT;
     int64_t sc[] = {LQ_CKPT_FORMAT, c->step, c->epoch, c->row, c->micro, c->adam_t, c->n_skipped, c->numel, c->n_mods};
-    for (size_t i = 0; i < sizeof sc / sizeof *sc; i++) fnv_i64(&f, sc[i]);
-    fnv_add(&f, &c->seed, sizeof c->seed);
-    fnv_add(&f, &c->eval_before, sizeof c->eval_before);
-    fnv_add(&f, c->params, (size_t)c->numel * sizeof(float));
-    fnv_add(&f, c->m, (size_t)c->numel * sizeof(float));
-    fnv_add(&f, c->v, (size_t)c->numel * sizeof(float));
-    fnv_add(&f, c->mods, (size_t)c->n_mods * LQ_NAME_MAX);
-    fnv_add(&f, c->config, strlen(c->config) + 1);
+    for (size_t i = 0; i < sizeof sc / sizeof *sc; i++) lq_fnv_u64(&f, (uint64_t)sc[i]);
+    lq_fnv_add(&f, &c->seed, sizeof c->seed);
+    lq_fnv_add(&f, &c->eval_before, sizeof c->eval_before);
+    lq_fnv_add(&f, c->params, (size_t)c->numel * sizeof(float));
+    lq_fnv_add(&f, c->m, (size_t)c->numel * sizeof(float));
+    lq_fnv_add(&f, c->v, (size_t)c->numel * sizeof(float));
+    lq_fnv_add(&f, c->mods, (size_t)c->n_mods * LQ_NAME_MAX);
+    lq_fnv_add(&f, c->config, strlen(c->config) + 1);
     return f.h;
 }
 

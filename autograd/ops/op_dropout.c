@@ -5,6 +5,7 @@
 #endif
 
 #include "autograd/autograd_impl.h"
+#include "autograd/ops/op_shared.h"
 
 /* Element i of the call on (seed, stream) is kept iff its uniform draw is >= p. The draw depends
  * only on (seed, stream, i), so the mask is the same on any thread count and is never stored. */
@@ -61,8 +62,9 @@ __attribute__((target("avx512f,avx512dq,avx512vl"))) static void run_avx512(bool
 }
 #endif
 
-/* Forward (y = mask x / q) or backward (y += mask x / q, x = dy) over m elements. */
-static void apply(lq_ctx *ctx, bool bwd, uint64_t seed, uint64_t stream, float p, const float *x, float *y, int64_t m) {
+/* Forward (y = mask x / q) or backward (y += mask x / q, x = dy) over m elements. Shared with the
+ * fused LoRA linear (op_shared.h), so its masks are the ones lq_dropout draws. */
+void lq_dropout_apply(lq_ctx *ctx, bool bwd, uint64_t seed, uint64_t stream, float p, const float *x, float *y, int64_t m) {
     float q = 1.0f - p;
 #ifdef DROPOUT_AVX512
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
@@ -95,7 +97,7 @@ static void apply(lq_ctx *ctx, bool bwd, uint64_t seed, uint64_t stream, float p
 /* ip[0] = stream, ip[1] = seed (as the bits of a uint64), fp[0] = p. y = x / (1 - p) where kept,
  * else 0 (p == 1 keeps nothing, so the division never runs). */
 static lq_status fwd(lq_ctx *ctx, lq_node *n) {
-    apply(ctx, false, (uint64_t)n->ip[1], (uint64_t)n->ip[0], n->fp[0], n->in[0]->data, n->out->data,
+    lq_dropout_apply(ctx, false, (uint64_t)n->ip[1], (uint64_t)n->ip[0], n->fp[0], n->in[0]->data, n->out->data,
           lq_numel(n->out));
     return LQ_OK;
 }
@@ -106,7 +108,7 @@ static lq_status bwd(lq_ctx *ctx, lq_node *n) {
     float *gx;
     LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
     if (!gx) return LQ_OK;
-    apply(ctx, true, (uint64_t)n->ip[1], (uint64_t)n->ip[0], n->fp[0], n->out->grad->data, gx, lq_numel(n->out));
+    lq_dropout_apply(ctx, true, (uint64_t)n->ip[1], (uint64_t)n->ip[0], n->fp[0], n->out->grad->data, gx, lq_numel(n->out));
     return LQ_OK;
 }
 

@@ -8,6 +8,7 @@
 #endif
 
 #include "autograd/autograd_impl.h"
+#include "autograd/ops/op_shared.h"
 
 /* Tiling. sgemm repacks whatever operand spans a whole dimension of its call, so a tile must
  * split the product along its INNER dimension, where OpenBLAS itself blocks (and reads and
@@ -82,14 +83,10 @@ static void dequant_tile(const lq_tensor *w, const lq_dtype_traits *tr, int64_t 
 
 /* y (M, N) = x (M, K) deq(w)^T, slab by slab (see the tiling note above): for each tile
  * W[n0:n0+rows, k0:k0+cols] in the scratch, y[:, n0:n0+rows] (ldc N) = (k0 ? y : 0) + x[:, k0:k0+cols]
- * (lda K) tile^T. */
-static lq_status fwd(lq_ctx *ctx, lq_node *n) {
-    const lq_tensor *x = n->in[0], *w = n->in[1];
+ * (lda K) tile^T. Shared with the fused LoRA linear (op_lora_linear.c) through op_shared.h. */
+lq_status lq_qmm_forward(lq_ctx *ctx, const lq_tensor *w, const float *xd, float *y, int64_t M, int64_t N, int64_t K,
+                         int64_t tr_rows, int64_t tc) {
     const lq_dtype_traits *tr = lq_dtype_info(w->dtype);
-    int64_t N = n->ip[0], K = n->ip[1], tr_rows = n->ip[2], tc = n->ip[3];
-    int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
-    float *y = n->out->data;
-    const float *xd = x->data;
     if (M == 0 || N == 0) return LQ_OK;
     if (K == 0) {
         memset(y, 0, (size_t)(M * N) * sizeof(float));
@@ -113,21 +110,21 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
     return LQ_OK;
 }
 
+static lq_status fwd(lq_ctx *ctx, lq_node *n) {
+    int64_t N = n->ip[0], K = n->ip[1];
+    int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
+    return lq_qmm_forward(ctx, n->in[1], n->in[0]->data, n->out->data, M, N, K, n->ip[2], n->ip[3]);
+}
+
 /* y[m, n] = sum_k x[m, k] W[n, k] with W = deq(w) a constant (w is frozen), so
  *   dL/dx[m, k] = sum_n dY[m, n] W[n, k],  i.e. dX (M, K) += dY (M, N) W (N, K).
  * The sum over n splits over tiles of W's rows (the inner dimension of this product):
  *   dX += dY[:, n0:n0+t] (M, t; ld N) W[n0:n0+t, :] (t, K)
  * one sgemm with beta = 1 per tile, so the float W is never whole in memory. w gets nothing. */
-static lq_status bwd(lq_ctx *ctx, lq_node *n) {
-    float *gx;
-    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
-    if (!gx) return LQ_OK;
-    const lq_tensor *w = n->in[1];
+lq_status lq_qmm_backward_x(lq_ctx *ctx, const lq_tensor *w, const float *gy, float *gx, int64_t M, int64_t N,
+                            int64_t K, int64_t tile) {
     const lq_dtype_traits *tr = lq_dtype_info(w->dtype);
-    int64_t N = n->ip[0], K = n->ip[1], tile = n->ip[4];
-    int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
     if (M == 0 || N == 0 || K == 0) return LQ_OK;
-    const float *gy = n->out->grad->data;
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     float *scratch = lq_ctx_alloc(ctx, (size_t)(tile * K) * sizeof(float));
     if (!scratch) return ctx->err.status;
@@ -139,6 +136,15 @@ static lq_status bwd(lq_ctx *ctx, lq_node *n) {
     }
     lq_ctx_reset_to(ctx, mark);
     return LQ_OK;
+}
+
+static lq_status bwd(lq_ctx *ctx, lq_node *n) {
+    float *gx;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    if (!gx) return LQ_OK;
+    int64_t N = n->ip[0], K = n->ip[1];
+    int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
+    return lq_qmm_backward_x(ctx, n->in[1], n->out->grad->data, gx, M, N, K, n->ip[4]);
 }
 
 /* --- gradcheck case ----------------------------------------------------------------------- */
