@@ -114,29 +114,51 @@ lq_status lq_ckpt_save(const char *path, const lq_ckpt *c, lq_err *err) {
     else snprintf(dir, sizeof dir, ".");
     if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", dir, base, (long)getpid()) >= sizeof tmp)
         return LQ_ERR(err, LQ_ERR_INPUT, "%s: path too long", path);
+    /* The file is built in memory (core driver, no backing store) and written with plain write():
+     * a full disk or a read-only folder then fails here with errno, and no half-written HDF5 file
+     * stays open in the library (its exit-time close would flush into the full disk again). */
     H5E_auto2_t old_fn;
     void *old_data;
     H5Eget_auto2(H5E_DEFAULT, &old_fn, &old_data);
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    bool ok = f >= 0 && write_all(f, c);
-    if (f >= 0) {
-        ok = H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0 && ok;
-        ok = H5Fclose(f) >= 0 && ok;
-    }
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    bool ok = fapl >= 0 && H5Pset_fapl_core(fapl, (size_t)1 << 20, 0) >= 0;
+    hid_t f = ok ? H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : -1;
+    ok = f >= 0 && write_all(f, c) && H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0;
+    ssize_t size = ok ? H5Fget_file_image(f, NULL, 0) : -1;
+    void *img = size > 0 ? malloc((size_t)size) : NULL;
+    ok = img && H5Fget_file_image(f, img, (size_t)size) == size;
+    if (f >= 0) ok = H5Fclose(f) >= 0 && ok;
+    if (fapl >= 0) H5Pclose(fapl);
     H5Eset_auto2(H5E_DEFAULT, old_fn, old_data);
     if (!ok) {
-        unlink(tmp);
-        return LQ_ERR(err, LQ_ERR_IO, "%s: cannot write the checkpoint (disk full or no permission?)", tmp);
+        free(img);
+        return LQ_ERR(err, LQ_ERR_IO, "%s: cannot build the checkpoint in memory (HDF5 error or out of memory)", path);
     }
-    int fd = open(tmp, O_RDONLY);
-    int rc = fd >= 0 ? fsync(fd) : -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const char *what = "cannot create";
+    if (fd >= 0) {
+        what = "cannot write";
+        size_t done = 0;
+        while (done < (size_t)size) {
+            ssize_t w = write(fd, (const char *)img + done, (size_t)size - done);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) {
+                if (w == 0) errno = ENOSPC;
+                break;
+            }
+            done += (size_t)w;
+        }
+        if (done == (size_t)size) what = fsync(fd) != 0 ? "cannot sync" : NULL;
+    }
     int e = errno;
-    if (fd >= 0) close(fd);
-    if (rc != 0 || rename(tmp, path) != 0) {
-        if (rc == 0) e = errno;
-        unlink(tmp);
-        return LQ_ERR(err, LQ_ERR_IO, "%s: cannot sync or rename into place: %s", path, strerror(e));
+    if (fd >= 0 && close(fd) != 0 && !what) what = "cannot close", e = errno;
+    free(img);
+    if (!what && rename(tmp, path) != 0) what = "cannot rename into place", e = errno;
+    if (what) {
+        if (fd >= 0) unlink(tmp);
+        return LQ_ERR(err, LQ_ERR_IO, "%s: %s the checkpoint (as %s): %s; the previous checkpoints are kept", path, what,
+                      tmp, strerror(e));
     }
     return lq_fsync_dir(dir, err);
 }

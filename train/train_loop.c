@@ -63,11 +63,12 @@ static void end_line(lq_trainer *t) {
     t->line_open = false;
 }
 
-static lq_status do_eval(lq_trainer *t, int64_t step, double *loss, lq_err *err) {
+/* log false: the line is already in metrics.jsonl (a resume from the final checkpoint). */
+static lq_status do_eval(lq_trainer *t, int64_t step, bool log, double *loss, lq_err *err) {
     int64_t ntok;
     LQ_TRY(lq_trn_eval(t->ctx, t->model, &t->data.eval_rows, t->cfg->micro_batch_size, t->cfg->gradient_checkpointing,
                        loss, &ntok, err));
-    lq_metrics_eval(&t->metrics, step, *loss);
+    if (log) lq_metrics_eval(&t->metrics, step, *loss);
     if (!t->opts.quiet) {
         end_line(t);
         fprintf(stderr, "eval @ step %lld: loss %.4f ppl %.2f\n", (long long)step, *loss, exp(*loss));
@@ -208,9 +209,12 @@ static void summary(lq_trainer *t, int64_t steps_run, double elapsed) {
             t->cfg->output_dir, t->cfg->output_dir, t->cfg->output_dir);
 }
 
-static lq_status finish(lq_trainer *t, const lq_trn_pos *pos, bool saved, int64_t last_eval, lq_err *err) {
+/* resumed_final: resumed from the final checkpoint, which finish() writes after the final eval,
+ * so that eval's metrics line is kept already (the eval is redone only for the summary). */
+static lq_status finish(lq_trainer *t, const lq_trn_pos *pos, bool saved, int64_t last_eval, bool resumed_final,
+                        lq_err *err) {
     if (t->data.eval_rows.n_rows > 0) {
-        if (last_eval != pos->step) LQ_TRY(do_eval(t, pos->step, &t->eval_after, err));
+        if (last_eval != pos->step) LQ_TRY(do_eval(t, pos->step, !resumed_final, &t->eval_after, err));
     }
     char path[4200];
     if (!saved) LQ_TRY(save(t, pos, path, sizeof path, err));
@@ -257,13 +261,13 @@ static lq_status run(lq_trainer *t, lq_err *err) {
                 t->threads);
     int64_t last_eval = -1;
     if (!resumed && t->data.eval_rows.n_rows > 0) {
-        LQ_TRY(do_eval(t, 0, &t->eval_before, err));
+        LQ_TRY(do_eval(t, 0, true, &t->eval_before, err));
         last_eval = 0;
     }
     t->eval_after = t->eval_before;
     double t0 = now_s();
     int64_t start = pos.step;
-    bool saved = false;
+    bool saved = false, resumed_final = resumed && pos.step >= t->total;
     while (pos.step < t->total) {
         if (g_sigint) return stop_and_save(t, &pos, true, err);
         /* --stop-after N: stop once N steps are done (at once when a resumed run is already there) */
@@ -296,7 +300,7 @@ static lq_status run(lq_trainer *t, lq_err *err) {
         }
         if (t->cfg->eval_steps > 0 && pos.step % t->cfg->eval_steps == 0 && pos.step < t->total &&
             t->data.eval_rows.n_rows > 0) {
-            LQ_TRY(do_eval(t, pos.step, &t->eval_after, err));
+            LQ_TRY(do_eval(t, pos.step, true, &t->eval_after, err));
             last_eval = pos.step;
         }
         if (t->cfg->save_steps > 0 && pos.step % t->cfg->save_steps == 0 && pos.step < t->total) {
@@ -306,7 +310,7 @@ static lq_status run(lq_trainer *t, lq_err *err) {
         }
     }
     end_line(t);
-    LQ_TRY(finish(t, &pos, saved, last_eval, err));
+    LQ_TRY(finish(t, &pos, saved, last_eval, resumed_final, err));
     if (!quiet) summary(t, pos.step - start, now_s() - t0);
     return LQ_OK;
 }

@@ -18,7 +18,8 @@
  *   root attributes  format, step, epoch, row, micro, adam_t, n_skipped, numel (i64), seed (u64),
  *             eval_before (f64), config (string: the resolved YAML), checksum (u64: FNV-1a 64
  *             over the arrays, the module names, the scalars and the config).
- * Written to a temporary name in the same folder, flushed, fsync'd, renamed, folder fsync'd.
+ * Built in memory (HDF5 core driver), written to a temporary name in the same folder with write(),
+ * fsync'd, renamed, folder fsync'd: a kill or a full disk never leaves a partial checkpoint-<step>.h5.
  * ------------------------------------------------------------------------------------------- */
 
 #define LQ_CKPT_FORMAT 1
