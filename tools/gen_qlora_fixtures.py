@@ -45,7 +45,7 @@ Writes into the folder given (default tests/fixtures/qlora_tiny/):
   (adapter_init/README.md, PEFT's model card, is removed; adapter_config.json's target_modules,
   which PEFT writes in set order, is sorted.)
 
-The reference replicates loquat's trainer (the lead's pipeline: data order, packing, step
+The reference replicates loquat's trainer (its pipeline as train/trainer.h documents it: data order, packing, step
 semantics) with transformers + PEFT + bitsandbytes:
   - each document = tokenizers' ids of its text + EOS (no BOS: the tokenizer's post-processor adds
     nothing); the train documents are train.jsonl's in file order, the validation documents
