@@ -5,28 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "testutil.h"
+#include "lora_testutil.h"
 
 #include "lora/lora.h"
 
 /* --- helpers ---------------------------------------------------------------------------------- */
-
-static lq_fixture *load_fx(void) {
-    char path[512];
-    return lq_fixture_load(lq_fixture_path("lora/lora.lqfx", path, sizeof path));
-}
-
-static const lq_fx_tensor *need(const lq_fixture *fx, const char *name) {
-    const lq_fx_tensor *r = lq_fixture_find(fx, "%s", name);
-    if (!r) fail_msg("fixture lora/lora.lqfx has no record %s", name);
-    return r;
-}
-
-static const lq_fx_tensor *needf(const lq_fixture *fx, const char *a, const char *b) {
-    char name[640];
-    snprintf(name, sizeof name, "%s/%s", a, b);
-    return need(fx, name);
-}
 
 /* Fixture records are packed (data possibly unaligned): read them through copies. */
 static void params_of(const lq_fixture *fx, const char *cs, int32_t p[7]) {

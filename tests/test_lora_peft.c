@@ -8,29 +8,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "testutil.h"
+#include "lora_testutil.h"
 
 #include "io/io.h"
 #include "lora/lora.h"
 
 /* --- helpers ---------------------------------------------------------------------------------- */
-
-static lq_fixture *load_fx(void) {
-    char path[512];
-    return lq_fixture_load(lq_fixture_path("lora/lora.lqfx", path, sizeof path));
-}
-
-static const lq_fx_tensor *need(const lq_fixture *fx, const char *name) {
-    const lq_fx_tensor *r = lq_fixture_find(fx, "%s", name);
-    if (!r) fail_msg("fixture lora/lora.lqfx has no record %s", name);
-    return r;
-}
-
-static const lq_fx_tensor *needf(const lq_fixture *fx, const char *a, const char *b) {
-    char name[640];
-    snprintf(name, sizeof name, "%s/%s", a, b);
-    return need(fx, name);
-}
 
 typedef struct tdir {
     char path[256];
