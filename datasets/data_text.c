@@ -217,6 +217,11 @@ static lq_status chat_doc(const lq_tokenizer *tok, const cJSON *obj, const char 
         const char *role, *content;
         LQ_TRY(get_str(m, "role", false, path, line, &role, err));
         LQ_TRY(get_str(m, "content", false, path, line, &content, err));
+        /* ChatML's roles; another would be rendered as is and trained on as a prompt */
+        if (strcmp(role, "system") != 0 && strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0 &&
+            strcmp(role, "tool") != 0)
+            return LQ_ERR(err, LQ_ERR_INPUT, "%s:%zu: messages[%zu].role \"%.40s\" is not system, user, assistant or tool",
+                          path, line, k, role);
         char *head = NULL, *body = NULL;
         LQ_TRY(sprintf_alloc(&head, err, "<|im_start|>%s\n", role, NULL));
         lq_status st = sprintf_alloc(&body, err, "%s<|im_end|>", content, NULL);
@@ -229,6 +234,33 @@ static lq_status chat_doc(const lq_tokenizer *tok, const cJSON *obj, const char 
         k++;
     }
     return LQ_OK;
+}
+
+/* Offset of the first NUL byte or invalid UTF-8 sequence in s[0, n) (overlong forms, surrogates
+ * and code points past U+10FFFF count as invalid, as in RFC 3629), or n when there is none: cJSON
+ * would cut a string at a NUL and pass broken UTF-8 on to the tokenizer. */
+static size_t line_check(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        if (c == 0) return i;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
+        if (k == 0 || i + k >= n) return i; /* a bad lead byte, or the sequence runs past the line */
+        unsigned lo = 0x80, hi = 0xbf; /* the second byte's range (RFC 3629's table) */
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+        if (u[i + 1] < lo || u[i + 1] > hi) return i;
+        for (size_t j = 2; j <= k; j++)
+            if (u[i + j] < 0x80 || u[i + j] > 0xbf) return i;
+        i += k + 1;
+    }
+    return n;
 }
 
 static lq_status load_jsonl(const lq_tokenizer *tok, const char *path, const lq_data_opts *o, lq_docs *docs,
@@ -249,10 +281,20 @@ static lq_status load_jsonl(const lq_tokenizer *tok, const char *path, const lq_
         size_t j = 0;
         while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r')) j++;
         if (j == n) continue; /* blank line */
-        cJSON *obj = cJSON_ParseWithLength(s, n);
-        if (!obj || !cJSON_IsObject(obj)) {
+        size_t bad = line_check(s, n);
+        if (bad < n) {
+            st = LQ_ERR(err, LQ_ERR_INPUT, "%s:%zu: %s at byte %zu of the line", path, line,
+                        s[bad] ? "not valid UTF-8" : "a NUL byte", bad + 1);
+            break;
+        }
+        const char *jend = NULL;
+        cJSON *obj = cJSON_ParseWithLengthOpts(s, n, &jend, 0);
+        size_t rest = obj && jend ? (size_t)(jend - s) : n;
+        while (rest < n && (s[rest] == ' ' || s[rest] == '\t' || s[rest] == '\r')) rest++;
+        if (!obj || !cJSON_IsObject(obj) || rest < n) {
             st = LQ_ERR(err, LQ_ERR_INPUT, "%s:%zu: %s", path, line,
-                        obj ? "line is not a JSON object" : "bad JSON");
+                        !obj ? "bad JSON" : !cJSON_IsObject(obj) ? "line is not a JSON object"
+                                                                 : "text after the JSON object (one object per line)");
             cJSON_Delete(obj);
             break;
         }

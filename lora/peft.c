@@ -209,6 +209,19 @@ static bool json_is_empty(const cJSON *v) {
            (cJSON_IsFalse(v));
 }
 
+/* The status for a target that is no Llama projection: a module a Llama has but loquat does not
+ * adapt (lm_head, the embeddings, norms) makes a valid PEFT adapter loquat cannot apply
+ * (UNSUPPORTED); any other name is no module of a Llama at all, so the adapter is malformed (INPUT). */
+static lq_status non_projection_status(const char *module) {
+    static const char *const known[] = {"lm_head", "embed_tokens", "norm", "input_layernorm",
+                                        "post_attention_layernorm", "mlp", "self_attn"};
+    const char *last = strrchr(module, '.');
+    last = last ? last + 1 : module;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(last, known[i]) == 0) return LQ_ERR_UNSUPPORTED;
+    return LQ_ERR_INPUT;
+}
+
 static lq_status parse_config(const char *path, const char *text, peft_cfg *pc, lq_err *err) {
     const char *end = NULL;
     cJSON *o = cJSON_ParseWithOpts(text, &end, true);
@@ -287,7 +300,7 @@ static lq_status parse_config(const char *path, const char *text, peft_cfg *pc, 
             if (!cJSON_IsString(e)) FAIL(LQ_ERR_INPUT, "%s: key \"target_modules\" must list strings", path);
             int t = lq_lora_target_parse(e->valuestring);
             if (t < 0)
-                FAIL(LQ_ERR_UNSUPPORTED,
+                FAIL(non_projection_status(e->valuestring),
                      "%s: target_modules entry \"%s\" is not a Llama projection (q_proj k_proj v_proj o_proj "
                      "gate_proj up_proj down_proj)",
                      path, e->valuestring);
@@ -387,7 +400,7 @@ static lq_status scan_tensors(const lq_st_file *f, const char *path, const peft_
         }
         int target = lq_lora_target_parse(module);
         if (target < 0) {
-            st = LQ_ERR(err, LQ_ERR_UNSUPPORTED, "%s: tensor '%s' adapts '%s', which is not a Llama projection", path,
+            st = LQ_ERR(err, non_projection_status(module), "%s: tensor '%s' adapts '%s', which is not a Llama projection", path,
                         t->name, module);
             break;
         }
@@ -443,6 +456,13 @@ static lq_status copy_tensor(const lq_st_tensor *t, lq_tensor *dst, const char *
     lq_err_clear(&e);
     if (lq_st_to_f32(t, dst->data, &e) != LQ_OK)
         return LQ_ERR(err, e.status == LQ_ERR_UNSUPPORTED ? LQ_ERR_UNSUPPORTED : LQ_ERR_INPUT, "%s: %s", path, e.msg);
+    /* a NaN / Inf weight would only show up later as NaN logits or a merged model full of NaN */
+    const float *v = dst->data;
+    int64_t n = lq_numel(dst);
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return LQ_ERR(err, LQ_ERR_INPUT, "%s: tensor '%s' holds a non-finite value (%g at element %lld)", path,
+                          t->name, (double)v[i], (long long)i);
     return LQ_OK;
 }
 

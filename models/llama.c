@@ -5,6 +5,7 @@
 
 #include "autograd/autograd_impl.h"
 #include "models/models_impl.h"
+#include "models/qat.h"
 
 void lq_llama_free(lq_llama_model *m) {
     if (!m) return;
@@ -32,6 +33,15 @@ const lq_llama_config *lq_llama_model_config(const lq_llama_model *m) { return m
 static lq_tensor *proj(lq_ctx *ctx, lq_tensor *x2, lq_tensor *w, lq_tensor *b, const lq_lora *lora) {
     if (!x2) return NULL;
     return lq_lora_linear(ctx, x2, w, b, lora);
+}
+
+/* Projection t of layer L: its quantization-aware layer when one is attached (models/llama_qat.c),
+ * else the (adapted) linear. */
+static lq_tensor *lproj(lq_ctx *ctx, const lq_llama_model *m, const lq_llama_layer *L, lq_lora_target t, lq_tensor *x2) {
+    if (!x2) return NULL;
+    if (L->ql[t]) return lq_qlayer_forward(ctx, L->ql[t], x2, (lq_qat_mode)m->qat_mode);
+    lq_llama_layer *ml = (lq_llama_layer *)L;
+    return lq_lora_linear(ctx, x2, *lq_llama_weight_slot(ml, t), *lq_llama_bias_slot(ml, t), L->lora[t]);
 }
 
 /* (N, H * D) -> (B, T, H, D), a view. */
@@ -67,18 +77,18 @@ lq_tensor *lq_llama_layer_forward(lq_ctx *ctx, const lq_llama_model *m, int64_t 
     lq_attn_params ap = {.scale = 0, .causal = true, .doc = doc};
 
     lq_tensor *x = rows(ctx, lq_rmsnorm(ctx, h, L->attn_norm, eps)); /* (B*T, C) */
-    lq_tensor *q = lq_rope(ctx, heads(ctx, proj(ctx, x, L->wq, L->bq, L->lora[LQ_LORA_Q]), B, T, Hq, D), pos, &rp);
-    lq_tensor *k = lq_rope(ctx, heads(ctx, proj(ctx, x, L->wk, L->bk, L->lora[LQ_LORA_K]), B, T, Hkv, D), pos, &rp);
-    lq_tensor *v = heads(ctx, proj(ctx, x, L->wv, L->bv, L->lora[LQ_LORA_V]), B, T, Hkv, D);
+    lq_tensor *q = lq_rope(ctx, heads(ctx, lproj(ctx, m, L, LQ_LORA_Q, x), B, T, Hq, D), pos, &rp);
+    lq_tensor *k = lq_rope(ctx, heads(ctx, lproj(ctx, m, L, LQ_LORA_K, x), B, T, Hkv, D), pos, &rp);
+    lq_tensor *v = heads(ctx, lproj(ctx, m, L, LQ_LORA_V, x), B, T, Hkv, D);
     lq_tensor *a = kv ? lq_kv_attend(ctx, kv, l, q, k, v) : lq_attention(ctx, q, k, v, &ap); /* (B, T, Hq, D) */
     if (!a) return NULL;
     int64_t s2[2] = {B * T, Hq * D};
     a = lq_reshape(ctx, lq_contiguous(ctx, a), 2, s2);
-    h = lq_add(ctx, h, unrows(ctx, proj(ctx, a, L->wo, L->bo, L->lora[LQ_LORA_O]), B, T));
+    h = lq_add(ctx, h, unrows(ctx, lproj(ctx, m, L, LQ_LORA_O, a), B, T));
     x = rows(ctx, lq_rmsnorm(ctx, h, L->ffn_norm, eps));
-    lq_tensor *g = lq_swiglu(ctx, proj(ctx, x, L->wgate, L->bgate, L->lora[LQ_LORA_GATE]),
-                             proj(ctx, x, L->wup, L->bup, L->lora[LQ_LORA_UP])); /* (B*T, F) */
-    return lq_add(ctx, h, unrows(ctx, proj(ctx, g, L->wdown, L->bdown, L->lora[LQ_LORA_DOWN]), B, T));
+    lq_tensor *g = lq_swiglu(ctx, lproj(ctx, m, L, LQ_LORA_GATE, x),
+                             lproj(ctx, m, L, LQ_LORA_UP, x)); /* (B*T, F) */
+    return lq_add(ctx, h, unrows(ctx, lproj(ctx, m, L, LQ_LORA_DOWN, g), B, T));
 }
 
 lq_tensor *lq_llama_check_ids(lq_ctx *ctx, const lq_llama_model *m, lq_tensor *ids, const char *who) {

@@ -405,8 +405,13 @@ lq_status lq_llama_load_ex(const char *path, const lq_llama_load_opts *opts, lq_
     lq_llama_model *m = calloc(1, sizeof *m);
     if (!m) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for a model");
     lq_status s;
-    if (!S_ISDIR(sb.st_mode) && lq_gguf_sniff(path))
-        s = lq_llama_load_gguf(m, path, err);
+    size_t plen = strlen(path);
+    bool gguf_name = plen > 5 && strcmp(path + plen - 5, ".gguf") == 0;
+    if (!S_ISDIR(sb.st_mode) && (lq_gguf_sniff(path) || gguf_name))
+        s = lq_llama_load_gguf(m, path, err); /* a .gguf without the magic: its reader says so */
+    else if (!S_ISDIR(sb.st_mode))
+        s = LQ_ERR(err, LQ_ERR_INPUT,
+                   "%s: not a model: a GGUF file starts with 'GGUF', a Hugging Face model is a folder", path);
     else
         s = lq_llama_load_hf(m, path, err);
     if (s == LQ_OK) {

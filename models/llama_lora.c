@@ -8,7 +8,7 @@
 #include "models/models_impl.h"
 
 /* The layer's weight slot adapter target t adapts (and its bias). */
-static lq_tensor **weight_slot(lq_llama_layer *L, lq_lora_target t) {
+lq_tensor **lq_llama_weight_slot(lq_llama_layer *L, lq_lora_target t) {
     switch (t) {
     case LQ_LORA_Q: return &L->wq;
     case LQ_LORA_K: return &L->wk;
@@ -17,6 +17,19 @@ static lq_tensor **weight_slot(lq_llama_layer *L, lq_lora_target t) {
     case LQ_LORA_GATE: return &L->wgate;
     case LQ_LORA_UP: return &L->wup;
     case LQ_LORA_DOWN: return &L->wdown;
+    default: return NULL;
+    }
+}
+
+lq_tensor **lq_llama_bias_slot(lq_llama_layer *L, lq_lora_target t) {
+    switch (t) {
+    case LQ_LORA_Q: return &L->bq;
+    case LQ_LORA_K: return &L->bk;
+    case LQ_LORA_V: return &L->bv;
+    case LQ_LORA_O: return &L->bo;
+    case LQ_LORA_GATE: return &L->bgate;
+    case LQ_LORA_UP: return &L->bup;
+    case LQ_LORA_DOWN: return &L->bdown;
     default: return NULL;
     }
 }
@@ -69,7 +82,7 @@ lq_status lq_llama_lora_attach(lq_llama_model *m, const lq_lora_set *s, lq_err *
                           "LoRA module '%s' is not a projection of this model (expected "
                           "model.layers.<0..%lld>.self_attn.{q,k,v,o}_proj or .mlp.{gate,up,down}_proj)",
                           a->module, (long long)(nl - 1));
-        const lq_tensor *w = *weight_slot(&m->layers[l], t);
+        const lq_tensor *w = *lq_llama_weight_slot(&m->layers[l], t);
         if (a->in != w->ne[1] || a->out != w->ne[0])
             return LQ_ERR(err, LQ_ERR_INPUT, "LoRA module '%s' maps %lld -> %lld features; the model's %s is (%lld, %lld)",
                           a->module, (long long)a->in, (long long)a->out, w->name, (long long)w->ne[0],
@@ -102,7 +115,7 @@ lq_status lq_llama_lora_create(lq_llama_model *m, const lq_lora_cfg *cfg, uint64
     for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == LQ_OK; l++) {
         for (int t = 0; t < LQ_LORA_N_TARGETS && st == LQ_OK; t++) {
             if (!(cfg->targets & (1u << t))) continue;
-            const lq_tensor *w = *weight_slot(&m->layers[l], (lq_lora_target)t);
+            const lq_tensor *w = *lq_llama_weight_slot(&m->layers[l], (lq_lora_target)t);
             char name[LQ_NAME_MAX];
             module_name(name, sizeof name, l, (lq_lora_target)t);
             if (!lq_lora_set_add(s, name, w->ne[1], w->ne[0], err)) st = err && err->status ? err->status : LQ_ERR_ARG;
@@ -144,7 +157,7 @@ lq_status lq_llama_lora_merge(lq_llama_model *m, lq_err *err) {
         lq_llama_layer *L = &m->layers[l];
         for (int t = 0; t < LQ_LORA_N_TARGETS; t++) {
             if (!L->lora[t]) continue;
-            LQ_TRY(merge_one(m, weight_slot(L, (lq_lora_target)t), L->lora[t], err));
+            LQ_TRY(merge_one(m, lq_llama_weight_slot(L, (lq_lora_target)t), L->lora[t], err));
             L->lora[t] = NULL;
         }
     }

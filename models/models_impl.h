@@ -13,6 +13,7 @@ typedef struct lq_llama_layer {
     lq_tensor *wq, *wk, *wv, *wo, *wgate, *wup, *wdown;
     lq_tensor *bq, *bk, *bv, *bo, *bgate, *bup, *bdown; /* NULL when the config has none */
     const lq_lora *lora[LQ_LORA_N_TARGETS]; /* attached adapters (indexed by lq_lora_target), NULL = none */
+    struct lq_qlayer *ql[LQ_LORA_N_TARGETS]; /* quantization-aware layers (models/llama_qat.c), NULL = none */
 } lq_llama_layer;
 
 struct lq_llama_model {
@@ -26,9 +27,14 @@ struct lq_llama_model {
     lq_gguf_file *gguf;  /* kept open: weights may point into its mapping */
     lq_st_model *st;
     const lq_lora_set *lora; /* attached adapter set (not owned), NULL = none */
+    int qat_mode;            /* lq_qat_mode of the attached quantization-aware layers */
     lq_tensor **owned; /* every tensor struct the model made (freed with lq_tensor_free) */
     int n_owned, cap_owned;
 };
+
+/* The layer's weight slot of projection t (and its bias slot), models/llama_lora.c. */
+lq_tensor **lq_llama_weight_slot(lq_llama_layer *L, lq_lora_target t);
+lq_tensor **lq_llama_bias_slot(lq_llama_layer *L, lq_lora_target t);
 
 struct lq_kv_cache {
     int64_t max_tokens, len, n_layers, n_kv_heads, head_dim;

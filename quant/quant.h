@@ -336,6 +336,17 @@ void lq_affine_token_qparams(float min, float max, int32_t qmin, int32_t qmax, b
  * lq_affine_qparams (unsigned range [0, 2^b - 1]) is stored as z - 2^(b-1): codes shift by the
  * same amount and dequantize to the same values. from_f32 uses the scales already in qs. */
 
+/* --- integer linear (group: affine; quant/intgemm.c) ---------------------------------------- */
+
+/* The integer matrix product behind a converted QAT layer: for x codes (M, K) and weight codes
+ * (N, K), both given centred (code - zero point, so within [-255, 255] for up to 8 bits),
+ *   y[m, n] = bias[n] + sum over groups g of  x_scale[m] * w_scale[n, g] * acc[m, n, g],
+ *   acc[m, n, g] = sum over k in group g (K / group consecutive columns) of xd[m, k] * wd[n, k]
+ * with acc exact in int32 (group * 255^2 < 2^31: group <= 32768). bias may be NULL. Rows of y run
+ * in parallel; each y element is summed in a fixed order, so results do not depend on n_threads. */
+void lq_int_linear(int64_t M, int64_t N, int64_t K, int64_t group, const int16_t *xd, const float *x_scale,
+                   const int16_t *wd, const float *w_scale, const float *bias, float *y, int n_threads);
+
 /* --- ggml blocks (group: ggml) ---------------------------------------------------------------- */
 
 /* The ggml dtypes' traits rows (q4_0 .. q6_K) dequantize bit for bit as ggml's dequantize_row_*

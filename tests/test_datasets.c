@@ -454,6 +454,52 @@ static void write_bytes(const char *path, const char *s, size_t n) {
     fclose(f);
 }
 
+/* One jsonl line written to a scratch file and loaded: NULL want_msg = must load (one document),
+ * else must fail with LQ_ERR_INPUT and a message holding want_msg. */
+static void jsonl_line(const lq_tokenizer *t, lq_data_format fmt, const char *line, size_t len, const char *want_msg) {
+    char dir[] = "/tmp/lq_ds_lineXXXXXX", path[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/x.jsonl", dir);
+    write_bytes(path, line, len);
+    lq_err err = {0};
+    lq_data_opts o = {.format = fmt, .eos_id = EOS};
+    lq_docs docs = {0};
+    lq_status st = lq_data_load(t, path, &o, &docs, &err);
+    unlink(path);
+    rmdir(dir);
+    if (!want_msg) {
+        if (st != LQ_OK) fail_msg("line %.40s: %s", line, err.msg);
+        assert_int_equal(docs.n, 1);
+    } else {
+        if (st != LQ_ERR_INPUT || !strstr(err.msg, "x.jsonl:1: ") || !strstr(err.msg, want_msg))
+            fail_msg("line %.40s: got %s \"%s\", want INPUT with \"%s\"", line, lq_status_name(st), err.msg, want_msg);
+        assert_int_equal(docs.n, 0);
+    }
+    lq_docs_free(&docs);
+}
+#define JSONL_LINE(t, fmt, lit, want) jsonl_line((t), (fmt), (lit), sizeof(lit) - 1, (want))
+
+/* Raw bytes in a jsonl line: RFC 3629 UTF-8 only (no overlong forms, surrogates, code points past
+ * U+10FFFF, sequences cut by the line end), no NUL byte (cJSON would cut the string there), nothing
+ * after the object but spaces; a chat message's role is one of ChatML's. */
+static void test_jsonl_bytes(void **state) {
+    const lq_tokenizer *t = *state;
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf\"}  \r\n", NULL);
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"\xc0\x80\"}\n", "not valid UTF-8 at byte 11");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"\xe0\x9f\xbf\"}\n", "not valid UTF-8");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"\xed\xa0\x80\"}\n", "not valid UTF-8");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"\xf4\x90\x80\x80\"}\n", "not valid UTF-8");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"\xf5\x80\x80\x80\"}\n", "not valid UTF-8");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"a\"} \xe2\x82\n", "not valid UTF-8 at byte 15");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"a\xc3\"}\n", "not valid UTF-8");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"a\x00\x62\"}\n", "a NUL byte at byte 12");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"a\"} {\"text\": \"b\"}\n", "text after the JSON object");
+    JSONL_LINE(t, LQ_DATA_JSONL, "{\"text\": \"a\"} x\n", "text after the JSON object");
+    JSONL_LINE(t, LQ_DATA_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n", NULL);
+    JSONL_LINE(t, LQ_DATA_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"robot\", \"content\": \"yo\"}]}\n",
+               "messages[1].role \"robot\"");
+}
+
 static void test_cache(void **state) {
     const lq_tokenizer *t = *state;
     char dir[] = "/tmp/lq_ds_cacheXXXXXX", cpath[256], data[256], p[512];
@@ -546,6 +592,7 @@ int main(void) {
         cmocka_unit_test(test_text),    cmocka_unit_test(test_jsonl),     cmocka_unit_test(test_alpaca),
         cmocka_unit_test(test_chat),    cmocka_unit_test(test_bad_input), cmocka_unit_test(test_pack),
         cmocka_unit_test(test_shuffle), cmocka_unit_test(test_split),     cmocka_unit_test(test_pack_loaded), cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_jsonl_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -303,7 +303,8 @@ typedef struct bad_case {
 #define TM3 "\"target_modules\": [\"q_proj\", \"v_proj\", \"down_proj\"]"
 
 /* Crafted weight files: 2 unknown name, 3 lora_B missing, 4 3-D tensor, 5 int32 dtype, 6 not a
- * projection, 7 A (r, in) with the wrong r, 8 empty, 9 not safetensors. */
+ * projection, 7 A (r, in) with the wrong r, 8 empty, 9 not safetensors, 10 a NaN in lora_A,
+ * 11 a module no Llama has (qq_proj). */
 static void write_weights(const char *path, int kind) {
     static float buf[4 * 64];
     lq_st_wtensor t[2];
@@ -325,6 +326,16 @@ static void write_weights(const char *path, int kind) {
     case 7: t[0].shape[0] = 2; break;
     case 8: n = 0; break;
     case 9: spit(path, "this is not a safetensors file at all"); return;
+    case 10: {
+        static float nan_buf[4 * 32];
+        nan_buf[77] = NAN;
+        t[0].data = nan_buf;
+        break;
+    }
+    case 11:
+        t[0].name = "base_model.model.model.layers.0.self_attn.qq_proj.lora_A.weight";
+        t[1].name = "base_model.model.model.layers.0.self_attn.qq_proj.lora_B.weight";
+        break;
     default: break;
     }
     lq_err err = {0};
@@ -370,6 +381,9 @@ static void test_hostile_folders(void **state) {
         {"A with another rank", GOOD_HEAD "\"r\": 4, " TM3 "}", 7, LQ_ERR_INPUT, 1},
         {"no tensors", GOOD_HEAD "\"r\": 4, " TM3 "}", 8, LQ_ERR_INPUT, 1},
         {"garbage weights", GOOD_HEAD "\"r\": 4, " TM3 "}", 9, LQ_ERR_INPUT, 1},
+        {"NaN in lora_A", GOOD_HEAD "\"r\": 4, " TM3 "}", 10, LQ_ERR_INPUT, 1},
+        {"adapter of no Llama module", GOOD_HEAD "\"r\": 4}", 11, LQ_ERR_INPUT, 1},
+        {"target_modules no Llama module", GOOD_HEAD "\"r\": 4, \"target_modules\": [\"qq_proj\"]}", 0, LQ_ERR_INPUT, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const bad_case *c = &cases[i];

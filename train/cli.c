@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/cuda.h"
+#include "train/qat.h"
 #include "train/train.h"
 #include "train/trainer.h"
 
@@ -69,6 +70,7 @@ static int cmd_inspect(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_generate(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_perplexity(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_train(const cli_cmd *cmd, const cli_parsed *a);
+static int cmd_qat(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_eval(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_merge(const cli_cmd *cmd, const cli_parsed *a);
 static int cmd_config(const cli_cmd *cmd, const cli_parsed *a);
@@ -85,13 +87,19 @@ static const cli_cmd commands[] = {
       {"--stop-after", CLI_INT, "N", false, false, 1L << 40, "stop after N optimizer steps, saving a checkpoint as Ctrl-C does"},
       {"--quiet", CLI_SWITCH, NULL, false, false, 0, "no progress line (metrics still go to metrics.jsonl)"}},
      cmd_train},
-    {"qat", "quantization-aware training: fake-quant forward, straight-through backward",
-     "Trains with the quantization a config specifies simulated in the forward pass, so the\n"
-     "model learns to live with it; optionally compares against post-training quantization.",
-     {{"CONFIG.yaml", false, "the job's config file"}},
-     {{"--compare", CLI_SWITCH, NULL, false, false, 0, "also evaluate plain post-training quantization and report both"},
-      {"--json", CLI_SWITCH, NULL, false, false, 0, "print the results as JSON on stdout"}},
-     cmd_not_built},
+    {"qat", "quantization-aware training experiments: float vs PTQ vs QAT, integer export",
+     "Runs the experiment a QAT config describes: the float baseline, post-training quantization\n"
+     "(calibrated observers, no training) and quantization-aware training (fake-quant forward,\n"
+     "straight-through backward) of its scheme (mode: float | ptq | qat), or with --compare all\n"
+     "three for every scheme in its compare list. Each quantized model is converted to integer\n"
+     "codes, exported (safetensors and HDF5) and evaluated again with integer arithmetic. Writes\n"
+     "compare.md, compare.csv, compare.svg and metrics.jsonl into output_dir.",
+     {{"CONFIG.yaml", false, "the experiment's config file"}},
+     {{"--compare", CLI_SWITCH, NULL, false, false, 0, "float, PTQ and QAT for every scheme of the config's compare list"},
+      {"--json", CLI_SWITCH, NULL, false, false, 0, "also print the results as one JSON object on the last line"},
+      {"--set", CLI_KV, "key=value", false, true, 0, "override a config key, e.g. --set qat.epochs=2 (repeatable)"},
+      {"--quiet", CLI_SWITCH, NULL, false, false, 0, "no progress lines or table (metrics still go to metrics.jsonl)"}},
+     cmd_qat},
     {"eval", "evaluate a model or checkpoint on the eval set a config names",
      "Runs the evaluation a config describes (validation loss and perplexity of its base model,\n"
      "with an adapter if given) and prints the metrics.",
@@ -176,7 +184,8 @@ static const cli_cmd commands[] = {
      "metadata key with its type and value (long arrays show their first 8 elements and their\n"
      "length), a table of tensors (name, dtype, shape outermost first, bytes) and the totals.\n"
      "For HDF5: every group, dataset (dtype, shape, bytes) and attribute (strings and small\n"
-     "numeric values shown), in name order.",
+     "numeric values shown), in name order. For IDX (MNIST's u8 images or labels, plain or\n"
+     "gzip): the shape.",
      {{"FILE", false, "the file to inspect"}},
      {{"--json", CLI_SWITCH, NULL, false, false, 0, "print one JSON object with the same information"}},
      cmd_inspect},
@@ -594,6 +603,13 @@ static int cmd_train(const cli_cmd *cmd, const cli_parsed *a) {
                          .stop_after = sa ? atoll(sa) : 0,
                          .quiet = opt_value(cmd, a, "--quiet") != NULL};
     return lq_cmd_train(a->pos[0], sets, n_sets, &o);
+}
+
+static int cmd_qat(const cli_cmd *cmd, const cli_parsed *a) {
+    int n_sets;
+    const char *const *sets = opt_values(cmd, a, "--set", &n_sets);
+    return lq_cmd_qat(a->pos[0], sets, n_sets, opt_value(cmd, a, "--compare") != NULL,
+                      opt_value(cmd, a, "--json") != NULL, opt_value(cmd, a, "--quiet") != NULL);
 }
 
 static int cmd_eval(const cli_cmd *cmd, const cli_parsed *a) {

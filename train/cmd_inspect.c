@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include "datasets/datasets.h"
 #include "io/io.h"
 #include "train/train.h"
 
@@ -349,21 +351,76 @@ static int inspect_hdf5(const char *path, bool json) {
     return finish(root, &tt);
 }
 
+/* IDX (MNIST's u8 images or labels, plain or gzip): its magic is 0, 0, 0x08 (u8), ndim (a gzip
+ * file's first 4 bytes are inflated to see it); a file with a broken magic is known by its name
+ * ("idx1-" / "idx3-" as MNIST's, or ".idx" / ".idx.gz"), so the loader says what is wrong.
+ * Returns the ndim to load (1 labels, 3 images), or 0 when the file is not IDX. */
+static int idx_ndim(const char *path, const unsigned char *m, ssize_t got) {
+    unsigned char h[4] = {0};
+    bool have = got >= 4;
+    memcpy(h, m, 4);
+    if (got >= 2 && m[0] == 0x1f && m[1] == 0x8b) {
+        gzFile f = gzopen(path, "rb");
+        have = f && gzread(f, h, 4) == 4;
+        if (f) gzclose(f);
+    }
+    if (have && h[0] == 0 && h[1] == 0 && h[2] == 0x08 && (h[3] == 1 || h[3] == 3)) return h[3];
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (strstr(base, "idx1-")) return 1;
+    if (strstr(base, "idx3-")) return 3;
+    size_t n = strlen(base);
+    if ((n > 4 && strcmp(base + n - 4, ".idx") == 0) || (n > 7 && strcmp(base + n - 7, ".idx.gz") == 0))
+        return have && h[3] == 1 ? 1 : 3;
+    return 0;
+}
+
+/* The shape of an IDX file, read whole by the loader the datasets use (so every check it makes on
+ * the header and the payload applies here too). */
+static int inspect_idx(const char *path, int ndim, bool json) {
+    lq_err err = {0};
+    lq_idx_images im = {0};
+    lq_idx_labels lb = {0};
+    lq_status s = ndim == 3 ? lq_idx_load_images(path, &im, &err) : lq_idx_load_labels(path, &lb, &err);
+    if (s != LQ_OK) {
+        fprintf(stderr, "loquat inspect: %s\n", err.msg);
+        return lq_status_exit_code(s);
+    }
+    if (ndim == 3) {
+        if (json) printf("{\"format\": \"idx\", \"kind\": \"images\", \"dtype\": \"U8\", \"shape\": [%" PRId64 ", %" PRId64 ", %" PRId64 "]}\n", im.n, im.h, im.w);
+        else printf("%s: IDX u8 images, shape [%" PRId64 ", %" PRId64 ", %" PRId64 "] (%" PRId64 " bytes)\n", path, im.n, im.h, im.w, im.n * im.h * im.w);
+        lq_idx_images_free(&im);
+    } else {
+        int hi = -1;
+        for (int64_t i = 0; i < lb.n; i++)
+            if (lb.data[i] > hi) hi = lb.data[i];
+        if (json) printf("{\"format\": \"idx\", \"kind\": \"labels\", \"dtype\": \"U8\", \"shape\": [%" PRId64 "], \"max_label\": %d}\n", lb.n, hi);
+        else printf("%s: IDX u8 labels, shape [%" PRId64 "], largest label %d\n", path, lb.n, hi);
+        lq_idx_labels_free(&lb);
+    }
+    return 0;
+}
+
 int lq_cmd_inspect(const char *path, bool json) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         fprintf(stderr, "loquat inspect: %s: cannot open: %s\n", path, strerror(errno));
         return lq_status_exit_code(LQ_ERR_INPUT);
     }
-    unsigned char m[8] = {0};
+    unsigned char m[9] = {0};
     ssize_t got = read(fd, m, sizeof m);
     close(fd);
     static const unsigned char hdf5[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
     size_t len = strlen(path);
     /* HDF5 puts its signature at byte 0 (or 512, 1024, ... after a user block): the library finds it */
-    if ((got == 8 && memcmp(m, hdf5, 8) == 0) || (len > 3 && strcmp(path + len - 3, ".h5") == 0) ||
+    if ((got >= 8 && memcmp(m, hdf5, 8) == 0) || (len > 3 && strcmp(path + len - 3, ".h5") == 0) ||
         (len > 5 && strcmp(path + len - 5, ".hdf5") == 0))
         return inspect_hdf5(path, json);
-    if (got >= 4 && memcmp(m, "GGUF", 4) == 0) return inspect_gguf(path, json);
+    /* safetensors has no magic: 8 bytes of header length, then the JSON header's '{' */
+    bool st_like = got == 9 && m[8] == '{';
+    if ((got >= 4 && memcmp(m, "GGUF", 4) == 0) || (!st_like && len > 5 && strcmp(path + len - 5, ".gguf") == 0))
+        return inspect_gguf(path, json); /* a .gguf that is neither: the GGUF reader says so */
+    int idx = idx_ndim(path, m, got);
+    if (idx) return inspect_idx(path, idx, json);
     return inspect_safetensors(path, json); /* its reader explains what is wrong with anything else */
 }

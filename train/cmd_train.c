@@ -4,9 +4,55 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "train/trainer_impl.h"
+
+/* What a run's output folders held before it started, so a run refused for bad input (exit 2)
+ * takes back what it made: the output folder, the token-cache folder and the cache files it wrote
+ * (a refused run leaves nothing behind; files that were there before are never touched). */
+typedef struct out_undo {
+    bool out_existed, cache_existed;
+    char cache[4096];
+    bool had[2][LQ_CFG_MAX_DATASETS]; /* datasets-<i>.h5, test_datasets-<i>.h5 existed */
+} out_undo;
+
+static bool path_exists(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+static void cache_file(const out_undo *u, int list, int i, char *buf, size_t n) {
+    snprintf(buf, n, "%s/%s-%d.h5", u->cache, list ? "test_datasets" : "datasets", i);
+}
+
+static void undo_snapshot(out_undo *u, const lq_train_config *cfg) {
+    memset(u, 0, sizeof *u);
+    u->out_existed = path_exists(cfg->output_dir);
+    /* the same folder train_data.c puts the token cache in */
+    if (cfg->dataset_prepared_path) snprintf(u->cache, sizeof u->cache, "%s", cfg->dataset_prepared_path);
+    else snprintf(u->cache, sizeof u->cache, "%s/cache", cfg->output_dir);
+    u->cache_existed = path_exists(u->cache);
+    char f[4200];
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < LQ_CFG_MAX_DATASETS; i++) {
+            cache_file(u, l, i, f, sizeof f);
+            u->had[l][i] = path_exists(f);
+        }
+}
+
+static void undo_apply(const out_undo *u, const lq_train_config *cfg, lq_status st) {
+    if (st == LQ_OK || lq_status_exit_code(st) != 2) return;
+    char f[4200];
+    for (int l = 0; l < 2; l++)
+        for (int i = 0; i < LQ_CFG_MAX_DATASETS; i++) {
+            cache_file(u, l, i, f, sizeof f);
+            if (!u->had[l][i]) unlink(f);
+        }
+    if (!u->cache_existed) rmdir(u->cache);      /* only if now empty */
+    if (!u->out_existed) rmdir(cfg->output_dir); /* idem */
+}
 
 int lq_cmd_train(const char *config, const char *const *sets, int n_sets, const lq_trainer_opts *opts) {
     lq_train_config cfg;
@@ -15,10 +61,13 @@ int lq_cmd_train(const char *config, const char *const *sets, int n_sets, const 
         fprintf(stderr, "loquat train: %s\n", err.msg);
         return lq_status_exit_code(err.status);
     }
+    out_undo undo;
+    undo_snapshot(&undo, &cfg);
     lq_trainer *t = NULL;
     lq_status st = lq_trainer_init(&t, &cfg, opts, &err);
     if (st == LQ_OK) st = lq_trainer_run(t, &err);
     lq_trainer_free(t);
+    undo_apply(&undo, &cfg, st);
     if (st != LQ_OK && st != LQ_ERR_INTERRUPTED) fprintf(stderr, "loquat train: %s\n", err.msg);
     if (st == LQ_ERR_NUMERIC) { /* say which checkpoint a user can go back to */
         char **paths;
@@ -53,6 +102,8 @@ int lq_cmd_eval(const char *config, const char *const *sets, int n_sets, const c
     double loss = NAN;
     int64_t ntok = 0;
     lq_status st = LQ_OK;
+    out_undo undo;
+    undo_snapshot(&undo, &cfg);
     if (cfg.device && strcmp(cfg.device, "cuda") == 0)
         st = LQ_ERR(&err, LQ_ERR_UNSUPPORTED, "device: cuda: this build has no CUDA backend (make CUDA=1 ...)");
     if (st == LQ_OK) st = lq_mkdirs(cfg.output_dir, &err);
@@ -93,6 +144,7 @@ int lq_cmd_eval(const char *config, const char *const *sets, int n_sets, const c
     lq_llama_free(m);
     lq_lora_set_free(set);
     lq_lm_tok_free(&tok);
+    undo_apply(&undo, &cfg, st);
     lq_train_config_free(&cfg);
     return st == LQ_OK ? 0 : lq_status_exit_code(st);
 }

@@ -105,7 +105,10 @@ lq_status lq_train_data_load(lq_train_data *d, const lq_train_config *cfg, const
     d->rows_per_epoch = d->epoch_rows.n_rows;
     int64_t need = cfg->micro_batch_size * cfg->gradient_accumulation_steps;
     if (d->rows_per_epoch / need == 0)
-        return LQ_ERR(err, LQ_ERR_INPUT, "dataset too small: %lld rows of %lld tokens, a step needs %lld",
+        return LQ_ERR(err, LQ_ERR_INPUT,
+                      "datasets (%s%s): too small for one step: %lld rows of %lld tokens, a step needs %lld "
+                      "(micro_batch_size x gradient_accumulation_steps)",
+                      cfg->n_datasets > 0 ? cfg->datasets[0].path : "", cfg->n_datasets > 1 ? ", ..." : "",
                       (long long)d->rows_per_epoch, (long long)d->seq_len, (long long)need);
     return LQ_OK;
 }

@@ -179,6 +179,17 @@ static void warn_changes(const char *old_yaml, const char *new_yaml, const char 
 
 /* Validates a loaded checkpoint against this run; NULL when it fits, else why not. */
 static const char *check_fit(lq_trainer *t, const lq_ckpt *c, const char *path, char *why, size_t wn) {
+    /* the stored config first: a checkpoint of another run is best told by the key that differs */
+    lq_train_config old;
+    lq_err e = {0};
+    if (lq_train_config_parse(c->config, strlen(c->config), path, NULL, 0, &old, &e) != LQ_OK) {
+        snprintf(why, wn, "its stored config does not parse: %.400s", e.msg);
+        return why;
+    }
+    const char *key = incompatible(&old, t->cfg);
+    if (key) snprintf(why, wn, "it was made with another '%s' (the model, adapter and data keys must match)", key);
+    lq_train_config_free(&old);
+    if (key) return why;
     if (c->numel != lq_params_numel(t->set->params) || c->n_mods != t->set->n) {
         snprintf(why, wn, "its adapters (%d modules, %lld values) are not this run's (%d modules, %lld values)", c->n_mods,
                  (long long)c->numel, t->set->n, (long long)lq_params_numel(t->set->params));
@@ -199,16 +210,6 @@ static const char *check_fit(lq_trainer *t, const lq_ckpt *c, const char *path, 
             snprintf(why, wn, "non-finite adapter or optimizer values");
             return why;
         }
-    lq_train_config old;
-    lq_err e = {0};
-    if (lq_train_config_parse(c->config, strlen(c->config), path, NULL, 0, &old, &e) != LQ_OK) {
-        snprintf(why, wn, "its stored config does not parse: %.400s", e.msg);
-        return why;
-    }
-    const char *key = incompatible(&old, t->cfg);
-    if (key) snprintf(why, wn, "it was made with another '%s' (the model, adapter and data keys must match)", key);
-    lq_train_config_free(&old);
-    if (key) return why;
     warn_changes(c->config, t->yaml, path);
     return NULL;
 }

@@ -168,6 +168,11 @@ static lq_status read_value(const lq_ykey *k, const char *name, const lq_ynode *
     char expected[160], where[WHERE_MAX];
     if (k->type == LQ_YT_CUSTOM) return k->custom->parse(k, name, v, obj, err);
     if (k->type == LQ_YT_LIST) return read_list(k, name, v, obj, err);
+    if (k->type == LQ_YT_MAP) {
+        lq_yschema_free(k->sub, p);
+        lq_yschema_defaults(k->sub, p);
+        return lq_yschema_apply(k->sub, v, name, p, err);
+    }
     bool scalar = v->kind == LQ_YNODE_SCALAR;
     switch (k->type) {
     case LQ_YT_BOOL: {
@@ -270,6 +275,10 @@ static lq_status set_default(const lq_ykey *k, const char *name, void *obj, lq_e
         if (k->def && !(*(char **)p = strdup(k->def))) return LQ_ERR(err, LQ_ERR_OOM, "out of memory");
         return LQ_OK;
     case LQ_YT_LIST: free_list(k, obj); return LQ_OK;
+    case LQ_YT_MAP:
+        lq_yschema_free(k->sub, p);
+        lq_yschema_defaults(k->sub, p);
+        return LQ_OK;
     default: break;
     }
     /* the others: the default text through the same reader (an error here is a schema bug) */
@@ -297,6 +306,8 @@ void lq_yschema_defaults(const lq_ykey *keys, void *obj) {
             *(char **)field(obj, k) = NULL;
         else if (k->type == LQ_YT_LIST)
             *(int *)((char *)obj + k->off2) = 0;
+        else if (k->type == LQ_YT_MAP)
+            lq_yschema_defaults(k->sub, field(obj, k));
         else
             set_default(k, k->key, obj, NULL);
     }
@@ -361,6 +372,8 @@ void lq_yschema_free(const lq_ykey *keys, void *obj) {
             *(char **)field(obj, k) = NULL;
         } else if (k->type == LQ_YT_LIST) {
             free_list(k, obj);
+        } else if (k->type == LQ_YT_MAP) {
+            lq_yschema_free(k->sub, field(obj, k));
         }
     }
 }
@@ -445,6 +458,7 @@ static void write_value(FILE *f, const lq_ykey *k, const void *obj) {
         fputc(']', f);
         break;
     }
+    case LQ_YT_MAP: write_flow_map(f, k->sub, p); break;
     case LQ_YT_CUSTOM: k->custom->write(f, k, obj); break;
     }
 }
@@ -498,6 +512,7 @@ static cJSON *json_value(const lq_ykey *k, const void *obj) {
         for (int i = 0; a && i < n; i++) cJSON_AddItemToArray(a, lq_yschema_to_json(k->sub, (const char *)p + (size_t)i * k->elem_size));
         return a;
     }
+    case LQ_YT_MAP: return lq_yschema_to_json(k->sub, p);
     case LQ_YT_CUSTOM: return k->custom->to_json(k, obj);
     }
     return cJSON_CreateNull();

@@ -68,6 +68,8 @@ typedef enum lq_ytype {
     LQ_YT_ENUM,   /* an int (size sizeof(int)) or bool (size 1) field holding a choice's value */
     LQ_YT_LIST,   /* an array of structs (elem_size bytes, at most max_n) at off, the count (int) at
                    * off2, each element a mapping read with the sub-schema `sub` */
+    LQ_YT_MAP,    /* a nested struct at off read from a mapping with the sub-schema `sub` (absent or
+                   * null: the sub-schema's defaults) */
     LQ_YT_CUSTOM, /* the callbacks in custom */
 } lq_ytype;
 
