@@ -397,6 +397,63 @@ def gen_idx(out):
         write(os.path.join(d, name), data)
 
 
+# --- QAT configs and Fashion-MNIST folders (`loquat qat`) ------------------------------------------
+
+QAT_YAML = """# a QAT config with one thing broken below
+model: mlp
+train: {epochs: 1}
+qat: {epochs: 1}
+batch_size: 16
+threads: 1
+"""
+
+
+def idx_images(n, r, c, fill=0):
+    return struct.pack(">IIII", 0x803, n, r, c) + bytes([fill]) * (n * r * c)
+
+
+def idx_labels(labels):
+    return struct.pack(">II", 0x801, len(labels)) + bytes(labels)
+
+
+def gen_qat(out):
+    d = os.path.join(out, "qat")
+    y = lambda extra: QAT_YAML + extra
+    cases = {
+        "good": y(""),
+        "unknown_key": y("quantization: {wieghts: int4:channel}\n"),
+        "bad_bits": y("quantization: {weights: int9:channel}\n"),
+        "bad_token": y("quantization: {activations: int8:asym:perrow}\n"),
+        "unknown_scheme": y("compare: [W8A8, W3A3]\n"),
+        "weights_per_token": y("quantization: {weights: int4:token}\n"),
+        "lsq_per_group": y("quantization: {weights: int4:g32:lsq}\n"),
+        "pact_dynamic": y("quantization: {activations: int8:asym:token, pact: true}\n"),
+        "bad_stage": y("qat: {epochs: 1, learning_rate: 0}\n").replace("qat: {epochs: 1}\n", "", 1),
+        "lm_no_text": QAT_YAML.replace("model: mlp", "model: tests/fixtures/qlora_tiny"),
+    }
+    for name, text in cases.items():
+        write(os.path.join(d, name + ".yaml"), text)
+    # Fashion-MNIST folders with one file broken (the others valid and small: 32 images, gzip)
+    good = {"train-images-idx3-ubyte.gz": gz(idx_images(32, 28, 28, 7)),
+            "train-labels-idx1-ubyte.gz": gz(idx_labels([i % 10 for i in range(32)])),
+            "t10k-images-idx3-ubyte.gz": gz(idx_images(16, 28, 28, 9)),
+            "t10k-labels-idx1-ubyte.gz": gz(idx_labels([i % 10 for i in range(16)]))}
+    broken = {
+        "data_good": {},
+        "data_label_range": {"train-labels-idx1-ubyte.gz": gz(idx_labels([12] * 32))},
+        "data_27x27": {"t10k-images-idx3-ubyte.gz": gz(idx_images(16, 27, 27))},
+        "data_count": {"t10k-labels-idx1-ubyte.gz": gz(idx_labels([1] * 15))},
+        "data_truncated": {"train-images-idx3-ubyte.gz": gz(idx_images(32, 28, 28))[:60]},
+        "data_missing": {"t10k-images-idx3-ubyte.gz": None},
+    }
+    for folder, changes in broken.items():
+        for name, data in good.items():
+            data = changes.get(name, data)
+            if data is not None:
+                write(os.path.join(d, folder, name), data)
+    write(os.path.join(d, "float_text.safetensors"), "not a safetensors file\n")
+
+
 # --- checkpoints (the ones from real runs are made by the test script) --------------------------
 
 def gen_ckpt(out):
@@ -410,7 +467,7 @@ def gen_ckpt(out):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/badinput"
-    for sub in ("st", "gguf", "hf", "peft", "yaml", "jsonl", "idx", "ckpt"):
+    for sub in ("st", "gguf", "hf", "peft", "yaml", "jsonl", "idx", "ckpt", "qat"):
         p = os.path.join(out, sub)
         if os.path.isdir(p):
             shutil.rmtree(p)
@@ -422,6 +479,7 @@ def main():
     gen_jsonl(out)
     gen_idx(out)
     gen_ckpt(out)
+    gen_qat(out)
     write(os.path.join(out, "VERSION"), "gen_badinput.py format %d\n" % FORMAT_VERSION)
 
 

@@ -1,9 +1,12 @@
 /* train/cmd_qat.c: `loquat qat CONFIG [--compare] [--json]`: runs the float / PTQ / QAT experiments a
  * config describes and writes the comparison table (markdown, CSV), a plot (SVG) and JSON. */
+#define _XOPEN_SOURCE 700 /* nftw */
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -164,6 +167,45 @@ static void print_json(const lq_qat_result *r, int n) {
     cJSON_Delete(root);
 }
 
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+/* Bad input leaves nothing behind: the output folder goes if this run made it, else the files this
+ * run made in it (metrics.jsonl, config.yaml, the token cache of a language-model run). */
+typedef struct out_undo {
+    bool dir, metrics, config, cache;
+} out_undo;
+
+static bool exists(const char *dir, const char *name) {
+    char p[4200];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s%s%s", dir, name[0] ? "/" : "", name);
+    return stat(p, &sb) == 0;
+}
+
+static void undo_snapshot(out_undo *u, const char *dir) {
+    u->dir = exists(dir, ""), u->metrics = exists(dir, "metrics.jsonl");
+    u->config = exists(dir, "config.yaml"), u->cache = exists(dir, "cache");
+}
+
+static void undo_apply(const out_undo *u, const char *dir) {
+    char p[4200];
+    if (!u->dir) {
+        nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        return;
+    }
+    const char *names[3] = {"metrics.jsonl", "config.yaml", "cache"};
+    const bool had[3] = {u->metrics, u->config, u->cache};
+    for (int i = 0; i < 3; i++) {
+        if (had[i]) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
+}
+
 static int exit_code(lq_status s) {
     switch (s) {
     case LQ_OK: return 0;
@@ -187,6 +229,8 @@ int lq_cmd_qat(const char *config, const char *const *sets, int n_sets, bool com
         long nc = sysconf(_SC_NPROCESSORS_ONLN);
         c.threads = nc > 0 ? (int)nc : 1;
     }
+    out_undo undo;
+    undo_snapshot(&undo, c.output_dir);
     st = lq_mkdirs(c.output_dir, &err);
     lq_qat_log log = {.quiet = quiet, .tty = isatty(2) == 1, .t0 = lq_qat_now()};
     char path[4200];
@@ -216,6 +260,7 @@ int lq_cmd_qat(const char *config, const char *const *sets, int n_sets, bool com
     if (st == LQ_OK && n > 0) st = write_plot(&c, res, n, &err);
     if (st != LQ_OK) {
         fprintf(stderr, "loquat qat: %s\n", err.msg);
+        if (exit_code(st) == 2) undo_apply(&undo, c.output_dir);
         lq_qat_config_free(&c);
         return exit_code(st);
     }

@@ -363,10 +363,11 @@ static lq_status check(lq_qat_config *c, const char *name, lq_err *err) {
     LQ_TRY(lq_path_expand(c->model, "model", name, &x, err));
     free(c->model);
     c->model = x;
-    LQ_CHECK(err, c->n_datasets > 0, LQ_ERR_INPUT,
-             "%s: key 'datasets': a language model (model: %s) needs training text", name, c->model);
-    LQ_CHECK(err, c->n_test_datasets > 0, LQ_ERR_INPUT,
-             "%s: key 'test_datasets': a language model (model: %s) needs held-out text to score", name, c->model);
+    if (c->n_datasets == 0)
+        return LQ_ERR(err, LQ_ERR_INPUT, "%s: key 'datasets': a language model (model: %s) needs training text", name, c->model);
+    if (c->n_test_datasets == 0)
+        return LQ_ERR(err, LQ_ERR_INPUT, "%s: key 'test_datasets': a language model (model: %s) needs held-out text to score",
+                      name, c->model);
     return LQ_OK;
 }
 

@@ -207,6 +207,13 @@ lq_status lq_qat_lm_run(const lq_qat_config *c, const lq_qat_scheme *schemes, in
     lq_status st = env_init(&e, c, err);
     lq_llama_qat *q = NULL;
     spec_user fu = {c, NULL};
+    /* every scheme's layers are checked before any training (a bad spec is a config error now) */
+    for (int s = 0; s < n_schemes && st == LQ_OK && (compare || c->mode != LQ_QAT_RUN_FLOAT); s++) {
+        spec_user u = {c, &schemes[s]};
+        st = lq_llama_qat_attach(e.m, resolve_cb, &u, 1, &q, err);
+        lq_llama_qat_free(q);
+        q = NULL;
+    }
     double t0 = lq_qat_now();
     if (st == LQ_OK) st = lq_llama_qat_attach(e.m, resolve_cb, &fu, c->threads, &q, err);
     float *tuned = NULL;

@@ -71,22 +71,26 @@ static lq_status load_data(const lq_qat_config *c, cls_data *d, lq_err *err) {
     LQ_TRY(lq_idx_load_images(p, &d->test_x, err));
     LQ_TRY(find_idx(c->data_dir, "t10k-labels-idx1-ubyte", p, sizeof p, err));
     LQ_TRY(lq_idx_load_labels(p, &d->test_y, err));
-    LQ_CHECK(err, d->train_x.n == d->train_y.n && d->test_x.n == d->test_y.n, LQ_ERR_INPUT,
-             "data_dir '%s': image and label counts differ (%lld / %lld train, %lld / %lld test)", c->data_dir,
-             (long long)d->train_x.n, (long long)d->train_y.n, (long long)d->test_x.n, (long long)d->test_y.n);
-    LQ_CHECK(err, d->train_x.h == 28 && d->train_x.w == 28 && d->test_x.h == 28 && d->test_x.w == 28, LQ_ERR_INPUT,
-             "data_dir '%s': images are %lldx%lld, the models take 28x28", c->data_dir, (long long)d->train_x.h,
-             (long long)d->train_x.w);
-    for (int64_t i = 0; i < d->train_y.n; i++)
-        LQ_CHECK(err, d->train_y.data[i] < 10, LQ_ERR_INPUT, "data_dir '%s': training label %lld is %d (0..9 expected)",
-                 c->data_dir, (long long)i, (int)d->train_y.data[i]);
-    for (int64_t i = 0; i < d->test_y.n; i++)
-        LQ_CHECK(err, d->test_y.data[i] < 10, LQ_ERR_INPUT, "data_dir '%s': test label %lld is %d (0..9 expected)",
-                 c->data_dir, (long long)i, (int)d->test_y.data[i]);
+    if (d->train_x.n != d->train_y.n || d->test_x.n != d->test_y.n)
+        return LQ_ERR(err, LQ_ERR_INPUT, "data_dir '%s': image and label counts differ (%lld / %lld train, %lld / %lld test)",
+                      c->data_dir, (long long)d->train_x.n, (long long)d->train_y.n, (long long)d->test_x.n,
+                      (long long)d->test_y.n);
+    const lq_idx_images *ims[2] = {&d->train_x, &d->test_x};
+    for (int k = 0; k < 2; k++)
+        if (ims[k]->h != 28 || ims[k]->w != 28)
+            return LQ_ERR(err, LQ_ERR_INPUT, "data_dir '%s': the %s images are %lldx%lld; the models take 28x28", c->data_dir,
+                          k ? "test" : "training", (long long)ims[k]->h, (long long)ims[k]->w);
+    const lq_idx_labels *lbs[2] = {&d->train_y, &d->test_y};
+    for (int k = 0; k < 2; k++)
+        for (int64_t i = 0; i < lbs[k]->n; i++)
+            if (lbs[k]->data[i] >= 10)
+                return LQ_ERR(err, LQ_ERR_INPUT, "data_dir '%s': %s label %lld is %d (0..9 expected)", c->data_dir,
+                              k ? "test" : "training", (long long)i, (int)lbs[k]->data[i]);
     d->n_train = c->train_limit > 0 && c->train_limit < d->train_x.n ? c->train_limit : d->train_x.n;
     d->n_test = c->test_limit > 0 && c->test_limit < d->test_x.n ? c->test_limit : d->test_x.n;
-    LQ_CHECK(err, d->n_train >= c->batch_size, LQ_ERR_INPUT,
-             "batch_size %lld is larger than the %lld training images", (long long)c->batch_size, (long long)d->n_train);
+    if (d->n_train < c->batch_size)
+        return LQ_ERR(err, LQ_ERR_INPUT, "%s: key 'batch_size': %lld is larger than the %lld training images", c->source,
+                      (long long)c->batch_size, (long long)d->n_train);
     return LQ_OK;
 }
 
@@ -357,6 +361,18 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
     st = lq_ctx_init(&ctx, &co, err);
     lq_classifier base = {0};
     spec_user fu = {c, NULL};
+    /* every scheme's layers are checked before any training: a bad spec is a config error now,
+     * not after the float model has trained */
+    for (int s = 0; s < n_schemes && st == LQ_OK && (compare || c->mode != LQ_QAT_RUN_FLOAT); s++) {
+        spec_user u = {c, &schemes[s]};
+        lq_classifier probe = {0};
+        st = lq_classifier_init(&probe, arch, resolve_cb, &u, c->seed, 1, err);
+        if (st != LQ_OK) {
+            size_t l = strlen(err->msg);
+            snprintf(err->msg + l, sizeof err->msg - l, " (scheme %s)", schemes[s].name ? schemes[s].name : "?");
+        }
+        lq_classifier_free(&probe);
+    }
     if (st == LQ_OK) st = lq_classifier_init(&base, arch, resolve_cb, &fu, c->seed, c->threads, err);
     /* the pretrained float model: trained here (train:), or read from float_model */
     double t0 = lq_qat_now();
