@@ -42,7 +42,7 @@ static void fmt_num(char *b, size_t n, double v, const char *f) {
     else snprintf(b, n, f, v);
 }
 
-static lq_status write_tables(const lq_qat_config *c, const lq_qat_result *r, int n, lq_err *err) {
+static lq_status write_tables(const lq_qat_config *c, const lq_qat_result *r, int n, bool compare, lq_err *err) {
     bool lm = r[0].lm;
     const lq_qat_result *fr = float_row(r, n);
     double flt = fr ? fr->metric : NAN;
@@ -57,7 +57,7 @@ static lq_status write_tables(const lq_qat_config *c, const lq_qat_result *r, in
         if (csv) fclose(csv);
         return LQ_ERR(err, LQ_ERR_IO, "%s: cannot write compare.md / compare.csv", c->output_dir);
     }
-    fprintf(md, "# loquat qat --compare: %s (%s)\n\n", c->model, c->source);
+    fprintf(md, "# loquat qat%s: %s (%s)\n\n", compare ? " --compare" : "", c->model, c->source);
     fprintf(md, "| scheme | mode | %s | integer model | gap to float | PTQ gap recovered | size (bytes) | size vs float |\n",
             metric);
     fprintf(md, "|---|---|---:|---:|---:|---:|---:|---:|\n");
@@ -250,13 +250,25 @@ int lq_cmd_qat(const char *config, const char *const *sets, int n_sets, bool com
     const lq_qat_scheme *schemes = compare ? c.compare : &c.quantization.scheme;
     int n_schemes = compare ? c.n_compare : 1;
     if (st == LQ_OK) {
-        if (!compare && !c.quantization.scheme.name) c.quantization.scheme.name = strdup("custom");
+        if (!compare && !c.quantization.scheme.name) { /* the row label: W4A8, W4G32-DYN8, W8A32 ... */
+            const lq_qat_scheme *q = &c.quantization.scheme;
+            char nm[64];
+            int wb = q->weights.enabled ? q->weights.bits : 32, ab = q->activations.enabled ? q->activations.bits : 32;
+            if (q->weights.enabled && q->weights.granularity == LQ_GRAN_GROUP)
+                snprintf(nm, sizeof nm, "W%dG%lld", wb, (long long)q->weights.group_size);
+            else
+                snprintf(nm, sizeof nm, "W%d", wb);
+            size_t l = strlen(nm);
+            if (q->activations.enabled && q->activations.granularity == LQ_GRAN_TOKEN) snprintf(nm + l, sizeof nm - l, "-DYN%d", ab);
+            else snprintf(nm + l, sizeof nm - l, "A%d%s", ab, q->pact ? "-PACT" : "");
+            c.quantization.scheme.name = strdup(nm);
+        }
         st = lq_qat_is_classifier(&c) ? lq_qat_cls_run(&c, schemes, n_schemes, compare, &log, res, &n, &err)
                                       : lq_qat_lm_run(&c, schemes, n_schemes, compare, &log, res, &n, &err);
     }
     if (log.metrics) fclose(log.metrics);
     for (int i = 0; i < n; i++) res[i].lm = !lq_qat_is_classifier(&c);
-    if (st == LQ_OK && n > 0) st = write_tables(&c, res, n, &err);
+    if (st == LQ_OK && n > 0) st = write_tables(&c, res, n, compare, &err);
     if (st == LQ_OK && n > 0) st = write_plot(&c, res, n, &err);
     if (st != LQ_OK) {
         fprintf(stderr, "loquat qat: %s\n", err.msg);
