@@ -95,9 +95,6 @@ lq_status lq_qlayer_weight_qparams(const lq_qlayer *l, float **scale, int32_t **
  * forward uses, and the activation quantizer frozen as it stands. */
 lq_status lq_qlayer_convert(lq_qlayer *l, lq_err *err);
 void lq_qlayer_int_free(lq_qlayer_int *q);
-/* Bytes the layer takes deployed: weight codes packed at w_bits (or f32), scales f32, zero points
- * (asymmetric) as int8, bias f32, activation qparams. */
-int64_t lq_qlayer_int_bytes(const lq_qlayer_int *q, bool has_bias);
 
 /* ---------------------------------------------------------------------------------------------
  * Fashion-MNIST models (models/classifier.c): input (B, 1, 28, 28) f32 in [0, 1] -> logits (B, 10).

@@ -93,23 +93,6 @@ oom:
     return LQ_ERR(err, LQ_ERR_OOM, "layer %s: out of memory converting to integers", l->name);
 }
 
-int64_t lq_qlayer_int_bytes(const lq_qlayer_int *q, bool has_bias) {
-    int64_t b = 0, nk = q->n * q->k;
-    if (q->w_bits == 0) {
-        b += nk * 4;
-    } else {
-        int bits = q->w_bits <= 4 && 8 % q->w_bits == 0 ? q->w_bits : 8; /* 2 and 4 bits pack, others take a byte */
-        b += (nk * bits + 7) / 8;
-        b += q->n * q->n_groups * 4;                 /* f32 scales */
-        bool asym = false;
-        for (int64_t i = 0; i < q->n * q->n_groups && !asym; i++) asym = q->w_zp[i] != 0;
-        if (asym) b += q->n * q->n_groups;          /* int8 zero points */
-    }
-    if (has_bias) b += q->n * 4;
-    if (q->a_bits && !q->a_dynamic) b += 8;          /* input scale and zero point */
-    return b;
-}
-
 /* --- integer forward ------------------------------------------------------------------------------ */
 
 /* Centred codes of rows x (M, K): static (one scale) or dynamic (per row: torchao's qparams, the same

@@ -104,7 +104,8 @@ typedef struct lq_qat_result {
     double metric;         /* accuracy in % or perplexity, with fake quantization (or float) */
     double int_metric;     /* the same with the converted integer model; NaN when not converted */
     double loss;           /* evaluation loss */
-    int64_t size_bytes;    /* model bytes deployed (lq_qlayer_int_bytes + float tensors) */
+    int64_t size_bytes;    /* the model's bytes as exported: every tensor's data (codes packed, scales,
+                            * zero points, biases, float tensors), headers not counted */
     double seconds;        /* wall time of the run */
     char export_path[512]; /* safetensors of the integer model ("" if none) */
 } lq_qat_result;
