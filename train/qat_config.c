@@ -10,6 +10,7 @@
 
 #include "core/file.h"
 #include "models/qat.h"
+#include "train/qat_impl.h"
 #include "train/yaml_tree.h"
 
 _Static_assert(sizeof(lq_qat_run_mode) == sizeof(int), "enum fields are read as int");
@@ -418,4 +419,21 @@ void lq_qat_resolve(const lq_qat_config *c, const lq_qat_scheme *s, const char *
         if (o->has_activations) *a = o->activations, *pact = *pact && a->enabled;
     }
     if (!a->enabled) *pact = false;
+}
+
+void lq_qat_resolve_cb(const char *name, int index, int n_layers, lq_qspec *w, lq_qspec *a, bool *pact, void *user) {
+    const lq_qat_spec_user *u = user;
+    if (!u->s) {
+        memset(w, 0, sizeof *w), memset(a, 0, sizeof *a), *pact = false;
+        return;
+    }
+    lq_qat_resolve(u->c, u->s, name, index, n_layers, w, a, pact);
+}
+
+void lq_qat_row(lq_qat_result *r, const char *scheme, const char *mode, bool lm) {
+    memset(r, 0, sizeof *r);
+    snprintf(r->scheme, sizeof r->scheme, "%s", scheme);
+    r->mode = mode;
+    r->int_metric = NAN;
+    r->lm = lm;
 }

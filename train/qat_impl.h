@@ -31,6 +31,15 @@ lq_status lq_qat_lm_run(const lq_qat_config *c, const lq_qat_scheme *schemes, in
 lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, int n_schemes, bool compare,
                          lq_qat_log *log, lq_qat_result *res, int *n_res, lq_err *err);
 
+/* The layer-spec callback of both runners: user is an lq_qat_spec_user; s NULL = every layer float. */
+typedef struct lq_qat_spec_user {
+    const lq_qat_config *c;
+    const lq_qat_scheme *s;
+} lq_qat_spec_user;
+void lq_qat_resolve_cb(const char *name, int index, int n_layers, lq_qspec *w, lq_qspec *a, bool *pact, void *user);
+/* A fresh result row (no integer metric yet). */
+void lq_qat_row(lq_qat_result *r, const char *scheme, const char *mode, bool lm);
+
 double lq_qat_now(void);
 /* The progress line "RUN step 120/938  loss 0.4123  lr 1.00e-04  2100 ex/s  ETA 0:12" (stderr,
  * rewritten in place on a terminal, every logging_steps otherwise) and a metrics.jsonl line. */

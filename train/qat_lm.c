@@ -22,20 +22,6 @@ typedef struct lm_env {
     float *pretrained;  /* the loaded model's linear weights */
 } lm_env;
 
-typedef struct spec_user {
-    const lq_qat_config *c;
-    const lq_qat_scheme *s;
-} spec_user;
-
-static void resolve_cb(const char *name, int index, int n_layers, lq_qspec *w, lq_qspec *a, bool *pact, void *user) {
-    const spec_user *u = user;
-    if (!u->s) {
-        memset(w, 0, sizeof *w), memset(a, 0, sizeof *a), *pact = false;
-        return;
-    }
-    lq_qat_resolve(u->c, u->s, name, index, n_layers, w, a, pact);
-}
-
 static lq_status ctx_err(lq_ctx *ctx, const char *what, lq_err *err) {
     const lq_err *e = lq_ctx_error(ctx);
     return LQ_ERR(err, lq_ctx_status(ctx) ? lq_ctx_status(ctx) : LQ_ERR_INTERNAL, "%s: %s", what, e ? e->msg : "?");
@@ -192,30 +178,22 @@ static lq_status convert_eval(lm_env *e, lq_llama_qat *q, lq_qat_result *r, lq_e
     return st;
 }
 
-static void row(lq_qat_result *r, const char *scheme, const char *mode) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->scheme, sizeof r->scheme, "%s", scheme);
-    r->mode = mode;
-    r->int_metric = NAN;
-    r->lm = true;
-}
-
 lq_status lq_qat_lm_run(const lq_qat_config *c, const lq_qat_scheme *schemes, int n_schemes, bool compare,
                         lq_qat_log *log, lq_qat_result *res, int *n_res, lq_err *err) {
     *n_res = 0;
     lm_env e;
     lq_status st = env_init(&e, c, err);
     lq_llama_qat *q = NULL;
-    spec_user fu = {c, NULL};
+    lq_qat_spec_user fu = {c, NULL};
     /* every scheme's layers are checked before any training (a bad spec is a config error now) */
     for (int s = 0; s < n_schemes && st == LQ_OK && (compare || c->mode != LQ_QAT_RUN_FLOAT); s++) {
-        spec_user u = {c, &schemes[s]};
-        st = lq_llama_qat_attach(e.m, resolve_cb, &u, 1, &q, err);
+        lq_qat_spec_user u = {c, &schemes[s]};
+        st = lq_llama_qat_attach(e.m, lq_qat_resolve_cb, &u, 1, &q, err);
         lq_llama_qat_free(q);
         q = NULL;
     }
     double t0 = lq_qat_now();
-    if (st == LQ_OK) st = lq_llama_qat_attach(e.m, resolve_cb, &fu, c->threads, &q, err);
+    if (st == LQ_OK) st = lq_llama_qat_attach(e.m, lq_qat_resolve_cb, &fu, c->threads, &q, err);
     float *tuned = NULL;
     if (st == LQ_OK) {
         int64_t nw = lq_llama_qat_weights_numel(q);
@@ -234,7 +212,7 @@ lq_status lq_qat_lm_run(const lq_qat_config *c, const lq_qat_scheme *schemes, in
     if (st == LQ_OK) st = finetune(&e, q, "float-finetune", LQ_QAT_FLOAT, log, err);
     if (st == LQ_OK) {
         lq_qat_result *r = &res[(*n_res)++];
-        row(r, "float", "float");
+        lq_qat_row(r, "float", "float", true);
         st = perplexity(&e, LQ_QAT_FLOAT, &r->metric, &r->loss, err);
         r->size_bytes = 4 * lq_llama_qat_weights_numel(q) + other_bytes(e.m);
         r->seconds = lq_qat_now() - t0;
@@ -245,13 +223,13 @@ lq_status lq_qat_lm_run(const lq_qat_config *c, const lq_qat_scheme *schemes, in
     q = NULL;
     bool want_ptq = compare || c->mode != LQ_QAT_RUN_FLOAT, want_qat = compare || c->mode == LQ_QAT_RUN_QAT;
     for (int s = 0; s < n_schemes && st == LQ_OK && (want_ptq || want_qat); s++) {
-        spec_user u = {c, &schemes[s]};
-        st = lq_llama_qat_attach(e.m, resolve_cb, &u, c->threads, &q, err);
+        lq_qat_spec_user u = {c, &schemes[s]};
+        st = lq_llama_qat_attach(e.m, lq_qat_resolve_cb, &u, c->threads, &q, err);
         if (st == LQ_OK && want_ptq) {
             t0 = lq_qat_now();
             lq_llama_qat_set_weights(q, tuned);
             lq_qat_result *r = &res[(*n_res)++];
-            row(r, schemes[s].name, "ptq");
+            lq_qat_row(r, schemes[s].name, "ptq", true);
             st = calibrate(&e, q, err);
             for (int i = 0; i < lq_llama_qat_count(q) && st == LQ_OK; i++) st = lq_qlayer_init_learned(lq_llama_qat_layer(q, i), err);
             if (st == LQ_OK) st = perplexity(&e, LQ_QAT_FAKE, &r->metric, &r->loss, err);
@@ -264,7 +242,7 @@ lq_status lq_qat_lm_run(const lq_qat_config *c, const lq_qat_scheme *schemes, in
         if (st == LQ_OK && want_qat) {
             lq_llama_qat_free(q); /* fresh observers and learned scales */
             q = NULL;
-            st = lq_llama_qat_attach(e.m, resolve_cb, &u, c->threads, &q, err);
+            st = lq_llama_qat_attach(e.m, lq_qat_resolve_cb, &u, c->threads, &q, err);
             char run[64];
             snprintf(run, sizeof run, "%s-qat", schemes[s].name);
             t0 = lq_qat_now();
@@ -274,7 +252,7 @@ lq_status lq_qat_lm_run(const lq_qat_config *c, const lq_qat_scheme *schemes, in
             }
             if (st == LQ_OK) st = finetune(&e, q, run, LQ_QAT_FAKE, log, err);
             lq_qat_result *r = &res[(*n_res)++];
-            row(r, schemes[s].name, "qat");
+            lq_qat_row(r, schemes[s].name, "qat", true);
             if (st == LQ_OK) st = perplexity(&e, LQ_QAT_FAKE, &r->metric, &r->loss, err);
             if (st == LQ_OK) st = convert_eval(&e, q, r, err);
             r->seconds = lq_qat_now() - t0;

@@ -114,22 +114,6 @@ static bool batch(lq_ctx *ctx, const lq_idx_images *x, const lq_idx_labels *y, c
     return true;
 }
 
-/* --- model specs ------------------------------------------------------------------------------ */
-
-typedef struct spec_user {
-    const lq_qat_config *c;
-    const lq_qat_scheme *s; /* NULL = float */
-} spec_user;
-
-static void resolve_cb(const char *name, int index, int n_layers, lq_qspec *w, lq_qspec *a, bool *pact, void *user) {
-    const spec_user *u = user;
-    if (!u->s) {
-        memset(w, 0, sizeof *w), memset(a, 0, sizeof *a), *pact = false;
-        return;
-    }
-    lq_qat_resolve(u->c, u->s, name, index, n_layers, w, a, pact);
-}
-
 /* --- one training stage -------------------------------------------------------------------------- */
 
 static lq_status ctx_err(lq_ctx *ctx, lq_err *err) {
@@ -337,13 +321,6 @@ static lq_status load_float(const lq_qat_config *c, lq_classifier *m, lq_err *er
     return st;
 }
 
-static void row(lq_qat_result *r, const char *scheme, const char *mode) {
-    memset(r, 0, sizeof *r);
-    snprintf(r->scheme, sizeof r->scheme, "%s", scheme);
-    r->mode = mode;
-    r->int_metric = NAN;
-}
-
 lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, int n_schemes, bool compare,
                          lq_qat_log *log, lq_qat_result *res, int *n_res, lq_err *err) {
     *n_res = 0;
@@ -360,20 +337,20 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
     lq_ctx_opts co = {.n_threads = c->threads, .seed = c->seed};
     st = lq_ctx_init(&ctx, &co, err);
     lq_classifier base = {0};
-    spec_user fu = {c, NULL};
+    lq_qat_spec_user fu = {c, NULL};
     /* every scheme's layers are checked before any training: a bad spec is a config error now,
      * not after the float model has trained */
     for (int s = 0; s < n_schemes && st == LQ_OK && (compare || c->mode != LQ_QAT_RUN_FLOAT); s++) {
-        spec_user u = {c, &schemes[s]};
+        lq_qat_spec_user u = {c, &schemes[s]};
         lq_classifier probe = {0};
-        st = lq_classifier_init(&probe, arch, resolve_cb, &u, c->seed, 1, err);
+        st = lq_classifier_init(&probe, arch, lq_qat_resolve_cb, &u, c->seed, 1, err);
         if (st != LQ_OK) {
             size_t l = strlen(err->msg);
             snprintf(err->msg + l, sizeof err->msg - l, " (scheme %s)", schemes[s].name ? schemes[s].name : "?");
         }
         lq_classifier_free(&probe);
     }
-    if (st == LQ_OK) st = lq_classifier_init(&base, arch, resolve_cb, &fu, c->seed, c->threads, err);
+    if (st == LQ_OK) st = lq_classifier_init(&base, arch, lq_qat_resolve_cb, &fu, c->seed, c->threads, err);
     /* the pretrained float model: trained here (train:), or read from float_model */
     double t0 = lq_qat_now();
     if (st == LQ_OK && c->float_model) st = load_float(c, &base, err);
@@ -386,7 +363,7 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
      * the QAT stage's settings, so float, PTQ and QAT rows have had the same training (torchao's
      * comparison: QAT fine-tuning against the same fine-tuning followed by PTQ) */
     lq_classifier ft = {0};
-    if (st == LQ_OK) st = lq_classifier_init(&ft, arch, resolve_cb, &fu, c->seed, c->threads, err);
+    if (st == LQ_OK) st = lq_classifier_init(&ft, arch, lq_qat_resolve_cb, &fu, c->seed, c->threads, err);
     if (st == LQ_OK) st = lq_classifier_copy_weights(&ft, &base, err);
     if (st == LQ_OK) {
         stage sg = {.run = "float-finetune", .cfg = &c->qat, .mode = LQ_QAT_FLOAT};
@@ -394,7 +371,7 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
     }
     if (st == LQ_OK) {
         lq_qat_result *r = &res[(*n_res)++];
-        row(r, "float", "float");
+        lq_qat_row(r, "float", "float", false);
         st = evaluate(c, &ft, &d, LQ_QAT_FLOAT, ctx, &r->metric, &r->loss, err);
         r->size_bytes = float_bytes(&ft);
         r->seconds = lq_qat_now() - t0;
@@ -403,9 +380,9 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
     bool want_ptq = compare || c->mode != LQ_QAT_RUN_FLOAT, want_qat = compare || c->mode == LQ_QAT_RUN_QAT;
     for (int s = 0; s < n_schemes && st == LQ_OK && (want_ptq || want_qat); s++) {
         const lq_qat_scheme *sc = &schemes[s];
-        spec_user u = {c, sc};
+        lq_qat_spec_user u = {c, sc};
         lq_classifier m = {0};
-        st = lq_classifier_init(&m, arch, resolve_cb, &u, c->seed, c->threads, err);
+        st = lq_classifier_init(&m, arch, lq_qat_resolve_cb, &u, c->seed, c->threads, err);
         for (int i = 0; i < m.n_layers && st == LQ_OK && !log->quiet; i++)
             if (m.layers[i].group_fallback)
                 fprintf(stderr, "%s: layer %s: the weight group does not divide its %lld inputs; quantized per channel\n",
@@ -417,7 +394,7 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
             if (st == LQ_OK) st = calibrate(c, &m, &d, ctx, err);
             for (int i = 0; i < m.n_layers && st == LQ_OK; i++) st = lq_qlayer_init_learned(&m.layers[i], err);
             lq_qat_result *r = &res[(*n_res)++];
-            row(r, sc->name, "ptq");
+            lq_qat_row(r, sc->name, "ptq", false);
             if (st == LQ_OK) st = evaluate(c, &m, &d, LQ_QAT_FAKE, ctx, &r->metric, &r->loss, err);
             if (st == LQ_OK) st = convert_and_eval(c, &m, &d, ctx, r, err);
             r->seconds = lq_qat_now() - t0;
@@ -428,7 +405,7 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
         /* QAT starts from the pretrained model, observers calibrated on it first */
         if (st == LQ_OK && want_qat) {
             lq_classifier_free(&m);
-            st = lq_classifier_init(&m, arch, resolve_cb, &u, c->seed, c->threads, err);
+            st = lq_classifier_init(&m, arch, lq_qat_resolve_cb, &u, c->seed, c->threads, err);
             if (st == LQ_OK) st = lq_classifier_copy_weights(&m, &base, err);
             if (st == LQ_OK) st = calibrate(c, &m, &d, ctx, err);
         }
@@ -441,7 +418,7 @@ lq_status lq_qat_cls_run(const lq_qat_config *c, const lq_qat_scheme *schemes, i
                         .freeze = c->quantization.observer_freeze_step};
             st = train_stage(c, &m, &d, &sg, ctx, log, err);
             lq_qat_result *r = &res[(*n_res)++];
-            row(r, sc->name, "qat");
+            lq_qat_row(r, sc->name, "qat", false);
             if (st == LQ_OK) st = evaluate(c, &m, &d, LQ_QAT_FAKE, ctx, &r->metric, &r->loss, err);
             if (st == LQ_OK) st = convert_and_eval(c, &m, &d, ctx, r, err);
             r->seconds = lq_qat_now() - t0;
