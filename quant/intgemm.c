@@ -13,6 +13,11 @@ static inline int32_t dot_i16(const int16_t *a, const int16_t *b, int64_t n) {
     return acc;
 }
 
+/* Built for AVX-512BW, AVX2 and the baseline, chosen at load time by the CPU (GCC's function
+ * multiversioning): the int16 multiply-add doubles or quadruples its width on newer CPUs. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+#endif
 void lq_int_linear(int64_t M, int64_t N, int64_t K, int64_t group, const int16_t *xd, const float *x_scale,
                    const int16_t *wd, const float *w_scale, const float *bias, float *y, int n_threads) {
     if (M <= 0 || N <= 0 || K <= 0) return;
