@@ -163,6 +163,9 @@ demo: all
 clean:
 	rm -rf build
 
+# libFuzzer targets (`make fuzz`) and their replay binaries for `make test`
+include tests/fuzz/fuzz.mk
+
 # keep objects between runs
 .SECONDARY:
 

@@ -483,6 +483,22 @@ lq_status lq_path_expand(const char *s, const char *name, const char *where, cha
         free(b.p);
         return st;
     }
+    /* The resolved config (checkpoints, `loquat config`) holds expanded paths and is parsed again on
+     * resume, so an expansion must be a fixed point: a result that holds "${" or gains a leading
+     * "~/" (from "~${EMPTY:-}/x" or a variable's value) would expand a second time to another path. */
+    sbuf again = {0};
+    lq_err e2;
+    lq_err_clear(&e2);
+    bool fixed = expand(b.p, b.n, name, where, 0, &again, &e2) == LQ_OK && again.n == b.n &&
+                 (b.n == 0 || memcmp(again.p, b.p, b.n) == 0);
+    free(again.p);
+    if (!fixed) {
+        st = LQ_ERR(err, LQ_ERR_INPUT,
+                    "%s: key '%s': '%s' expands to '%s', which holds '${' or a leading '~' and would expand again",
+                    where, name, s, b.p);
+        free(b.p);
+        return st;
+    }
     *out = b.p;
     return LQ_OK;
 }
