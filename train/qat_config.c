@@ -345,6 +345,8 @@ bool lq_qat_is_classifier(const lq_qat_config *c) {
 
 void lq_qat_config_free(lq_qat_config *c) {
     if (!c) return;
+    free(c->quantization.scheme.name); /* not a schema key: a single run's row label (cmd_qat.c) */
+    c->quantization.scheme.name = NULL;
     lq_yschema_free(qat_keys_top, c);
     for (int i = 0; i < c->n_compare; i++) lq_yschema_free(scheme_keys, &c->compare[i]);
     c->n_compare = 0;
