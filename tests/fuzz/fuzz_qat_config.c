@@ -22,17 +22,7 @@ static char *to_yaml(const lq_qat_config *c) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t yl = fuzz_split(data, size, "", 1);
     char *sets[MAX_SETS];
-    int n_sets = 0;
-    size_t at = yl + 1;
-    while (at <= size && n_sets < MAX_SETS) {
-        size_t k = at < size ? fuzz_split(data + at, size - at, "", 1) : 0;
-        sets[n_sets] = malloc(k + 1);
-        if (!sets[n_sets]) abort();
-        memcpy(sets[n_sets], data + at, k);
-        sets[n_sets][k] = 0;
-        n_sets++;
-        at += k + 1;
-    }
+    int n_sets = fuzz_sets(data, size, yl, sets, MAX_SETS);
     lq_qat_config c;
     lq_err err;
     lq_err_clear(&err);

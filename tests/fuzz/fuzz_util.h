@@ -135,4 +135,20 @@ static inline size_t fuzz_split(const uint8_t *data, size_t n, const char *sep, 
     return n;
 }
 
+/* The config targets' overrides: after the YAML's yl bytes, NUL-separated "key=value" pieces, up to
+ * max, as malloc'd NUL-terminated strings in sets; returns their count (free each). */
+static inline int fuzz_sets(const uint8_t *data, size_t size, size_t yl, char **sets, int max) {
+    int n = 0;
+    size_t at = yl + 1;
+    while (at <= size && n < max) {
+        size_t k = at < size ? fuzz_split(data + at, size - at, "", 1) : 0;
+        if (!(sets[n] = malloc(k + 1))) abort();
+        memcpy(sets[n], data + at, k);
+        sets[n][k] = 0;
+        n++;
+        at += k + 1;
+    }
+    return n;
+}
+
 #endif
