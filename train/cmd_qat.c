@@ -72,7 +72,7 @@ static lq_status write_tables(const lq_qat_config *c, const lq_qat_result *r, in
         fmt_num(m, sizeof m, x->metric, lm ? "%.3f" : "%.2f");
         fmt_num(im, sizeof im, x->int_metric, lm ? "%.3f" : "%.2f");
         fmt_num(g, sizeof g, !strcmp(x->mode, "float") ? NAN : gap, lm ? "%+.3f" : "%+.2f");
-        fmt_num(rc, sizeof rc, rec, "%.0f%%");
+        fmt_num(rc, sizeof rc, rec, "%.1f%%");
         fmt_num(rt, sizeof rt, ratio, "%.3f");
         fprintf(md, "| %s | %s | %s | %s | %s | %s | %lld | %s |\n", x->scheme, x->mode, m, im, g, rc, (long long)x->size_bytes, rt);
         fprintf(csv, "%s,%s,%.6g,%.6g,%.6g,%.6g,%lld,%.6g,%.1f\n", x->scheme, x->mode, x->metric, x->int_metric,
