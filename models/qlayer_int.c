@@ -97,8 +97,7 @@ oom:
 
 /* Centred codes of rows x (M, K): static (one scale) or dynamic (per row: torchao's qparams, the same
  * arithmetic as the fake-quant op). xs gets each row's scale. */
-static lq_status act_codes(const lq_qlayer *l, const float *x, int64_t M, int64_t K, int16_t *xd, float *xs, int nt,
-                           lq_err *err) {
+static lq_status act_codes(const lq_qlayer *l, const float *x, int64_t M, int64_t K, int16_t *xd, float *xs, lq_err *err) {
     const lq_qlayer_int *q = &l->q;
     for (int64_t m = 0; m < M; m++) {
         const float *r = x + m * K;
@@ -117,7 +116,6 @@ static lq_status act_codes(const lq_qlayer *l, const float *x, int64_t M, int64_
             xd[m * K + k] = (int16_t)(lq_affine_quantize_one(r[k], inv, z, q->a_qmin, q->a_qmax) - z);
         xs[m] = s;
     }
-    (void)nt;
     return LQ_OK;
 }
 
@@ -174,14 +172,13 @@ lq_tensor *lq_qlayer_int_forward(lq_ctx *ctx, lq_qlayer *l, lq_tensor *x) {
         bool g = lq_ctx_set_grad(ctx, false);
         lq_tensor *xa = x;
         if (q->a_bits) { /* float weights, quantized activations: the codes' values */
-            lq_qlayer tmp = *l;
             xa = NULL;
             lq_tensor *xc = lq_contiguous(ctx, x);
-            int64_t M = xc ? (l->kind == LQ_QLAYER_LINEAR ? xc->ne[0] : xc->ne[0]) : 0;
+            int64_t M = xc ? xc->ne[0] : 0; /* rows of a linear's input, samples of a conv's */
             int64_t K = xc ? lq_numel(xc) / M : 0;
             int16_t *xd = xc ? lq_ctx_alloc(ctx, (size_t)(M * K) * sizeof(int16_t)) : NULL;
             float *xs = xc ? lq_ctx_alloc(ctx, (size_t)M * sizeof(float)) : NULL;
-            if (xd && xs && act_codes(&tmp, xc->data, M, K, xd, xs, ctx->n_threads, &ctx->err) == LQ_OK &&
+            if (xd && xs && act_codes(l, xc->data, M, K, xd, xs, &ctx->err) == LQ_OK &&
                 (xa = lq_new(ctx, LQ_DTYPE_F32, xc->ndim, xc->ne)))
                 for (int64_t i = 0; i < M * K; i++) ((float *)xa->data)[i] = (float)xd[i] * xs[i / K];
         }
@@ -206,7 +203,7 @@ lq_tensor *lq_qlayer_int_forward(lq_ctx *ctx, lq_qlayer *l, lq_tensor *x) {
         float *xs = lq_ctx_alloc(ctx, (size_t)M * sizeof(float));
         lq_tensor *y = lq_new(ctx, LQ_DTYPE_F32, 2, s2);
         if (!xd || !xs || !y) return NULL;
-        if (act_codes(l, xc->data, M, q->k, xd, xs, ctx->n_threads, &ctx->err) != LQ_OK) return NULL;
+        if (act_codes(l, xc->data, M, q->k, xd, xs, &ctx->err) != LQ_OK) return NULL;
         lq_int_linear(M, q->n, q->k, q->w_group, xd, xs, wd, ws, bias, y->data, ctx->n_threads);
         return y;
     }
@@ -224,7 +221,7 @@ lq_tensor *lq_qlayer_int_forward(lq_ctx *ctx, lq_qlayer *l, lq_tensor *x) {
     if (!y || !xd || !rows || !rs || !tmp) return NULL;
     for (int64_t b = 0; b < B; b++) {
         float s;
-        if (act_codes(l, (const float *)xc->data + b * C * H * W, 1, C * H * W, xd, &s, 1, &ctx->err) != LQ_OK) return NULL;
+        if (act_codes(l, (const float *)xc->data + b * C * H * W, 1, C * H * W, xd, &s, &ctx->err) != LQ_OK) return NULL;
         im2row_i16(xd, C, H, W, KH, KW, &l->conv, OH, OW, rows);
         for (int64_t p = 0; p < P; p++) rs[p] = s;
         lq_int_linear(P, q->n, q->k, q->w_group, rows, rs, wd, ws, bias, tmp, ctx->n_threads);

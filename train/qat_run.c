@@ -30,8 +30,6 @@ void lq_qat_progress(lq_qat_log *log, const char *run, int64_t step, int64_t tot
         fflush(log->metrics);
     }
     if (log->quiet || (!log->tty && !log_line && step != total)) return;
-    double eta = ex_per_s > 0 ? 0 : 0;
-    (void)eta;
     fprintf(stderr, "%s%-16s step %lld/%lld  loss %.4f  lr %.2e  %.0f ex/s%s", log->tty ? "\r" : "", run, (long long)step,
             (long long)total, loss, lr, ex_per_s, log->tty ? "\033[K" : "\n");
     fflush(stderr);
