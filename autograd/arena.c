@@ -3,14 +3,21 @@
 #include <stdlib.h>
 
 #include "autograd/autograd_impl.h"
+#include "core/cuda.h"
 
 static size_t align_up(size_t n) { return (n + (LQ_ALIGN - 1)) & ~(size_t)(LQ_ALIGN - 1); }
 
-static lq_arena_chunk *chunk_new(size_t cap) {
+static lq_arena_chunk *chunk_new(size_t cap, bool device) {
     cap = align_up(cap < 4096 ? 4096 : cap);
     lq_arena_chunk *c = malloc(sizeof *c);
     if (!c) return NULL;
-    c->base = aligned_alloc(LQ_ALIGN, cap);
+    if (device) {
+        lq_err e;
+        lq_err_clear(&e);
+        c->base = lq_cuda_malloc(cap, &e);
+    } else {
+        c->base = aligned_alloc(LQ_ALIGN, cap);
+    }
     if (!c->base) {
         free(c);
         return NULL;
@@ -22,18 +29,34 @@ static lq_arena_chunk *chunk_new(size_t cap) {
 }
 
 lq_status lq_arena_init(lq_arena *a, size_t bytes) {
-    a->first = a->cur = chunk_new(bytes ? bytes : ((size_t)1 << 20));
+    a->device = false;
+    a->first = a->cur = chunk_new(bytes ? bytes : ((size_t)1 << 20), false);
     a->base_used = 0;
     a->high_water = 0;
     a->sys_allocs = 1;
     return a->first ? LQ_OK : LQ_ERR_OOM;
 }
 
+lq_status lq_arena_init_device(lq_arena *a, size_t bytes, lq_err *err) {
+    a->device = true;
+    a->first = a->cur = chunk_new(bytes ? bytes : ((size_t)64 << 20), true);
+    a->base_used = 0;
+    a->high_water = 0;
+    a->sys_allocs = 1;
+    if (!a->first)
+        return LQ_ERR(err, LQ_ERR_OOM, "could not allocate a %zu-byte device activation arena",
+                      bytes ? bytes : ((size_t)64 << 20));
+    return LQ_OK;
+}
+
 void lq_arena_free(lq_arena *a) {
     lq_arena_chunk *c = a->first;
     while (c) {
         lq_arena_chunk *next = c->next;
-        free(c->base);
+        if (a->device)
+            lq_cuda_free(c->base);
+        else
+            free(c->base);
         free(c);
         c = next;
     }
@@ -59,7 +82,7 @@ void *lq_arena_alloc(lq_arena *a, size_t bytes) {
         }
         size_t cap = a->cur->cap * 2;
         if (cap < bytes) cap = bytes;
-        lq_arena_chunk *c = chunk_new(cap);
+        lq_arena_chunk *c = chunk_new(cap, a->device);
         if (!c) return NULL;
         a->sys_allocs++;
         a->cur->next = c;
@@ -95,7 +118,18 @@ void lq_arena_reset(lq_arena *a) {
          * alignment waste at chunk ends), so steps of the same size never allocate again. */
         size_t want = lq_arena_capacity(a);
         if (want < a->high_water) want = a->high_water;
-        lq_arena_chunk *c = chunk_new(want);
+        if (a->device) { /* free first: device memory is the scarce kind */
+            bool dev = a->device;
+            lq_arena_free(a);
+            a->device = dev;
+            a->first = a->cur = chunk_new(want, true);
+            a->sys_allocs++;
+            if (!a->first) a->first = a->cur = chunk_new(4096, true); /* lq_arena_alloc grows again */
+            a->base_used = 0;
+            if (a->first) a->first->used = 0;
+            return;
+        }
+        lq_arena_chunk *c = chunk_new(want, false);
         if (c) {
             lq_arena_free(a);
             a->first = a->cur = c;

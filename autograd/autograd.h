@@ -79,10 +79,21 @@ float *lq_f32_at(const lq_tensor *t, int64_t i0, int64_t i1, int64_t i2, int64_t
 
 typedef struct lq_ctx lq_ctx;
 
+/* How a CUDA context's matrix products use the tensor cores: plain fp32, tf32 inputs, or bf16
+ * inputs, always with fp32 accumulation and fp32 results. */
+typedef enum lq_cuda_math { LQ_CUDA_MATH_TF32 = 0, LQ_CUDA_MATH_FP32, LQ_CUDA_MATH_BF16 } lq_cuda_math;
+
 typedef struct lq_ctx_opts {
     int n_threads;       /* OpenMP threads for op loops; 0 = 1 */
     size_t arena_bytes;  /* initial arena size; it grows while the first steps find their size */
     uint64_t seed;       /* dropout and other random ops */
+    /* LQ_DEVICE_CUDA: ops run on the GPU (make CUDA=1). Float activations and gradients live in a
+     * device arena; integer side inputs (token ids, positions, labels, document ids) stay on the
+     * host, and the ops that read them copy them over. Weights and parameters must be on the
+     * device (lq_tensor_to_device, lq_params_to_device). */
+    lq_device_kind device;
+    lq_cuda_math cuda_math;
+    bool poison; /* fill every new device activation with NaN bytes (tests: unwritten outputs show) */
 } lq_ctx_opts;
 
 lq_status lq_ctx_init(lq_ctx **ctx, const lq_ctx_opts *opts, lq_err *err);
@@ -119,6 +130,8 @@ typedef struct lq_ctx_mark {
     void *chunk;
     size_t used;
     struct lq_node *tape;
+    void *dchunk; /* the device arena's point (CUDA contexts) */
+    size_t dused;
 } lq_ctx_mark;
 lq_ctx_mark lq_ctx_get_mark(const lq_ctx *ctx);
 void lq_ctx_reset_to(lq_ctx *ctx, lq_ctx_mark mark);
@@ -133,6 +146,22 @@ typedef struct lq_arena_stats {
     uint64_t pool_sys_allocs;
 } lq_arena_stats;
 lq_arena_stats lq_ctx_arena_stats(const lq_ctx *ctx);
+
+/* The device a context's ops run on. */
+lq_device_kind lq_ctx_device(const lq_ctx *ctx);
+/* Copies between a host buffer and a tensor's data wherever it lives (contiguous tensors; bytes =
+ * lq_nbytes). The download waits for the device's work queued before it. */
+lq_status lq_tensor_download(lq_ctx *ctx, const lq_tensor *t, void *host);
+lq_status lq_tensor_upload(lq_ctx *ctx, lq_tensor *t, const void *host);
+/* A copy of host tensor t (any dtype, contiguous) in the context's arena on its device; the copy
+ * keeps t's REQUIRES_GRAD flag (a leaf). For a CPU context, a plain copy. NULL on error. */
+lq_tensor *lq_to_ctx_device(lq_ctx *ctx, const lq_tensor *t);
+/* Element i of an f32 tensor (contiguous), read from wherever it lives; NaN on error. */
+float lq_tensor_get_f32(lq_ctx *ctx, const lq_tensor *t, int64_t i);
+/* Moves a heap tensor's data (from lq_tensor_alloc or a model's weights), and the arrays of its
+ * quant state, to the device: the host copies are freed when the tensor owned them. Non-owned
+ * data (a mapped file) is copied and the tensor marked as owning the device copy. */
+lq_status lq_tensor_to_device(lq_tensor *t, lq_err *err);
 
 /* Activation tensor in the arena (uninitialised data), freed by the next step reset. */
 lq_tensor *lq_new(lq_ctx *ctx, lq_dtype dtype, int ndim, const int64_t *shape);
@@ -168,6 +197,12 @@ int64_t lq_params_numel(const lq_params *p);       /* block length, alignment pa
 int64_t lq_params_decay_numel(const lq_params *p); /* length of the weight-decayed prefix */
 int64_t lq_params_count_elements(const lq_params *p); /* sum of parameter sizes, no padding */
 void lq_params_zero_grad(lq_params *p);
+/* Moves the data and grad blocks to the device (after finalize and initialisation): every
+ * parameter then points into device memory and lq_params_data / _grad return device pointers. */
+lq_status lq_params_to_device(lq_params *p, lq_err *err);
+/* Back to the host, with the values the device holds (for saving and for CPU work). */
+lq_status lq_params_to_host(lq_params *p, lq_err *err);
+lq_device_kind lq_params_device(const lq_params *p);
 
 /* ---------------------------------------------------------------------------------------------
  * Autograd

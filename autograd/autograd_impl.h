@@ -18,6 +18,7 @@ typedef struct lq_arena_chunk {
 } lq_arena_chunk;
 
 typedef struct lq_arena {
+    bool device; /* chunks are device memory (CUDA contexts' activations) */
     lq_arena_chunk *first;
     lq_arena_chunk *cur;
     size_t base_used; /* bytes used in the chunks before cur */
@@ -26,6 +27,8 @@ typedef struct lq_arena {
 } lq_arena;
 
 lq_status lq_arena_init(lq_arena *a, size_t bytes);
+/* The same over device memory: the chunk headers live on the host, the bytes on the device. */
+lq_status lq_arena_init_device(lq_arena *a, size_t bytes, lq_err *err);
 void lq_arena_free(lq_arena *a);
 /* 64-byte aligned, uninitialised; NULL when the system is out of memory. */
 void *lq_arena_alloc(lq_arena *a, size_t bytes);
@@ -82,6 +85,15 @@ struct lq_ctx {
     struct lq_node *tape; /* newest recorded node */
     bool release_grads;   /* intermediates' grads come from pool and go back after their node's backward */
     lq_grad_pool pool;
+    /* CUDA contexts (device == LQ_DEVICE_CUDA): float tensor data goes to darena, which is dmain
+     * or dscratch as arena is main or scratch; cuda holds the stream, cuBLAS handle and the
+     * op table's kernels (autograd/cuda_ctx.cu). */
+    lq_device_kind device;
+    lq_cuda_math cuda_math;
+    bool poison;
+    lq_arena dmain, dscratch;
+    lq_arena *darena;
+    struct lq_cuda_state *cuda;
 };
 
 /* --- tape nodes and the op table ------------------------------------------------------------ */
@@ -149,6 +161,13 @@ lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src);
 lq_status lq_tape_walk(lq_ctx *ctx, lq_node *stop);
 /* Scratch memory in the current arena; NULL with an error in ctx if out of memory. */
 void *lq_ctx_alloc(lq_ctx *ctx, size_t bytes);
+/* Scratch memory for tensor data on the context's device: the device arena of a CUDA context,
+ * the host arena otherwise. */
+void *lq_ctx_dalloc(lq_ctx *ctx, size_t bytes);
+/* An op's kernels for the context's device: node->op's own for the CPU, the CUDA table's entry
+ * otherwise (NULL functions when the op has no CUDA kernel). */
+lq_op_fn lq_op_forward_for(lq_ctx *ctx, const lq_op_def *op);
+lq_op_fn lq_op_backward_for(lq_ctx *ctx, const lq_op_def *op);
 bool lq_requires_grad(const lq_tensor *t);
 
 /* Records an error in ctx and evaluates to NULL (for op entry points). */

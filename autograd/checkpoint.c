@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "autograd/cuda_impl.h"
 #include "autograd/autograd_impl.h"
 
 typedef struct segment {
@@ -19,6 +20,7 @@ static lq_status ckpt_forward(lq_ctx *ctx, lq_node *n) {
     size_t dnb[4], snb[4];
     lq_pad4(n->out, ne4, dnb);
     lq_pad4(sg->result, ne4, snb);
+    if (ctx->device == LQ_DEVICE_CUDA) return lq_cuda_strided(ctx, n->out->data, dnb, sg->result->data, snb, ne4, false);
     lq_strided_copy(n->out->data, dnb, sg->result->data, snb, ne4, ctx->n_threads);
     return LQ_OK;
 }
@@ -34,14 +36,18 @@ static lq_status ckpt_backward(lq_ctx *ctx, lq_node *n) {
         LQ_TRY(lq_grad_get(ctx, n->in[i], &g));
     }
 
-    lq_arena *prev_arena = ctx->arena;
+    lq_arena *prev_arena = ctx->arena, *prev_darena = ctx->darena;
     lq_node *prev_tape = ctx->tape;
     uint64_t prev_stream = ctx->rng_stream;
     bool prev_grad = ctx->grad_enabled;
     lq_arena_chunk *mark_chunk = ctx->scratch.cur;
     size_t mark_used = mark_chunk ? mark_chunk->used : 0;
+    bool dev = ctx->device == LQ_DEVICE_CUDA;
+    lq_arena_chunk *dmark_chunk = dev ? ctx->dscratch.cur : NULL;
+    size_t dmark_used = dmark_chunk ? dmark_chunk->used : 0;
 
     ctx->arena = &ctx->scratch;
+    if (dev) ctx->darena = &ctx->dscratch;
     ctx->tape = NULL;
     ctx->grad_enabled = true;
     ctx->rng_stream = sg->stream;
@@ -68,7 +74,12 @@ static lq_status ckpt_backward(lq_ctx *ctx, lq_node *n) {
         float *gr;
         s = lq_grad_get(ctx, r, &gr);
         if (s == LQ_OK) {
-            memcpy(gr, n->out->grad->data, (size_t)lq_numel(r) * sizeof(float));
+            if (dev) /* gr is freshly zeroed: adding is copying */
+                s = lq_cuda_accumulate(ctx, gr, n->out->grad->data, lq_numel(r));
+            else
+                memcpy(gr, n->out->grad->data, (size_t)lq_numel(r) * sizeof(float));
+        }
+        if (s == LQ_OK) {
             s = lq_tape_walk(ctx, NULL);
         }
     }
@@ -76,10 +87,12 @@ static lq_status ckpt_backward(lq_ctx *ctx, lq_node *n) {
         if (alias[i]->grad) s = lq_grad_add(ctx, n->in[i], alias[i]->grad->data);
 
     ctx->arena = prev_arena;
+    ctx->darena = prev_darena;
     ctx->tape = prev_tape;
     ctx->rng_stream = prev_stream;
     ctx->grad_enabled = prev_grad;
     lq_arena_reset_to(&ctx->scratch, mark_chunk, mark_used);
+    if (dev) lq_arena_reset_to(&ctx->dscratch, dmark_chunk, dmark_used);
     return s;
 }
 
@@ -123,14 +136,19 @@ lq_tensor *lq_checkpoint(lq_ctx *ctx, lq_segment_fn fn, void *user, int n_in, lq
     sg->stream = ctx->rng_stream;
     n->saved[0] = sg;
 
-    lq_arena *prev_arena = ctx->arena;
+    lq_arena *prev_arena = ctx->arena, *prev_darena = ctx->darena;
     lq_arena_chunk *mark_chunk = ctx->scratch.cur;
     size_t mark_used = mark_chunk ? mark_chunk->used : 0;
+    bool dev = ctx->device == LQ_DEVICE_CUDA;
+    lq_arena_chunk *dmark_chunk = dev ? ctx->dscratch.cur : NULL;
+    size_t dmark_used = dmark_chunk ? dmark_chunk->used : 0;
     ctx->arena = &ctx->scratch;
+    if (dev) ctx->darena = &ctx->dscratch;
     ctx->grad_enabled = false;
     sg->result = fn(ctx, inputs, n_in, user);
     ctx->grad_enabled = true;
     ctx->arena = prev_arena;
+    ctx->darena = prev_darena;
 
     lq_tensor *out = NULL;
     if (sg->result && lq_check_f32(ctx, "checkpoint", "segment output", sg->result) &&
@@ -138,5 +156,6 @@ lq_tensor *lq_checkpoint(lq_ctx *ctx, lq_segment_fn fn, void *user, int n_in, lq
         out = lq_node_finish(ctx, n);
     sg->result = NULL;
     lq_arena_reset_to(&ctx->scratch, mark_chunk, mark_used);
+    if (dev) lq_arena_reset_to(&ctx->dscratch, dmark_chunk, dmark_used);
     return out;
 }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "autograd/autograd_impl.h"
+#include "autograd/cuda_impl.h"
 
 lq_status lq_ctx_init(lq_ctx **out, const lq_ctx_opts *opts, lq_err *err) {
     LQ_CHECK(err, out != NULL, LQ_ERR_ARG, "lq_ctx_init needs somewhere to put the context");
@@ -22,12 +23,36 @@ lq_status lq_ctx_init(lq_ctx **out, const lq_ctx_opts *opts, lq_err *err) {
         return LQ_ERR(err, LQ_ERR_OOM, "out of memory allocating a %zu-byte activation arena", o.arena_bytes);
     }
     ctx->arena = &ctx->main;
+    ctx->darena = &ctx->main;
+    ctx->device = o.device;
+    ctx->cuda_math = o.cuda_math;
+    ctx->poison = o.poison;
+    if (o.device == LQ_DEVICE_CUDA) {
+        lq_status s = lq_arena_init_device(&ctx->dmain, o.arena_bytes, err);
+        if (s == LQ_OK) s = lq_arena_init_device(&ctx->dscratch, (size_t)16 << 20, err);
+        if (s == LQ_OK) s = lq_cuda_ctx_init(ctx, err);
+        if (s != LQ_OK) {
+            lq_ctx_free(ctx);
+            return s;
+        }
+        ctx->darena = &ctx->dmain;
+    } else if (o.device != LQ_DEVICE_CPU) {
+        lq_ctx_free(ctx);
+        return LQ_ERR(err, LQ_ERR_ARG, "unknown device %d", (int)o.device);
+    }
     *out = ctx;
     return LQ_OK;
 }
 
+lq_device_kind lq_ctx_device(const lq_ctx *ctx) { return ctx->device; }
+
 void lq_ctx_free(lq_ctx *ctx) {
     if (!ctx) return;
+    if (ctx->cuda) lq_cuda_ctx_free(ctx);
+    if (ctx->device == LQ_DEVICE_CUDA) {
+        lq_arena_free(&ctx->dmain);
+        lq_arena_free(&ctx->dscratch);
+    }
     lq_arena_free(&ctx->main);
     lq_arena_free(&ctx->scratch);
     lq_pool_free(&ctx->pool);
@@ -69,15 +94,25 @@ void lq_ctx_step_reset(lq_ctx *ctx) {
     ctx->arena = &ctx->main;
     lq_arena_reset(&ctx->main);
     lq_arena_reset(&ctx->scratch);
+    if (ctx->device == LQ_DEVICE_CUDA) {
+        ctx->darena = &ctx->dmain;
+        lq_arena_reset(&ctx->dmain);
+        lq_arena_reset(&ctx->dscratch);
+    }
 }
 
 lq_ctx_mark lq_ctx_get_mark(const lq_ctx *ctx) {
-    lq_ctx_mark m = {ctx->arena->cur, ctx->arena->cur ? ctx->arena->cur->used : 0, ctx->tape};
+    lq_ctx_mark m = {ctx->arena->cur, ctx->arena->cur ? ctx->arena->cur->used : 0, ctx->tape, NULL, 0};
+    if (ctx->device == LQ_DEVICE_CUDA) {
+        m.dchunk = ctx->darena->cur;
+        m.dused = ctx->darena->cur ? ctx->darena->cur->used : 0;
+    }
     return m;
 }
 
 void lq_ctx_reset_to(lq_ctx *ctx, lq_ctx_mark mark) {
     lq_arena_reset_to(ctx->arena, mark.chunk, mark.used);
+    if (ctx->device == LQ_DEVICE_CUDA) lq_arena_reset_to(ctx->darena, mark.dchunk, mark.dused);
     ctx->tape = mark.tape;
 }
 
@@ -93,6 +128,15 @@ lq_arena_stats lq_ctx_arena_stats(const lq_ctx *ctx) {
         .pool_sys_allocs = ctx->pool.sys_allocs,
     };
     return s;
+}
+
+void *lq_ctx_dalloc(lq_ctx *ctx, size_t bytes) {
+    if (ctx->device != LQ_DEVICE_CUDA) return lq_ctx_alloc(ctx, bytes);
+    void *p = lq_arena_alloc(ctx->darena, bytes);
+    if (!p)
+        LQ_ERR(&ctx->err, LQ_ERR_OOM, "out of device memory: the device activation arena could not grow by %zu bytes",
+               bytes);
+    return p;
 }
 
 void *lq_ctx_alloc(lq_ctx *ctx, size_t bytes) {

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "autograd/autograd_impl.h"
+#include "core/cuda.h"
 
 #define PARAM_ALIGN_FLOATS 16 /* each tensor starts on a 64-byte boundary */
 
@@ -12,6 +13,7 @@ struct lq_params {
     bool finalized;
     float *data, *grad;
     int64_t numel, decay_numel;
+    lq_device_kind device; /* where data and grad live */
 };
 
 lq_status lq_params_init(lq_params **p, lq_err *err) {
@@ -28,8 +30,13 @@ void lq_params_free(lq_params *p) {
         free(p->items[i]);
     }
     free(p->items);
-    free(p->data);
-    free(p->grad);
+    if (p->device == LQ_DEVICE_CUDA) {
+        lq_cuda_free(p->data);
+        lq_cuda_free(p->grad);
+    } else {
+        free(p->data);
+        free(p->grad);
+    }
     free(p);
 }
 
@@ -133,5 +140,70 @@ int64_t lq_params_count_elements(const lq_params *p) {
 }
 
 void lq_params_zero_grad(lq_params *p) {
-    if (p->grad) memset(p->grad, 0, (size_t)p->numel * sizeof(float));
+    if (!p->grad) return;
+    if (p->device == LQ_DEVICE_CUDA) {
+        lq_err e;
+        lq_err_clear(&e);
+        (void)lq_cuda_memset(p->grad, 0, (size_t)p->numel * sizeof(float), NULL, &e);
+        return;
+    }
+    memset(p->grad, 0, (size_t)p->numel * sizeof(float));
+}
+
+lq_device_kind lq_params_device(const lq_params *p) { return p->device; }
+
+/* Repoints every parameter and its grad into the blocks data / grad on device dev. */
+static void repoint(lq_params *p, float *data, float *grad, lq_device_kind dev) {
+    for (int i = 0; i < p->n; i++) {
+        lq_tensor *t = p->items[i];
+        ptrdiff_t off = (float *)t->data - p->data;
+        t->data = data + off;
+        t->device = dev;
+        t->grad->data = grad + off;
+        t->grad->device = dev;
+    }
+    p->data = data;
+    p->grad = grad;
+    p->device = dev;
+}
+
+lq_status lq_params_to_device(lq_params *p, lq_err *err) {
+    LQ_CHECK(err, p && p->finalized, LQ_ERR_STATE, "parameters must be finalized before they move to the device");
+    if (p->device == LQ_DEVICE_CUDA) return LQ_OK;
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    float *d = lq_cuda_malloc(bytes, err), *g = d ? lq_cuda_malloc(bytes, err) : NULL;
+    if (!d || !g || lq_cuda_copy(d, p->data, bytes, LQ_COPY_H2D, NULL, err) != LQ_OK ||
+        lq_cuda_copy(g, p->grad, bytes, LQ_COPY_H2D, NULL, err) != LQ_OK) {
+        lq_cuda_free(d);
+        lq_cuda_free(g);
+        return err->status ? err->status : LQ_ERR_OOM;
+    }
+    float *hd = p->data, *hg = p->grad;
+    repoint(p, d, g, LQ_DEVICE_CUDA);
+    free(hd);
+    free(hg);
+    return LQ_OK;
+}
+
+lq_status lq_params_to_host(lq_params *p, lq_err *err) {
+    LQ_CHECK(err, p != NULL, LQ_ERR_ARG, "NULL parameters");
+    if (p->device != LQ_DEVICE_CUDA) return LQ_OK;
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    float *d = aligned_alloc(LQ_ALIGN, bytes), *g = aligned_alloc(LQ_ALIGN, bytes);
+    if (!d || !g) {
+        free(d);
+        free(g);
+        return LQ_ERR(err, LQ_ERR_OOM, "out of memory bringing %zu bytes of parameters back from the device", bytes);
+    }
+    if (lq_cuda_copy(d, p->data, bytes, LQ_COPY_D2H, NULL, err) != LQ_OK ||
+        lq_cuda_copy(g, p->grad, bytes, LQ_COPY_D2H, NULL, err) != LQ_OK) {
+        free(d);
+        free(g);
+        return err->status;
+    }
+    float *dd = p->data, *dg = p->grad;
+    repoint(p, d, g, LQ_DEVICE_CPU);
+    lq_cuda_free(dd);
+    lq_cuda_free(dg);
+    return LQ_OK;
 }

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "autograd/cuda_impl.h"
 #include "autograd/autograd_impl.h"
 
 bool lq_requires_grad(const lq_tensor *t) { return t && (t->flags & LQ_TENSOR_REQUIRES_GRAD); }
@@ -15,8 +16,10 @@ bool lq_check_f32(lq_ctx *ctx, const char *op, const char *arg, const lq_tensor 
         LQ_ERR(&ctx->err, LQ_ERR_ARG, "%s: %s must be f32, got %s", op, arg, lq_dtype_name(t->dtype));
         return false;
     }
-    if (t->device != LQ_DEVICE_CPU) {
-        LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "%s: %s is on a device this op does not run on", op, arg);
+    if (t->device != ctx->device) {
+        LQ_ERR(&ctx->err, LQ_ERR_ARG, "%s: %s is on the %s but the context runs on the %s (move it with "
+               "lq_to_ctx_device, lq_tensor_to_device or lq_params_to_device)", op, arg,
+               t->device == LQ_DEVICE_CUDA ? "GPU" : "CPU", ctx->device == LQ_DEVICE_CUDA ? "GPU" : "CPU");
         return false;
     }
     return true;
@@ -80,7 +83,9 @@ lq_tensor *lq_node_view(lq_ctx *ctx, lq_node *n, lq_tensor *src, int ndim, const
 
 lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n) {
     if (!n->out || ctx->err.status != LQ_OK) return NULL;
-    lq_status s = n->op->forward(ctx, n);
+    lq_op_fn fwd = lq_op_forward_for(ctx, n->op);
+    if (!fwd) return LQ_OP_FAIL(ctx, LQ_ERR_UNSUPPORTED, "%s: this op has no CUDA kernel", n->op->name);
+    lq_status s = fwd(ctx, n);
     if (s != LQ_OK) {
         if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: forward failed", n->op->name);
         return NULL;
@@ -100,7 +105,8 @@ lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
     if (!t->grad) {
         /* an intermediate (a recorded node's output, not a parameter) in release mode: a pool
          * block that walk() hands back after the node's backward */
-        bool pooled = ctx->release_grads && t->node && t->node->recorded && !(t->flags & LQ_TENSOR_PARAM);
+        bool pooled = ctx->release_grads && ctx->device == LQ_DEVICE_CPU && t->node && t->node->recorded &&
+                      !(t->flags & LQ_TENSOR_PARAM);
         lq_tensor *gt = pooled ? lq_pool_grad(ctx, t) : lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
         if (!gt) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
         t->grad = gt;
@@ -114,6 +120,7 @@ lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src) {
     LQ_TRY(lq_grad_get(ctx, t, &g));
     if (!g) return LQ_OK;
     int64_t m = lq_numel(t);
+    if (ctx->device == LQ_DEVICE_CUDA) return lq_cuda_accumulate(ctx, g, src, m);
 #pragma omp parallel for num_threads(ctx->n_threads) if (m > 65536)
     for (int64_t i = 0; i < m; i++) g[i] += src[i];
     return LQ_OK;
@@ -126,7 +133,9 @@ lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src) {
 static lq_status walk(lq_ctx *ctx, lq_node *stop) {
     for (lq_node *n = ctx->tape; n && n != stop; n = n->prev) {
         if (!n->out->grad) continue;
-        lq_status s = n->op->backward(ctx, n);
+        lq_op_fn bwd = lq_op_backward_for(ctx, n->op);
+        if (!bwd) return LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "%s: this op has no CUDA backward kernel", n->op->name);
+        lq_status s = bwd(ctx, n);
         if (s != LQ_OK) {
             if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: backward failed", n->op->name);
             return s;

@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/cuda_impl.h"
+#include "core/cuda.h"
 #include "autograd/autograd_impl.h"
 
 void lq_contiguous_strides(int ndim, const int64_t *ne, size_t elem, size_t *nb) {
@@ -86,7 +88,12 @@ lq_tensor *lq_tensor_alloc(lq_dtype dtype, int ndim, const int64_t *shape, const
 
 void lq_tensor_free(lq_tensor *t) {
     if (!t) return;
-    if (t->flags & LQ_TENSOR_OWNS_DATA) free(t->data);
+    if (t->flags & LQ_TENSOR_OWNS_DATA) {
+        if (t->device == LQ_DEVICE_CUDA)
+            lq_cuda_free(t->data);
+        else
+            free(t->data);
+    }
     free(t);
 }
 
@@ -157,13 +164,25 @@ lq_tensor *lq_new(lq_ctx *ctx, lq_dtype dtype, int ndim, const int64_t *shape) {
     lq_tensor *t = lq_ctx_alloc(ctx, sizeof *t);
     if (!t) return NULL;
     if (lq_tensor_init(t, dtype, ndim, shape, NULL, &ctx->err) != LQ_OK) return NULL;
+    /* a CUDA context keeps integer tensors (ids, positions, labels) on the host: see lq_ctx_opts */
+    if (ctx->device == LQ_DEVICE_CUDA && dtype != LQ_DTYPE_I32 && dtype != LQ_DTYPE_U8) {
+        t->device = LQ_DEVICE_CUDA;
+        t->data = lq_ctx_dalloc(ctx, lq_nbytes(t));
+        if (t->data && ctx->poison &&
+            lq_cuda_memset(t->data, 0xff, lq_nbytes(t), lq_cuda_stream(ctx), &ctx->err) != LQ_OK)
+            return NULL;
+        return t->data ? t : NULL;
+    }
     t->data = lq_ctx_alloc(ctx, lq_nbytes(t));
     return t->data ? t : NULL;
 }
 
 lq_tensor *lq_zeros(lq_ctx *ctx, lq_dtype dtype, int ndim, const int64_t *shape) {
     lq_tensor *t = lq_new(ctx, dtype, ndim, shape);
-    if (t) memset(t->data, 0, lq_nbytes(t));
+    if (!t) return NULL;
+    if (t->device == LQ_DEVICE_CUDA)
+        return lq_cuda_memset(t->data, 0, lq_nbytes(t), lq_cuda_stream(ctx), &ctx->err) == LQ_OK ? t : NULL;
+    memset(t->data, 0, lq_nbytes(t));
     return t;
 }
 

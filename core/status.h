@@ -5,6 +5,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* What went wrong, coarse enough for a caller to act on (the CLI maps these to exit codes). */
 typedef enum lq_status {
     LQ_OK = 0,
@@ -58,5 +62,9 @@ lq_status lq_err_check(lq_err *e, lq_status s, const char *file, int line, const
         lq_status lq_try_s_ = (expr);         \
         if (lq_try_s_ != LQ_OK) return lq_try_s_; \
     } while (0)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -82,6 +82,11 @@ typedef struct lq_llama_load_opts {
  * lm_head either). opts NULL = LQ_BASE_KEEP. */
 lq_status lq_llama_load_ex(const char *path, const lq_llama_load_opts *opts, lq_llama_model **out, lq_err *err);
 
+/* Moves every weight of the model (embedding, norms, projections with their quant state, lm_head)
+ * to the CUDA device, for a context made with device = LQ_DEVICE_CUDA; adapters are parameters
+ * and move with lq_params_to_device. The model must not be used with a CPU context afterwards. */
+lq_status lq_llama_to_device(lq_llama_model *m, lq_err *err);
+
 /* Creates the adapters cfg->targets asks for on every decoder layer (module paths
  * "model.layers.<i>.self_attn.q_proj" ...), finalized with seed, and attaches them: the forward
  * passes then add them. The model does not own the set (free it after the model). */

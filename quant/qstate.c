@@ -1,6 +1,7 @@
 /* quant/qstate.c: allocation of the per-block scale state quantized formats keep beside codes. */
 #include <stdlib.h>
 
+#include "core/cuda.h"
 #include "quant/kernels_bnb.h"
 #include "quant/quant.h"
 
@@ -33,6 +34,15 @@ lq_qstate *lq_qstate_alloc(int64_t n_blocks, int64_t block, bool zero, bool doub
 
 void lq_qstate_free(lq_qstate *qs) {
     if (!qs) return;
+    if (qs->device) {
+        lq_cuda_free(qs->absmax);
+        lq_cuda_free(qs->zero);
+        lq_cuda_free(qs->absmax_q);
+        lq_cuda_free(qs->absmax2);
+        lq_cuda_free((void *)qs->code2);
+        free(qs);
+        return;
+    }
     free(qs->absmax);
     free(qs->zero);
     free(qs->absmax_q);

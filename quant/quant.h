@@ -49,6 +49,8 @@ typedef struct lq_qstate {
     const float *code2;  /* 256-entry map the nested codes index */
     int64_t block2;      /* nested block size (bitsandbytes: 256) */
     float offset;        /* mean of absmax subtracted before nested quantization */
+    bool device;         /* the arrays are device memory (lq_tensor_to_device), code2 a device copy the
+                            state owns; lq_qstate_free releases them with lq_cuda_free */
 } lq_qstate;
 
 /* Convert n elements starting at element `start` of a tensor (src points at that element's

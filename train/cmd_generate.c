@@ -258,7 +258,7 @@ int lq_cmd_generate(const lq_generate_opts *o) {
     int64_t V = cfg->vocab_size;
     lq_sampler_cfg scfg = {(float)temp, (int)o->top_k, (float)top_p, (uint64_t)seed};
     long nthreads = sysconf(_SC_NPROCESSORS_ONLN);
-    lq_ctx_opts copts = {(int)(nthreads > 0 ? nthreads : 1), 0, 0};
+    lq_ctx_opts copts = {.n_threads = (int)(nthreads > 0 ? nthreads : 1)};
     row = malloc((size_t)V * sizeof *row);
     pend = malloc(64);
     if (!row || !pend) {

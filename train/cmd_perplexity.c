@@ -128,7 +128,7 @@ int lq_cmd_perplexity(const lq_perplexity_opts *o) {
     }
     int64_t n_win = (int64_t)n_tok / n_ctx, V = cfg->vocab_size, first = n_ctx / 2;
     long nthreads = sysconf(_SC_NPROCESSORS_ONLN);
-    lq_ctx_opts copts = {(int)(nthreads > 0 ? nthreads : 1), 0, 0};
+    lq_ctx_opts copts = {.n_threads = (int)(nthreads > 0 ? nthreads : 1)};
     win = malloc((size_t)n_ctx * sizeof *win);
     if (!win) st = LQ_ERR(&err, LQ_ERR_OOM, "out of memory");
     if (st == LQ_OK) st = lq_ctx_init(&ctx, &copts, &err);

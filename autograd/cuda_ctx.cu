@@ -1,0 +1,235 @@
+/* autograd/cuda_ctx.cu: a CUDA context's stream, cuBLAS handle and kernel table, and the device
+ * helpers every CUDA op uses (fill, accumulate, strided copy, uploads, the one gemm). */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/cuda_impl.h"
+#include "core/cuda.h"
+#include "core/cuda_check.h"
+
+struct lq_cuda_state {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    lq_op_fn *fwd, *bwd; /* indexed like lq_op_table */
+};
+
+static const lq_cuda_op *const groups[] = {lq_cuda_ops_shape, lq_cuda_ops_elementwise, lq_cuda_ops_nn,
+                                           lq_cuda_ops_linear, lq_cuda_ops_quant,      lq_cuda_ops_conv};
+
+extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0)
+        return lq_err_set(err, LQ_ERR_UNSUPPORTED, __FILE__, __LINE__, "device: cuda asked for, but %s",
+                          e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device is present");
+    lq_cuda_state *c = (lq_cuda_state *)calloc(1, sizeof *c);
+    if (!c) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for the CUDA context");
+    ctx->cuda = c;
+    c->fwd = (lq_op_fn *)calloc((size_t)lq_op_table_len, sizeof *c->fwd);
+    c->bwd = (lq_op_fn *)calloc((size_t)lq_op_table_len, sizeof *c->bwd);
+    if (!c->fwd || !c->bwd) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for the CUDA op table");
+    for (int i = 0; i < lq_op_table_len; i++) {
+        const char *name = lq_op_table[i]->name;
+        if (strcmp(name, "checkpoint") == 0) { /* device-aware as it stands: it only moves data */
+            c->fwd[i] = lq_op_table[i]->forward;
+            c->bwd[i] = lq_op_table[i]->backward;
+            continue;
+        }
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
+            for (const lq_cuda_op *o = groups[g]; o->name; o++)
+                if (strcmp(o->name, name) == 0) {
+                    c->fwd[i] = o->forward;
+                    c->bwd[i] = o->backward;
+                }
+    }
+    LQ_CU(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    LQ_CUBLAS(err, cublasCreate(&c->blas));
+    LQ_CUBLAS(err, cublasSetStream(c->blas, c->stream));
+    return LQ_OK;
+}
+
+extern "C" void lq_cuda_ctx_free(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    if (!c) return;
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c->fwd);
+    free(c->bwd);
+    free(c);
+    ctx->cuda = NULL;
+}
+
+extern "C" void *lq_cuda_stream(lq_ctx *ctx) { return ctx->cuda ? (void *)ctx->cuda->stream : NULL; }
+extern "C" void *lq_cuda_blas(lq_ctx *ctx) { return ctx->cuda ? (void *)ctx->cuda->blas : NULL; }
+
+static int op_index(const lq_op_def *op) {
+    for (int i = 0; i < lq_op_table_len; i++)
+        if (lq_op_table[i] == op) return i;
+    return -1;
+}
+
+extern "C" lq_op_fn lq_op_forward_for(lq_ctx *ctx, const lq_op_def *op) {
+    if (ctx->device != LQ_DEVICE_CUDA) return op->forward;
+    int i = op_index(op);
+    return i < 0 ? NULL : ctx->cuda->fwd[i];
+}
+
+extern "C" lq_op_fn lq_op_backward_for(lq_ctx *ctx, const lq_op_def *op) {
+    if (ctx->device != LQ_DEVICE_CUDA) return op->backward;
+    int i = op_index(op);
+    return i < 0 ? NULL : ctx->cuda->bwd[i];
+}
+
+/* --- helpers ----------------------------------------------------------------------------------- */
+
+#define FOR_EACH(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+__global__ static void k_fill(float *d, float v, int64_t n) {
+    FOR_EACH(i, n) d[i] = v;
+}
+
+__global__ static void k_accumulate(float *d, const float *s, int64_t n) {
+    FOR_EACH(i, n) d[i] += s[i];
+}
+
+/* one thread per element of the logical shape; each element is written by exactly one thread */
+__global__ static void k_strided(char *dst, const char *src, int64_t n0, int64_t n1, int64_t n2, int64_t n3,
+                                 int64_t d0, int64_t d1, int64_t d2, int64_t d3, int64_t s0, int64_t s1, int64_t s2,
+                                 int64_t s3, int acc) {
+    int64_t n = n0 * n1 * n2 * n3;
+    FOR_EACH(i, n) {
+        int64_t e = i % n3, r = i / n3;
+        int64_t c = r % n2;
+        r /= n2;
+        int64_t b = r % n1, a = r / n1;
+        float *dp = (float *)(dst + a * d0 + b * d1 + c * d2 + e * d3);
+        float v = *(const float *)(src + a * s0 + b * s1 + c * s2 + e * s3);
+        *dp = acc ? *dp + v : v;
+    }
+}
+
+extern "C" lq_status lq_cuda_fill_f32(lq_ctx *ctx, float *d, float v, int64_t n) {
+    if (n <= 0) return LQ_OK;
+    k_fill<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(d, v, n);
+    LQ_CUDA_LAUNCHED(ctx, "fill");
+    return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_accumulate(lq_ctx *ctx, float *dst, const float *src, int64_t n) {
+    if (n <= 0) return LQ_OK;
+    k_accumulate<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(dst, src, n);
+    LQ_CUDA_LAUNCHED(ctx, "accumulate");
+    return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_strided(lq_ctx *ctx, float *dst, const size_t *dnb, const float *src, const size_t *snb,
+                                     const int64_t *ne, bool accumulate) {
+    int64_t n = ne[0] * ne[1] * ne[2] * ne[3];
+    if (n <= 0) return LQ_OK;
+    k_strided<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(
+        (char *)dst, (const char *)src, ne[0], ne[1], ne[2], ne[3], (int64_t)dnb[0], (int64_t)dnb[1], (int64_t)dnb[2],
+        (int64_t)dnb[3], (int64_t)snb[0], (int64_t)snb[1], (int64_t)snb[2], (int64_t)snb[3], accumulate ? 1 : 0);
+    LQ_CUDA_LAUNCHED(ctx, "strided copy");
+    return LQ_OK;
+}
+
+extern "C" void *lq_cuda_upload(lq_ctx *ctx, const void *host, size_t bytes) {
+    void *d = lq_ctx_dalloc(ctx, bytes ? bytes : 1);
+    if (!d) return NULL;
+    if (!bytes) return d;
+    /* the host buffer may be reused by the caller at once: a synchronous copy on the stream */
+    if (lq_cuda_copy(d, host, bytes, LQ_COPY_H2D, ctx->cuda->stream, &ctx->err) != LQ_OK) return NULL;
+    return d;
+}
+
+extern "C" const int32_t *lq_cuda_upload_i32(lq_ctx *ctx, const lq_tensor *t) {
+    if (!t || t->dtype != LQ_DTYPE_I32 || !lq_is_contiguous(t)) {
+        LQ_ERR(&ctx->err, LQ_ERR_ARG, "CUDA op: an index input must be a contiguous i32 tensor");
+        return NULL;
+    }
+    if (t->device == LQ_DEVICE_CUDA) return (const int32_t *)t->data;
+    return (const int32_t *)lq_cuda_upload(ctx, t->data, (size_t)lq_numel(t) * sizeof(int32_t));
+}
+
+extern "C" lq_status lq_cuda_download(lq_ctx *ctx, void *host, const void *dev, size_t bytes) {
+    return lq_cuda_copy(host, dev, bytes, LQ_COPY_D2H, ctx->cuda->stream, &ctx->err);
+}
+
+/* --- gemm -------------------------------------------------------------------------------------- */
+
+__global__ static void k_to_bf16(__nv_bfloat16 *d, const float *s, int64_t n) {
+    FOR_EACH(i, n) d[i] = __float2bfloat16_rn(s[i]);
+}
+
+/* bf16 copy of a strided-batched operand: rows x cols elements per batch with row stride ld
+ * (elements), batch stride st; the copy is packed (ld' = cols, st' = rows * cols or 0). */
+__global__ static void k_to_bf16_2d(__nv_bfloat16 *d, const float *s, int64_t rows, int64_t cols, int64_t ld,
+                                    int64_t st, int64_t batch) {
+    int64_t n = rows * cols * batch;
+    FOR_EACH(i, n) {
+        int64_t c = i % cols, r = (i / cols) % rows, b = i / (cols * rows);
+        d[i] = __float2bfloat16_rn(s[b * st + r * ld + c]);
+    }
+}
+
+static lq_status to_bf16(lq_ctx *ctx, const float *src, int64_t rows, int64_t cols, int64_t ld, int64_t st,
+                         int64_t batch, __nv_bfloat16 **out) {
+    int64_t nb = st ? batch : 1;
+    int64_t n = rows * cols * nb;
+    __nv_bfloat16 *d = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)n * sizeof(__nv_bfloat16));
+    if (!d) return ctx->err.status;
+    if (ld == cols && (st == 0 || st == rows * cols))
+        k_to_bf16<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(d, src, n);
+    else
+        k_to_bf16_2d<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(d, src, rows, cols, ld, st, nb);
+    LQ_CUDA_LAUNCHED(ctx, "to bf16");
+    *out = d;
+    return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_gemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                                  const float *A, int64_t lda, int64_t strideA, const float *B, int64_t ldb,
+                                  int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC, int64_t batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return LQ_OK;
+    cublasHandle_t h = ctx->cuda->blas;
+    lq_err *err = &ctx->err;
+    if (K <= 0) { /* C = beta C */
+        if (beta == 0.0f) {
+            for (int64_t b = 0; b < batch; b++)
+                for (int64_t r = 0; r < M; r++) LQ_TRY(lq_cuda_fill_f32(ctx, C + b * strideC + r * ldc, 0.0f, N));
+            return LQ_OK;
+        }
+        LQ_CHECK(err, beta == 1.0f, LQ_ERR_INTERNAL, "gemm with K = 0 and beta = %g", (double)beta);
+        return LQ_OK;
+    }
+    /* Row-major C (M, N) = op(A) op(B) is column-major C^T (N, M) = op(B)^T op(A)^T: cuBLAS gets
+     * B first. A stored row-major (M, K) with row stride lda is column-major (K, M) with ld lda. */
+    cublasOperation_t opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const void *pa = A, *pb = B;
+    int64_t la = lda, lb = ldb, sa = strideA, sb = strideB;
+    cudaDataType_t in_t = CUDA_R_32F;
+    cublasComputeType_t ct = ctx->cuda_math == LQ_CUDA_MATH_FP32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+    if (ctx->cuda_math == LQ_CUDA_MATH_BF16) {
+        __nv_bfloat16 *a16, *b16;
+        int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+        LQ_TRY(to_bf16(ctx, A, ar, ac, lda, strideA, batch, &a16));
+        LQ_TRY(to_bf16(ctx, B, br, bc, ldb, strideB, batch, &b16));
+        pa = a16;
+        pb = b16;
+        la = ac;
+        lb = bc;
+        sa = strideA ? ar * ac : 0;
+        sb = strideB ? br * bc : 0;
+        in_t = CUDA_R_16BF;
+        ct = CUBLAS_COMPUTE_32F;
+    }
+    LQ_CUBLAS(err, cublasGemmStridedBatchedEx(h, opB, opA, (int)N, (int)M, (int)K, &alpha, pb, in_t, (int)lb, sb, pa,
+                                              in_t, (int)la, sa, &beta, C, CUDA_R_32F, (int)ldc, strideC, (int)batch, ct,
+                                              CUBLAS_GEMM_DEFAULT));
+    return LQ_OK;
+}

@@ -1,0 +1,79 @@
+/* autograd/cuda_impl.h: what the CUDA op kernels (autograd/ops/cuda_*.cu) and the engine share: the
+ * per-group kernel tables, the context's stream and cuBLAS handle, and device helpers (fill,
+ * accumulate, strided copy, uploads of host side inputs, one gemm for every matrix product). */
+#ifndef LQ_AUTOGRAD_CUDA_IMPL_H
+#define LQ_AUTOGRAD_CUDA_IMPL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "autograd/autograd_impl.h"
+
+/* One op's CUDA kernels, found by the op's name (lq_op_def.name). forward / backward have the
+ * CPU functions' contract: they read node->in[] (device data, f32 unless the op says otherwise;
+ * integer side inputs may be host tensors: use lq_cuda_upload_i32), write node->out (device,
+ * allocated by the op's entry function), and backward accumulates (+=) into the inputs' grads
+ * (lq_grad_get gives device buffers, zeroed on first use). Scratch: lq_ctx_dalloc. */
+typedef struct lq_cuda_op {
+    const char *name;
+    lq_op_fn forward, backward;
+} lq_cuda_op;
+
+/* Each group's table, terminated by an entry with name NULL (autograd/ops/cuda_<group>.cu). */
+extern const lq_cuda_op lq_cuda_ops_shape[];      /* contiguous reshape transpose permute slice concat */
+extern const lq_cuda_op lq_cuda_ops_elementwise[]; /* add sub mul scale sum mean relu gelu swiglu silu dropout */
+extern const lq_cuda_op lq_cuda_ops_nn[];         /* embedding rope attention rmsnorm layernorm softmax
+                                                     log_softmax cross_entropy */
+extern const lq_cuda_op lq_cuda_ops_linear[];     /* matmul qmatmul lora_linear */
+extern const lq_cuda_op lq_cuda_ops_quant[];      /* fake_quant fake_quant_lsq pact fake_quant_dynamic
+                                                     fake_quant_bnb4 */
+extern const lq_cuda_op lq_cuda_ops_conv[];       /* conv2d max_pool2d avg_pool2d */
+
+/* Context set-up (stream, cuBLAS handle, the resolved kernel table) and teardown. */
+lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err);
+void lq_cuda_ctx_free(lq_ctx *ctx);
+
+/* The context's cudaStream_t and cublasHandle_t (as void *, so C files can hold them). Every
+ * kernel of a context goes on its stream. */
+void *lq_cuda_stream(lq_ctx *ctx);
+void *lq_cuda_blas(lq_ctx *ctx);
+
+/* Device helpers on the context's stream; errors go into ctx->err and come back as the status. */
+lq_status lq_cuda_fill_f32(lq_ctx *ctx, float *d, float v, int64_t n);
+lq_status lq_cuda_accumulate(lq_ctx *ctx, float *dst, const float *src, int64_t n); /* dst += src */
+/* dst = src (or dst += src) between f32 layouts of one logical shape ne (4 dims, padded left),
+ * strides in bytes: the device twin of lq_strided_copy / lq_strided_add. */
+lq_status lq_cuda_strided(lq_ctx *ctx, float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
+                          const int64_t *ne, bool accumulate);
+/* A device copy of bytes of host memory, in the device arena (valid until the step resets). */
+void *lq_cuda_upload(lq_ctx *ctx, const void *host, size_t bytes);
+/* The device address of an i32 tensor's elements (contiguous): its own data when it is already
+ * on the device, else a copy uploaded into the arena. NULL with an error in ctx. */
+const int32_t *lq_cuda_upload_i32(lq_ctx *ctx, const lq_tensor *t);
+/* Downloads bytes from the device into host memory, waiting for the stream. */
+lq_status lq_cuda_download(lq_ctx *ctx, void *host, const void *dev, size_t bytes);
+
+/* Row-major strided-batched C = alpha op(A) op(B) + beta C for b in [0, batch):
+ * op(A) is (M, K), op(B) is (K, N), C is (M, N); lda / ldb / ldc are the row strides (in elements)
+ * of A, B, C as stored (A stored (K, M) when ta), stride* the batch strides (0 = shared). The
+ * context's cuda_math picks fp32, tf32 or bf16 tensor-core inputs; accumulation and C are fp32. */
+lq_status lq_cuda_gemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                       int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB, float beta, float *C,
+                       int64_t ldc, int64_t strideC, int64_t batch);
+
+/* Launch configuration: 256 threads, enough blocks for n work items (capped; kernels loop). */
+#define LQ_CUDA_THREADS 256
+static inline unsigned lq_cuda_blocks(int64_t n) {
+    int64_t b = (n + LQ_CUDA_THREADS - 1) / LQ_CUDA_THREADS;
+    return (unsigned)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+/* In .cu files: a launch's error into ctx (returns the status from the enclosing function). */
+#define LQ_CUDA_LAUNCHED(ctx, what) LQ_CU_LAUNCHED(&(ctx)->err, what)
+
+#endif
