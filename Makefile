@@ -80,7 +80,7 @@ ifeq ($(CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
 NVFLAGS := -O2 -std=c++17 -I. -MMD -MP -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
            -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
-CFLAGS  += -DLQ_HAVE_CUDA=1
+CFLAGS  += -DLQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 endif
 ifeq ($(OPENMP),1)
@@ -101,6 +101,11 @@ LIB_OBJ := $(LIB_SRC:%.c=$(OBJDIR)/%.o) $(CU_SRC:%.cu=$(OBJDIR)/%.cu.o)
 CLI_OBJ := $(OBJDIR)/train/main.o
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# The GPU parity suites (tests/cuda/): built in every build, part of `make test` (without CUDA or a
+# device each prints one "SKIPPED: <reason>" line), and alone in `make test-cuda` (the GPU machine).
+CUDA_TEST_SRC := $(wildcard tests/cuda/test_*.c)
+CUDA_TEST_BIN := $(CUDA_TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_BIN += $(CUDA_TEST_BIN)
 TEST_UTIL_OBJ := $(OBJDIR)/tests/testutil.o
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
@@ -108,7 +113,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB     := $(BUILD)/libloquat.a
 CLI     := $(BUILD)/loquat
 
-.PHONY: all deps test demo clean features bench
+.PHONY: all deps test test-cuda demo clean features bench
 all: features $(LIB) $(CLI)
 
 features:
@@ -153,6 +158,11 @@ bench: features $(BENCH_BIN)
 
 test: features $(TEST_BIN) $(CLI)
 	@tools/run_tests.sh $(BUILD) $(TEST_BIN)
+
+# Only the GPU parity suites (`make CUDA=1 test-cuda` on a machine with a GPU). There a skip is a
+# failure: LOQUAT_CUDA_REQUIRED=1 makes a binary that finds no CUDA say FAILED and exit 1.
+test-cuda: features $(CUDA_TEST_BIN)
+	@LOQUAT_CUDA_REQUIRED=1 LQ_RUN_TESTS_NO_SCRIPTS=1 tools/run_tests.sh $(BUILD) $(CUDA_TEST_BIN)
 
 # The demo (tools/demo.sh): fetches SmolLM2-135M-Instruct (4-bit GGUF) and Jane Austen's novels
 # (cached), fine-tunes with QLoRA on the CPU (configs/smollm2-austen-qlora.yaml: validation

@@ -144,6 +144,8 @@ typedef struct lq_arena_stats {
     /* the gradient pool (lq_ctx_set_release_grads), bytes incl. 64-byte block headers */
     size_t pool_in_use, pool_high_water, pool_capacity;
     uint64_t pool_sys_allocs;
+    /* a CUDA context's device arenas, bytes */
+    size_t device_used, device_high_water, device_capacity;
 } lq_arena_stats;
 lq_arena_stats lq_ctx_arena_stats(const lq_ctx *ctx);
 
@@ -159,8 +161,10 @@ lq_tensor *lq_to_ctx_device(lq_ctx *ctx, const lq_tensor *t);
 /* Element i of an f32 tensor (contiguous), read from wherever it lives; NaN on error. */
 float lq_tensor_get_f32(lq_ctx *ctx, const lq_tensor *t, int64_t i);
 /* Moves a heap tensor's data (from lq_tensor_alloc or a model's weights), and the arrays of its
- * quant state, to the device: the host copies are freed when the tensor owned them. Non-owned
- * data (a mapped file) is copied and the tensor marked as owning the device copy. */
+ * quant state, to the device. A tensor that owned its data (LQ_TENSOR_OWNS_DATA) is taken to own
+ * its quant state too: both host copies are freed. Non-owned data (a mapped file) and a state
+ * someone else owns are copied and left alone. Either way the tensor then owns the device data
+ * and t->qs is a device state (qs->device) that lq_qstate_free releases. */
 lq_status lq_tensor_to_device(lq_tensor *t, lq_err *err);
 
 /* Activation tensor in the arena (uninitialised data), freed by the next step reset. */

@@ -127,6 +127,11 @@ lq_arena_stats lq_ctx_arena_stats(const lq_ctx *ctx) {
         .pool_capacity = ctx->pool.capacity,
         .pool_sys_allocs = ctx->pool.sys_allocs,
     };
+    if (ctx->device == LQ_DEVICE_CUDA) {
+        s.device_used = lq_arena_used(&ctx->dmain) + lq_arena_used(&ctx->dscratch);
+        s.device_high_water = ctx->dmain.high_water + ctx->dscratch.high_water;
+        s.device_capacity = lq_arena_capacity(&ctx->dmain) + lq_arena_capacity(&ctx->dscratch);
+    }
     return s;
 }
 

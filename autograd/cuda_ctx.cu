@@ -45,7 +45,9 @@ extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
                     c->bwd[i] = o->backward;
                 }
     }
-    LQ_CU(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    /* a blocking stream: work on the legacy default stream (copies with stream NULL, the optimizer)
+     * waits for it and it for them, so host reads after such a copy never race the ops */
+    LQ_CU(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamDefault));
     LQ_CUBLAS(err, cublasCreate(&c->blas));
     LQ_CUBLAS(err, cublasSetStream(c->blas, c->stream));
     return LQ_OK;

@@ -87,8 +87,9 @@ static lq_status state_to_device(lq_tensor *t, lq_err *err) {
         lq_qstate_free(d);
         return err->status ? err->status : LQ_ERR_OOM;
     }
-    /* the host state belongs to whoever made it (a model frees its own): it is kept, not freed,
-     * and the tensor points at the device copy from now on */
+    /* a tensor that owns its data owns its state too (a model's NF4 weights made at load): the
+     * host copy goes; otherwise it belongs to whoever made it and is kept */
+    if (t->flags & LQ_TENSOR_OWNS_DATA) lq_qstate_free(q);
     t->qs = d;
     return LQ_OK;
 }

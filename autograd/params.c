@@ -145,6 +145,9 @@ void lq_params_zero_grad(lq_params *p) {
         lq_err e;
         lq_err_clear(&e);
         (void)lq_cuda_memset(p->grad, 0, (size_t)p->numel * sizeof(float), NULL, &e);
+        /* the default stream does not order a context's non-blocking stream: wait, so the next
+         * backward (on that stream) cannot accumulate into grads the memset has not cleared yet */
+        (void)lq_cuda_sync(NULL, &e);
         return;
     }
     memset(p->grad, 0, (size_t)p->numel * sizeof(float));

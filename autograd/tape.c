@@ -172,12 +172,26 @@ lq_status lq_backward_from(lq_ctx *ctx, lq_tensor *out, const lq_tensor *grad_ou
         size_t dnb[4], snb[4];
         lq_pad4(out->grad, ne4, dnb);
         lq_pad4(grad_out, ne4, snb);
-        lq_strided_add(g, dnb, grad_out->data, snb, ne4, ctx->n_threads);
+        if (ctx->device == LQ_DEVICE_CUDA) { /* g is device memory: grad_out must be too */
+            if (grad_out->device != LQ_DEVICE_CUDA)
+                return LQ_ERR(&ctx->err, LQ_ERR_ARG,
+                              "backward: the upstream gradient must be on the GPU (lq_to_ctx_device)");
+            LQ_TRY(lq_cuda_strided(ctx, g, dnb, grad_out->data, snb, ne4, true));
+        } else {
+            lq_strided_add(g, dnb, grad_out->data, snb, ne4, ctx->n_threads);
+        }
     } else {
         if (lq_numel(out) != 1)
             return LQ_ERR(&ctx->err, LQ_ERR_SHAPE, "backward: loss must be a scalar, got %lld elements",
                           (long long)lq_numel(out));
-        g[0] += 1.0f;
+        if (ctx->device == LQ_DEVICE_CUDA) { /* g[0] += 1 on the device */
+            const float one = 1.0f;
+            const float *d_one = lq_cuda_upload(ctx, &one, sizeof one);
+            if (!d_one) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
+            LQ_TRY(lq_cuda_accumulate(ctx, g, d_one, 1));
+        } else {
+            g[0] += 1.0f;
+        }
     }
     lq_status s = walk(ctx, NULL);
     ctx->tape = NULL; /* consumed: a second backward over it would double the grads */

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "models/models_impl.h"
 
@@ -328,12 +331,12 @@ lq_status lq_llama_replace_weight(lq_llama_model *m, lq_tensor **slot, lq_tensor
     return LQ_OK;
 }
 
-/* Requantizes one weight (out, in) of any dtype to NF4 / FP4 as bitsandbytes' quantize_4bit of its
- * f32 values; f32 is scratch for numel floats. The new tensor (same name, frozen, owning its codes
- * and state) replaces *slot. */
-static lq_status requantize(lq_llama_model *m, lq_tensor **slot, lq_dtype type, int64_t block, bool dq, float *f32,
+/* Quantizes one weight (out, in) of any dtype to NF4 / FP4 as bitsandbytes' quantize_4bit of its
+ * f32 values; f32 is scratch for numel floats. *made gets the new tensor (same name, frozen, owning
+ * its codes and state); the model is not touched, so calls on distinct weights may run at once. */
+static lq_status requantize(const lq_tensor *w, lq_dtype type, int64_t block, bool dq, float *f32, lq_tensor **made,
                             lq_err *err) {
-    lq_tensor *w = *slot;
+    *made = NULL;
     const lq_dtype_traits *tr = lq_dtype_info(w->dtype);
     if (!tr || !tr->to_f32)
         return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "weight '%s' (%s) cannot be dequantized", w->name, lq_dtype_name(w->dtype));
@@ -355,40 +358,80 @@ static lq_status requantize(lq_llama_model *m, lq_tensor **slot, lq_dtype type, 
     }
     t->qs = qs;
     t->flags &= ~(uint32_t)LQ_TENSOR_REQUIRES_GRAD;
-    s = lq_llama_replace_weight(m, slot, t, err);
-    if (s != LQ_OK) lq_qstate_free(qs); /* track() freed t */
-    return s;
+    *made = t;
+    return LQ_OK;
 }
 
-/* Every decoder-layer linear weight to NF4 / FP4, one weight at a time (the transient f32 buffer is
- * the largest weight). */
-static lq_status quantize_base(lq_llama_model *m, const char *path, const lq_llama_load_opts *o, lq_err *err) {
+/* Weight slot i of the decoder projections, layer after layer (q k v o gate up down). */
+static lq_tensor **proj_slot(lq_llama_model *m, int64_t i) {
+    lq_llama_layer *L = &m->layers[i / 7];
+    lq_tensor **ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup, &L->wdown};
+    return ws[i % 7];
+}
+
+lq_status lq_llama_quantize_base(lq_llama_model *m, const char *what, const lq_llama_load_opts *o, int n_threads,
+                                 lq_err *err) {
     lq_dtype type = o->quant == LQ_BASE_NF4 ? LQ_DTYPE_NF4 : LQ_DTYPE_FP4;
     int64_t block = o->block_size ? o->block_size : 64;
     if (block < 32 || block > 4096 || (block & (block - 1)) != 0)
-        return LQ_ERR(err, LQ_ERR_ARG, "%s: quant block size %lld must be a power of two in 32..4096", path,
+        return LQ_ERR(err, LQ_ERR_ARG, "%s: quant block size %lld must be a power of two in 32..4096", what,
                       (long long)block);
-    int64_t max_n = 0;
-    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) {
-        lq_llama_layer *L = &m->layers[l];
-        lq_tensor *ws[7] = {L->wq, L->wk, L->wv, L->wo, L->wgate, L->wup, L->wdown};
-        for (int j = 0; j < 7; j++)
-            if (lq_numel(ws[j]) > max_n) max_n = lq_numel(ws[j]);
-    }
-    float *f32 = malloc((size_t)(max_n ? max_n : 1) * sizeof(float));
-    if (!f32) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for a %lld-float dequantization buffer", (long long)max_n);
+    int64_t nw = m->cfg.num_hidden_layers * 7, max_n = 0;
+    for (int64_t i = 0; i < nw; i++)
+        if (lq_numel(*proj_slot(m, i)) > max_n) max_n = lq_numel(*proj_slot(m, i));
+    /* nt = 1: one weight at a time, each swapped into the model as soon as it is made (the transient
+     * f32 buffer is the largest weight). nt > 1: every weight at once over nt threads (largest-first
+     * would balance better; dynamic scheduling is close enough), one f32 buffer per thread, then
+     * swapped in order. */
+    int nt = n_threads > 1 ? n_threads : 1;
+    if (nw > 0 && nt > nw) nt = (int)nw;
+    int64_t batch = nt == 1 ? 1 : nw;
+    size_t nbatch = (size_t)(batch > 0 ? batch : 1);
+    float *f32 = malloc((size_t)nt * (size_t)(max_n ? max_n : 1) * sizeof(float));
+    lq_tensor **made = calloc(nbatch, sizeof *made);
+    lq_status *sts = calloc(nbatch, sizeof *sts);
+    lq_err *errs = calloc(nbatch, sizeof *errs);
     lq_status s = LQ_OK;
-    for (int64_t l = 0; l < m->cfg.num_hidden_layers && s == LQ_OK; l++) {
-        lq_llama_layer *L = &m->layers[l];
-        lq_tensor **ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup, &L->wdown};
-        for (int j = 0; j < 7 && s == LQ_OK; j++) s = requantize(m, ws[j], type, block, o->double_quant, f32, err);
+    if (!f32 || !made || !sts || !errs)
+        s = LQ_ERR(err, LQ_ERR_OOM, "out of memory for %d %lld-float dequantization buffers", nt, (long long)max_n);
+    for (int64_t b0 = 0; b0 < nw && s == LQ_OK; b0 += batch) {
+        int64_t nb = nw - b0 < batch ? nw - b0 : batch;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+        for (int64_t j = 0; j < nb; j++) {
+            int th = 0;
+#ifdef _OPENMP
+            th = omp_get_thread_num();
+#endif
+            lq_err_clear(&errs[j]);
+            sts[j] = requantize(*proj_slot(m, b0 + j), type, block, o->double_quant, f32 + (size_t)th * (size_t)max_n,
+                                &made[j], &errs[j]);
+        }
+        for (int64_t j = 0; j < nb; j++) {
+            if (s == LQ_OK && sts[j] != LQ_OK) {
+                s = sts[j];
+                if (err && err->status == LQ_OK) *err = errs[j];
+            }
+            if (!made[j]) continue;
+            if (s != LQ_OK) { /* an earlier one failed: drop what this one made */
+                lq_qstate_free(made[j]->qs);
+                lq_tensor_free(made[j]);
+            } else {
+                lq_qstate *qs = made[j]->qs;
+                s = lq_llama_replace_weight(m, proj_slot(m, b0 + j), made[j], err);
+                if (s != LQ_OK) lq_qstate_free(qs); /* track() freed the tensor */
+            }
+            made[j] = NULL;
+        }
     }
     free(f32);
+    free(made);
+    free(sts);
+    free(errs);
     if (s != LQ_OK && err) { /* name the file: the quantizer's message names only the tensor */
         char msg[sizeof err->msg];
         snprintf(msg, sizeof msg, "%s", err->msg);
         lq_err_clear(err);
-        LQ_ERR(err, s, "%s: 4-bit quantization of the base: %s", path, msg);
+        LQ_ERR(err, s, "%s: 4-bit quantization of the base: %s", what, msg);
     }
     return s;
 }
@@ -420,7 +463,7 @@ lq_status lq_llama_load_ex(const char *path, const lq_llama_load_opts *opts, lq_
                         : LQ_ERR(err, LQ_ERR_OOM, "out of memory for RoPE frequencies");
         if (s != LQ_OK && err && err->status == LQ_OK) LQ_ERR(err, s, "%s: invalid RoPE configuration", path);
     }
-    if (s == LQ_OK && o->quant != LQ_BASE_KEEP) s = quantize_base(m, path, o, err);
+    if (s == LQ_OK && o->quant != LQ_BASE_KEEP) s = lq_llama_quantize_base(m, path, o, 1, err);
     if (s != LQ_OK) {
         lq_llama_free(m);
         return s;

@@ -134,6 +134,10 @@ lq_status lq_llama_lora_create(lq_llama_model *m, const lq_lora_cfg *cfg, uint64
 /* W' = deq(W) + scaling B A (W (out, in), B (out, r), A (r, in)) as a new f32 tensor of W's name. */
 static lq_status merge_one(lq_llama_model *m, lq_tensor **slot, const lq_lora *a, lq_err *err) {
     lq_tensor *w = *slot;
+    if (w->device == LQ_DEVICE_CUDA || a->A->device == LQ_DEVICE_CUDA || a->B->device == LQ_DEVICE_CUDA)
+        return LQ_ERR(err, LQ_ERR_UNSUPPORTED,
+                      "merge: '%s' or its adapter is on the CUDA device; the merge runs on the host (loquat merge)",
+                      w->name);
     const lq_dtype_traits *tr = lq_dtype_info(w->dtype);
     if (!tr || !tr->to_f32)
         return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "merge: weight '%s' (%s) cannot be dequantized", w->name,

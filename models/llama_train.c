@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "autograd/autograd_impl.h"
+#include "autograd/cuda_impl.h"
 #include "models/models_impl.h"
 
 /* Most logits floats one loss chunk holds: 8M floats = 32 MB (SmolLM2's V = 49152 -> 170 rows). */
@@ -67,7 +68,15 @@ static lq_tensor *hidden(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, const l
             lq_ctx_mark mk = lq_ctx_get_mark(ctx);
             lq_tensor *y = lq_contiguous(ctx, lq_llama_layer_forward(ctx, m, l, h, pos, doc, NULL));
             if (!y) return NULL;
-            memcpy(buf[l & 1]->data, y->data, lq_nbytes(buf[l & 1]));
+            if (ctx->device == LQ_DEVICE_CUDA) { /* queued on the stream before anything reuses y */
+                int64_t ne4[4];
+                size_t bnb[4], ynb[4];
+                lq_pad4(buf[l & 1], ne4, bnb);
+                lq_pad4(y, ne4, ynb);
+                if (lq_cuda_strided(ctx, buf[l & 1]->data, bnb, y->data, ynb, ne4, false) != LQ_OK) return NULL;
+            } else {
+                memcpy(buf[l & 1]->data, y->data, lq_nbytes(buf[l & 1]));
+            }
             lq_ctx_reset_to(ctx, mk);
             h = buf[l & 1];
         }
@@ -147,7 +156,13 @@ lq_tensor *lq_llama_loss(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, lq_tens
         if (nograd) {
             lq_tensor *part = chunk_segment(ctx, &xs, 1, u);
             if (!part) return NULL;
-            acc = r0 == 0 ? *(const float *)part->data : acc + *(const float *)part->data;
+            if (ctx->device == LQ_DEVICE_CUDA) { /* the scalar comes back to the host */
+                float pv = lq_tensor_get_f32(ctx, part, 0);
+                if (lq_ctx_status(ctx) != LQ_OK) return NULL;
+                acc = r0 == 0 ? pv : acc + pv;
+            } else {
+                acc = r0 == 0 ? *(const float *)part->data : acc + *(const float *)part->data;
+            }
             lq_ctx_reset_to(ctx, mk);
             continue;
         }
@@ -158,7 +173,11 @@ lq_tensor *lq_llama_loss(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, lq_tens
     if (nograd && x) {
         total = lq_new(ctx, LQ_DTYPE_F32, 0, NULL);
         if (!total) return NULL;
-        *(float *)total->data = acc;
+        if (ctx->device == LQ_DEVICE_CUDA) {
+            if (lq_tensor_upload(ctx, total, &acc) != LQ_OK) return NULL;
+        } else {
+            *(float *)total->data = acc;
+        }
     }
     if (total && n_counted) *n_counted = counted;
     return total;

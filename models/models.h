@@ -87,6 +87,13 @@ lq_status lq_llama_load_ex(const char *path, const lq_llama_load_opts *opts, lq_
  * and move with lq_params_to_device. The model must not be used with a CPU context afterwards. */
 lq_status lq_llama_to_device(lq_llama_model *m, lq_err *err);
 
+/* A model of cfg's shape with random f32 weights (normal, std 0.02; norms 1; biases 0 where cfg
+ * has them; tied or not as cfg says), deterministic in seed whatever the thread count; then the
+ * decoder projections quantized as opts asks, exactly as lq_llama_load_ex quantizes a loaded
+ * base (opts NULL = f32). For benchmarks and tests of large shapes without a checkpoint. */
+lq_status lq_llama_init_random(const lq_llama_config *cfg, const lq_llama_load_opts *opts, uint64_t seed,
+                               lq_llama_model **out, lq_err *err);
+
 /* Creates the adapters cfg->targets asks for on every decoder layer (module paths
  * "model.layers.<i>.self_attn.q_proj" ...), finalized with seed, and attaches them: the forward
  * passes then add them. The model does not own the set (free it after the model). */

@@ -65,6 +65,12 @@ lq_tensor *lq_llama_check_ids(lq_ctx *ctx, const lq_llama_model *m, lq_tensor *i
  * when the model owns it (llama_load.c). On failure t is freed. */
 lq_status lq_llama_replace_weight(lq_llama_model *m, lq_tensor **slot, lq_tensor *t, lq_err *err);
 
+/* Requantizes every decoder-layer projection (q k v o gate up down) to NF4 / FP4 as o asks (the
+ * load's QLoRA base, byte-identical to bitsandbytes' quantize_4bit), n_threads weights at once
+ * (1 = one at a time: the f32 scratch is one weight); what names the model in messages. */
+lq_status lq_llama_quantize_base(lq_llama_model *m, const char *what, const lq_llama_load_opts *o, int n_threads,
+                                 lq_err *err);
+
 /* Loaders (llama_load.c): fill m (zeroed, cfg unset) from a GGUF file or HF folder. */
 lq_status lq_llama_load_gguf(lq_llama_model *m, const char *path, lq_err *err);
 lq_status lq_llama_load_hf(lq_llama_model *m, const char *path, lq_err *err);

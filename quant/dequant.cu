@@ -1,4 +1,5 @@
 /* quant/dequant.cu: CUDA dequantization kernels for the traits-table formats, on quant/kernels_*.h. */
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -134,6 +135,20 @@ __global__ static void k_bnb4(const uint8_t *src, float *dst, int64_t n, int64_t
     }
 }
 
+/* The same per byte, each float32 then rounded to bf16 (nearest even): lq_cuda_dequant_bf16. */
+__global__ static void k_bnb4_bf16(const uint8_t *src, __nv_bfloat16 *dst, int64_t n, int64_t start, dq_state q,
+                                   int fp4) {
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = fp4 ? c_fp4_code[threadIdx.x] : c_nf4_code[threadIdx.x];
+    __syncthreads();
+    DQ_FOR_EACH(j, n / 2) {
+        float out[2];
+        lq_bnb4_dequant_byte(code, src[j], dq_absmax(q, start + 2 * j), out);
+        dst[2 * j] = __float2bfloat16_rn(out[0]);
+        dst[2 * j + 1] = __float2bfloat16_rn(out[1]);
+    }
+}
+
 /* --- integer affine I8 / I4 (quant/kernels_affine.h): (code - zero) * scale per element, the
  * scale per block as the bnb absmax (double quantization allowed, as lq_qstate_absmax), the zero
  * point a float in the signed code units (NULL = 0), as the CPU rows read it. */
@@ -194,7 +209,8 @@ extern "C" lq_status lq_cuda_dequant(lq_dtype t, const void *d_src, float *d_dst
                       tr->name, (long long)n, (long long)start, (long long)tr->block_size);
     if (n == 0) return LQ_OK;
     if (!d_src || !d_dst) return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant %s: NULL %s", tr->name, d_src ? "dst" : "src");
-    if (tr->block_size > 1 && ((uintptr_t)d_src & 1u))
+    /* the ggml blocks start with f16 scales; packed nibbles (1-byte blocks) may start anywhere */
+    if (tr->block_bytes % 2 == 0 && tr->block_size > 1 && ((uintptr_t)d_src & 1u))
         return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant %s: blocks must be 2-byte aligned", tr->name);
     if (tr->needs_qstate && !qs) return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant %s: needs its quant state", tr->name);
     dq_state q = {};
@@ -240,4 +256,41 @@ extern "C" lq_status lq_cuda_dequant(lq_dtype t, const void *d_src, float *d_dst
     default:
         return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "cuda dequant: no kernel for %s", tr->name);
     }
+}
+
+extern "C" bool lq_cuda_dequant_bf16_supported(lq_dtype t) { return t == LQ_DTYPE_NF4 || t == LQ_DTYPE_FP4; }
+
+extern "C" lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_t *d_dst, int64_t n, int64_t start,
+                                          const lq_qstate *qs, void *stream, lq_err *err) {
+    const lq_dtype_traits *tr = lq_dtype_info(t);
+    if (!tr) return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant to bf16: unknown dtype %d", (int)t);
+    if (!lq_cuda_dequant_bf16_supported(t))
+        return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "cuda dequant to bf16: no kernel for %s (only nf4, fp4)", tr->name);
+    if (n < 0 || start < 0 || n % tr->block_size || start % tr->block_size)
+        return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant %s to bf16: n = %lld and start = %lld must be multiples of %lld",
+                      tr->name, (long long)n, (long long)start, (long long)tr->block_size);
+    if (n == 0) return LQ_OK;
+    if (!d_src || !d_dst)
+        return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant %s to bf16: NULL %s", tr->name, d_src ? "dst" : "src");
+    if (!qs) return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant %s to bf16: needs its quant state", tr->name);
+    if (qs->block <= 0)
+        return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant %s to bf16: quant state block = %lld", tr->name,
+                      (long long)qs->block);
+    if (!qs->absmax && !(qs->absmax_q && qs->absmax2 && qs->code2 && qs->block2 > 0))
+        return LQ_ERR(err, LQ_ERR_ARG,
+                      "cuda dequant %s to bf16: the quant state has neither absmax nor a whole double quantization "
+                      "(absmax_q, absmax2, code2, block2 > 0)",
+                      tr->name);
+    dq_state q = {};
+    q.absmax = qs->absmax;
+    q.zero = qs->zero;
+    q.absmax_q = qs->absmax_q;
+    q.absmax2 = qs->absmax2;
+    q.code2 = qs->code2;
+    q.block = qs->block;
+    q.block2 = qs->block2;
+    q.offset = qs->offset;
+    k_bnb4_bf16<<<dq_blocks(n / 2), DQ_THREADS, 0, (cudaStream_t)stream>>>(
+        (const uint8_t *)d_src, (__nv_bfloat16 *)d_dst, n, start, q, t == LQ_DTYPE_FP4 ? 1 : 0);
+    return launched("k_bnb4_bf16", err);
 }

@@ -36,6 +36,15 @@ lq_status lq_cuda_dequant(lq_dtype t, const void *d_src, float *d_dst, int64_t n
 /* Whether lq_cuda_dequant has a kernel for t in this build (false everywhere without CUDA). */
 bool lq_cuda_dequant_supported(lq_dtype t);
 
+/* The same conversion to bfloat16 (d_dst: n uint16 bf16 bit patterns, device memory), for the
+ * bitsandbytes formats NF4 / FP4: each element is first the float32 that lq_cuda_dequant gives,
+ * then rounded to nearest even (__float2bfloat16_rn), so it equals a bf16 cast of the f32 result;
+ * half the bytes for a bf16 tensor-core product. Arguments and errors as lq_cuda_dequant;
+ * LQ_ERR_UNSUPPORTED for any other dtype (see lq_cuda_dequant_bf16_supported). */
+lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_t *d_dst, int64_t n, int64_t start,
+                               const lq_qstate *qs, void *stream, lq_err *err);
+bool lq_cuda_dequant_bf16_supported(lq_dtype t);
+
 #ifdef __cplusplus
 }
 #endif

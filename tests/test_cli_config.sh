@@ -55,7 +55,7 @@ c = json.load(sys.stdin)
 assert c["lora_r"] == 16 and c["lora_alpha"] == 32 and c["seed"] == 42, c
 assert c["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 assert c["datasets"][0]["type"] == "text" and c["lora_model_dir"] is None
-assert c["load_in_4bit"] is True and c["learning_rate"] == 3e-4 and len(c) == 44, len(c)
+assert c["load_in_4bit"] is True and c["learning_rate"] == 3e-4 and len(c) == 45, len(c)
 ' <<<"$out"; then
         fail "--json: not the demo config as one JSON object"
     fi

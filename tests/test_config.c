@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/autograd.h"
 #include "lora/lora.h"
 #include "train/config.h"
 #include "train/yaml_tree.h"
@@ -101,6 +102,7 @@ static void assert_config_equal(const lq_train_config *a, const lq_train_config 
     assert_int_equal(a->logging_steps, b->logging_steps);
     assert_str(a->resume_from_checkpoint, b->resume_from_checkpoint);
     assert_str(a->device, b->device);
+    assert_int_equal(a->cuda_math, b->cuda_math);
     assert_int_equal(a->threads, b->threads);
 }
 
@@ -117,7 +119,7 @@ static void check_round_trip(const lq_train_config *c) {
     /* one line per key */
     int lines = 0;
     for (const char *p = y; *p; p++) lines += *p == '\n';
-    assert_int_equal(lines, 44);
+    assert_int_equal(lines, 45);
     free(y);
     free(y2);
     lq_train_config_free(&back);
@@ -174,6 +176,7 @@ static void test_defaults(void **state) {
     assert_int_equal(c.logging_steps, 1);
     assert_null(c.resume_from_checkpoint);
     assert_string_equal(c.device, "cpu");
+    assert_int_equal(c.cuda_math, LQ_CUDA_MATH_TF32);
     assert_int_equal(c.threads, 0);
     check_round_trip(&c);
     lq_train_config_free(&c);
@@ -250,6 +253,7 @@ static const char *every_key =
     "logging_steps: 10\n"
     "resume_from_checkpoint: runs/x/checkpoint-25.h5\n"
     "device: cuda\n"
+    "cuda_math: bf16\n"
     "threads: 6\n";
 
 static void test_every_key(void **state) {
@@ -303,6 +307,7 @@ static void test_every_key(void **state) {
     assert_int_equal(c.logging_steps, 10);
     assert_string_equal(c.resume_from_checkpoint, "runs/x/checkpoint-25.h5");
     assert_string_equal(c.device, "cuda");
+    assert_int_equal(c.cuda_math, LQ_CUDA_MATH_BF16);
     assert_int_equal(c.threads, 6);
     check_round_trip(&c);
 
@@ -405,6 +410,7 @@ static void test_errors(void **state) {
         {MINIMAL "lr_scheduler: cosin\n", "t.yaml:6: key 'lr_scheduler': expected one of constant, linear, cosine, "
                                           "got 'cosin' (did you mean 'cosine'?)"},
         {MINIMAL "device: gpu\n", "t.yaml:6: key 'device': expected one of cpu, cuda, got 'gpu'"},
+        {MINIMAL "cuda_math: fp16\n", "t.yaml:6: key 'cuda_math': expected one of tf32, bf16, fp32, got 'fp16'"},
         {MINIMAL "on_nan: ignore\n", "t.yaml:6: key 'on_nan': expected one of stop, skip, got 'ignore'"},
         {MINIMAL "threads: -1\n", "t.yaml:6: key 'threads': expected an integer in [0, 4096], got '-1'"},
         {MINIMAL "seed: -1\n", "t.yaml:6: key 'seed': expected an integer >= 0, got '-1'"},

@@ -3,6 +3,7 @@
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "lora/lora.h"
 #include "train/mem.h"
@@ -63,6 +64,13 @@ int lq_cmd_mem(const char *config, const char *const *sets, int n_sets, bool jso
     printf("  %-34s %10.1f\n", "total without checkpointing", mib(t_plain));
     printf("  %-34s %10.1f\n", "total with checkpointing", mib(t_ck));
     printf("estimated total %.0f MiB (gradient_checkpointing: %s)\n", mib(e.total), ck ? "true" : "false");
+    /* device: cuda holds the base, the adapter block, its grads, the moments and the activation
+     * arenas on the GPU (the activation figure is the CPU arenas': the device's are close) */
+    bool cuda = cfg.device && strcmp(cfg.device, "cuda") == 0;
+    int64_t dev_bytes = e.base + e.adapters + e.grads + e.optimizer + (ck ? e.activations_ckpt : e.activations);
+    if (cuda)
+        printf("on the device (device: cuda): about %.0f MiB (base weights, adapters, gradients, AdamW moments, "
+               "activations)\n", mib(dev_bytes));
 
     int64_t avail = lq_mem_available();
     lq_err cerr = {0};
@@ -88,6 +96,7 @@ int lq_cmd_mem(const char *config, const char *const *sets, int n_sets, bool jso
         add_num(o, "total_no_ckpt", t_plain);
         add_num(o, "mem_available", avail);
         cJSON_AddBoolToObject(o, "fits", avail < 0 || e.total <= avail);
+        if (cuda) add_num(o, "device_bytes", dev_bytes);
         char *s = cJSON_PrintUnformatted(o);
         if (s) printf("%s\n", s);
         free(s);

@@ -104,8 +104,8 @@ int lq_cmd_eval(const char *config, const char *const *sets, int n_sets, const c
     lq_status st = LQ_OK;
     out_undo undo;
     undo_snapshot(&undo, &cfg);
-    if (cfg.device && strcmp(cfg.device, "cuda") == 0)
-        st = LQ_ERR(&err, LQ_ERR_UNSUPPORTED, "device: cuda: this build has no CUDA backend (make CUDA=1 ...)");
+    lq_device_kind dev = LQ_DEVICE_CPU;
+    st = lq_trn_device(&cfg, &dev, &err); /* before any work */
     if (st == LQ_OK) st = lq_mkdirs(cfg.output_dir, &err);
     if (st == LQ_OK) st = lq_trn_load_model(&cfg, &m, &tok, &err);
     if (st == LQ_OK && adapter) {
@@ -115,9 +115,11 @@ int lq_cmd_eval(const char *config, const char *const *sets, int n_sets, const c
     if (st == LQ_OK) st = lq_train_data_load(&d, &cfg, &tok, &err);
     if (st == LQ_OK && d.eval_rows.n_rows == 0)
         st = LQ_ERR(&err, LQ_ERR_INPUT, "%s: no validation set: set val_set_size or test_datasets", cfg.source);
+    if (st == LQ_OK && dev == LQ_DEVICE_CUDA) st = lq_trn_to_device(m, set, &err);
     if (st == LQ_OK) {
         int threads = cfg.threads > 0 ? cfg.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-        lq_ctx_opts co = {.n_threads = threads > 0 ? threads : 1, .seed = cfg.seed};
+        lq_ctx_opts co = {.n_threads = threads > 0 ? threads : 1, .seed = cfg.seed, .device = dev,
+                          .cuda_math = (lq_cuda_math)cfg.cuda_math};
         st = lq_ctx_init(&ctx, &co, &err);
     }
     if (st == LQ_OK)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/autograd.h"
 #include "core/file.h"
 #include "lora/lora.h"
 #include "train/yaml_tree.h"
@@ -146,6 +147,8 @@ static const lq_ychoice scheds[] = {
     {"constant", LQ_SCHED_CONSTANT}, {"linear", LQ_SCHED_LINEAR}, {"cosine", LQ_SCHED_COSINE}, {NULL, 0}};
 static const lq_ychoice optimizers[] = {{"adamw", 0}, {"adamw_torch", 0}, {"adamw_torch_fused", 0}, {NULL, 0}};
 static const lq_ychoice devices[] = {{"cpu", 0}, {"cuda", 1}, {NULL, 0}};
+static const lq_ychoice cuda_maths[] = {
+    {"tf32", LQ_CUDA_MATH_TF32}, {"bf16", LQ_CUDA_MATH_BF16}, {"fp32", LQ_CUDA_MATH_FP32}, {NULL, 0}};
 static const lq_ychoice nan_policies[] = {{"stop", LQ_NAN_STOP}, {"skip", LQ_NAN_SKIP}, {NULL, 0}};
 
 #define INF HUGE_VAL
@@ -260,6 +263,8 @@ static const lq_ykey schema[] = {
     /* machine */
     {.key = "device", .type = LQ_YT_STR, .off = C(device), .def = "cpu", .choices = devices,
      .help = "cpu or cuda"},
+    {.key = "cuda_math", .type = LQ_YT_ENUM, .off = C(cuda_math), .size = SZ(cuda_math), .def = "tf32",
+     .choices = cuda_maths, .help = "device: cuda matrix products: tf32, bf16 or fp32 inputs (fp32 accumulation)"},
     {.key = "threads", .type = LQ_YT_INT, .off = C(threads), .size = SZ(threads), .def = "0", .lo = 0,
      .hi = 4096, .help = "CPU threads; 0 = all cores"},
     {0},

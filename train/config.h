@@ -88,6 +88,8 @@ typedef struct lq_train_config {
 
     /* machine */
     char *device;                /* "cpu" (default) | "cuda" */
+    int cuda_math;               /* lq_cuda_math (autograd/autograd.h) of a cuda run's matrix products:
+                                  * tf32 (default) | bf16 | fp32, always with fp32 accumulation */
     int threads;                 /* 0 = all cores */
 } lq_train_config;
 

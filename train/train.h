@@ -30,13 +30,22 @@ typedef struct lq_adamw {
     float *m;      /* first moment (exp_avg) */
     float *v;      /* second moment (exp_avg_sq) */
     int64_t t;     /* steps taken; the bias corrections use it (checkpoints save m, v, t) */
+    bool on_device; /* m and v are CUDA device memory: they follow the block (lq_params_device) */
 } lq_adamw;
 
 /* Allocates zeroed moments for p's block (p must be finalized) and validates cfg. */
 lq_status lq_adamw_init(lq_adamw *opt, const lq_params *p, const lq_adamw_cfg *cfg, lq_err *err);
-/* One update with learning rate lr (schedules drive it); t += 1. Reads the grads, leaves them. */
+/* One update with learning rate lr (schedules drive it); t += 1. Reads the grads, leaves them.
+ * A block on the CUDA device (lq_params_to_device) is updated there by one kernel, with the same
+ * arithmetic; the moments move to wherever the block is before the update (made on the device
+ * when init saw a device block). Device work waits for everything queued on the device first and
+ * is finished when the call returns. */
 lq_status lq_adamw_step(lq_adamw *opt, lq_params *p, float lr, lq_err *err);
 void lq_adamw_free(lq_adamw *opt);
+/* Copies the moments (numel floats each) into / from host buffers, wherever they live: for
+ * checkpoints of a run on the device. */
+lq_status lq_adamw_state_get(const lq_adamw *opt, float *m, float *v, lq_err *err);
+lq_status lq_adamw_state_set(lq_adamw *opt, const float *m, const float *v, lq_err *err);
 
 /* torch.optim.SGD: L2 weight decay added to the gradient, optional (Nesterov) momentum. */
 typedef struct lq_sgd_cfg {
@@ -54,6 +63,7 @@ typedef struct lq_sgd {
     float *buf; /* momentum buffer (NULL when momentum == 0) */
     int64_t t;  /* steps taken; the buffer starts as the first step's gradient */
     bool ready; /* set by lq_sgd_init */
+    bool on_device; /* buf is CUDA device memory (as lq_adamw's moments) */
 } lq_sgd;
 
 lq_status lq_sgd_init(lq_sgd *opt, const lq_params *p, const lq_sgd_cfg *cfg, lq_err *err);
@@ -64,7 +74,9 @@ void lq_sgd_free(lq_sgd *opt);
  * on any thread count); if max_norm / (norm + 1e-6) < 1 the grads are scaled by it, as
  * torch.nn.utils.clip_grad_norm_ does. Returns the norm before clipping. A non-finite norm is
  * returned as is with the grads untouched (the caller reports it). max_norm <= 0 or NaN turns
- * clipping off (the norm is still returned). */
+ * clipping off (the norm is still returned). A block on the CUDA device is reduced there (in
+ * double, the same chunks; the order within a chunk differs) and scaled there; a device failure
+ * returns NaN (the grads untouched). */
 double lq_clip_grad_norm(lq_params *p, float max_norm, int n_threads);
 
 /* ---------------------------------------------------------------------------------------------

@@ -189,7 +189,12 @@ lq_status lq_trn_eval(lq_ctx *ctx, lq_llama_model *m, const lq_packed *rows, int
             st = LQ_ERR(err, lq_ctx_status(ctx) ? lq_ctx_status(ctx) : LQ_ERR_INTERNAL, "evaluation: %s", e ? e->msg : "?");
             break;
         }
-        sum += (double)*(const float *)l->data;
+        float lv = lq_ctx_device(ctx) == LQ_DEVICE_CUDA ? lq_tensor_get_f32(ctx, l, 0) : *(const float *)l->data;
+        if (lq_ctx_status(ctx) != LQ_OK) {
+            st = LQ_ERR(err, lq_ctx_status(ctx), "evaluation: %s", lq_ctx_error(ctx)->msg);
+            break;
+        }
+        sum += (double)lv;
         count += nc;
         lq_ctx_step_reset(ctx);
     }

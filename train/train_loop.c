@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/cuda.h"
 #include "train/mem.h"
 #include "train/trainer_impl.h"
 
@@ -45,16 +46,34 @@ static lq_status ctx_fail(lq_ctx *ctx, const char *what, lq_err *err) {
     return LQ_ERR(err, s != LQ_OK ? s : LQ_ERR_INTERNAL, "%s: %s", what, e && e->msg[0] ? e->msg : "failed");
 }
 
-/* The first parameter whose gradient holds a NaN or Inf, or "none". */
+/* The first parameter whose gradient holds a NaN or Inf, or "none". A block on the device is
+ * read through a host copy (this runs only on the way to an error or warning). */
 static const char *first_bad_grad(const lq_params *p) {
-    for (int i = 0; i < lq_params_count(p); i++) {
+    const float *base = lq_params_grad(p), *host = base;
+    float *copy = NULL;
+    if (lq_params_device(p) == LQ_DEVICE_CUDA) {
+        size_t bytes = (size_t)lq_params_numel(p) * sizeof(float);
+        lq_err e = {0};
+        copy = malloc(bytes ? bytes : 1);
+        if (!copy || lq_cuda_sync(NULL, &e) != LQ_OK || lq_cuda_copy(copy, base, bytes, LQ_COPY_D2H, NULL, &e) != LQ_OK) {
+            free(copy);
+            return "unknown (the gradients could not be read back from the device)";
+        }
+        host = copy;
+    }
+    const char *bad = "none";
+    for (int i = 0; i < lq_params_count(p) && !strcmp(bad, "none"); i++) {
         const lq_tensor *t = lq_params_at(p, i);
         if (!t->grad) continue;
-        const float *g = t->grad->data;
+        const float *g = host + ((const float *)t->grad->data - base);
         for (int64_t k = 0; k < lq_numel(t); k++)
-            if (!isfinite(g[k])) return t->name;
+            if (!isfinite(g[k])) {
+                bad = t->name;
+                break;
+            }
     }
-    return "none";
+    free(copy);
+    return bad;
 }
 
 /* Ends a '\r'-updated progress line before other output. */
@@ -138,7 +157,8 @@ static lq_status one_step(lq_trainer *t, lq_trn_pos *pos, lq_step_info *info, bo
         int64_t nc = 0;
         lq_tensor *l = lq_llama_loss(t->ctx, t->model, ids, labels, &fo, &nc);
         if (!l) return ctx_fail(t->ctx, "forward", err);
-        float lv = *(const float *)l->data;
+        float lv = lq_ctx_device(t->ctx) == LQ_DEVICE_CUDA ? lq_tensor_get_f32(t->ctx, l, 0) : *(const float *)l->data;
+        if (lq_ctx_status(t->ctx) != LQ_OK) return ctx_fail(t->ctx, "forward", err);
         if (n_step > 0) {
             lq_tensor *scaled = lq_scale(t->ctx, l, (float)(1.0 / (double)n_step));
             if (!scaled || lq_backward(t->ctx, scaled) != LQ_OK) return ctx_fail(t->ctx, "backward", err);
@@ -205,6 +225,9 @@ static void summary(lq_trainer *t, int64_t steps_run, double elapsed) {
         fprintf(stderr, "peak RSS: %lld MiB measured, %lld MiB estimated (loquat mem)\n", (long long)(peak >> 20),
                 (long long)(me.total >> 20));
     else fprintf(stderr, "peak RSS: %lld MiB measured\n", (long long)(peak >> 20));
+    if (lq_ctx_device(t->ctx) == LQ_DEVICE_CUDA)
+        fprintf(stderr, "peak device memory: %lld MiB (base weights, adapters, grads, moments, activation arenas)\n",
+                (long long)(lq_cuda_mem_stats().peak >> 20));
     fprintf(stderr, "adapter: %s/adapter_config.json, %s/adapter_model.safetensors; loss plot: %s/loss.svg\n",
             t->cfg->output_dir, t->cfg->output_dir, t->cfg->output_dir);
 }
@@ -218,6 +241,10 @@ static lq_status finish(lq_trainer *t, const lq_trn_pos *pos, bool saved, int64_
     }
     char path[4200];
     if (!saved) LQ_TRY(save(t, pos, path, sizeof path, err));
+    if (lq_params_device(t->set->params) == LQ_DEVICE_CUDA) { /* the adapter file is written from the host */
+        LQ_TRY(lq_cuda_sync(NULL, err));
+        LQ_TRY(lq_params_to_host(t->set->params, err));
+    }
     LQ_TRY(lq_peft_save(t->set, t->cfg->output_dir, err));
     lq_metrics_close(&t->metrics);
     char svg[4200], title[512];

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/cuda.h"
 #include "train/mem.h"
 #include "train/trainer_impl.h"
 
@@ -26,6 +27,29 @@ lq_status lq_trn_load_model(const lq_train_config *cfg, lq_llama_model **model, 
         *model = NULL;
     }
     return st;
+}
+
+lq_status lq_trn_device(const lq_train_config *cfg, lq_device_kind *dev, lq_err *err) {
+    *dev = LQ_DEVICE_CPU;
+    if (!cfg->device || strcmp(cfg->device, "cuda") != 0) return LQ_OK;
+    const char *src = cfg->source && *cfg->source ? cfg->source : "(config)";
+    /* a CPU build cannot do what the config asks: a config problem (exit 2); a CUDA build on a
+     * machine without a usable device is a runtime one (exit 1) */
+    if (!lq_cuda_built())
+        return LQ_ERR(err, LQ_ERR_INPUT,
+                      "%s: key 'device': cuda asked for, but this build has no CUDA backend (rebuild with make CUDA=1, "
+                      "or set device: cpu)", src);
+    char why[512];
+    if (lq_cuda_devices(why, sizeof why) < 1)
+        return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "%s: key 'device': cuda asked for, but no CUDA device is usable (%s)", src,
+                      why);
+    *dev = LQ_DEVICE_CUDA;
+    return LQ_OK;
+}
+
+lq_status lq_trn_to_device(lq_llama_model *m, lq_lora_set *set, lq_err *err) {
+    LQ_TRY(lq_llama_to_device(m, err));
+    return set ? lq_params_to_device(set->params, err) : LQ_OK;
 }
 
 static lq_status make_adapters(lq_trainer *t, lq_err *err) {
@@ -50,8 +74,8 @@ static lq_status make_adapters(lq_trainer *t, lq_err *err) {
 
 lq_status lq_trainer_init(lq_trainer **out, const lq_train_config *cfg, const lq_trainer_opts *opts, lq_err *err) {
     *out = NULL;
-    if (cfg->device && strcmp(cfg->device, "cuda") == 0)
-        return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "device: cuda: this build has no CUDA backend (make CUDA=1 ...)");
+    lq_device_kind dev;
+    LQ_TRY(lq_trn_device(cfg, &dev, err)); /* before any work */
     if (!cfg->output_dir || !*cfg->output_dir) return LQ_ERR(err, LQ_ERR_INPUT, "output_dir: required");
     /* A run that cannot fit is refused before anything big is allocated (the estimate reads only
      * the model's header and the data files' sizes); a failed estimate is not fatal here: the
@@ -59,8 +83,13 @@ lq_status lq_trainer_init(lq_trainer **out, const lq_train_config *cfg, const lq
     lq_mem_estimate me;
     lq_err me_err;
     lq_err_clear(&me_err);
-    if (lq_mem_estimate_run(cfg, &me, &me_err) == LQ_OK && lq_mem_check(&me, &me_err) != LQ_OK)
-        return LQ_ERR(err, LQ_ERR_INPUT, "%s", me_err.msg);
+    if (lq_mem_estimate_run(cfg, &me, &me_err) == LQ_OK) {
+        if (dev == LQ_DEVICE_CUDA) { /* the activations live on the device, not in host memory */
+            me.total -= cfg->gradient_checkpointing ? me.activations_ckpt : me.activations;
+            me.total_other = me.total;
+        }
+        if (lq_mem_check(&me, &me_err) != LQ_OK) return LQ_ERR(err, LQ_ERR_INPUT, "%s", me_err.msg);
+    }
     lq_trainer *t = calloc(1, sizeof *t);
     if (!t) return LQ_ERR(err, LQ_ERR_OOM, "trainer");
     t->cfg = cfg;
@@ -72,8 +101,12 @@ lq_status lq_trainer_init(lq_trainer **out, const lq_train_config *cfg, const lq
     if (st == LQ_OK) st = lq_trn_load_model(cfg, &t->model, &t->tok, err);
     if (st == LQ_OK) st = lq_train_data_load(&t->data, cfg, &t->tok, err);
     if (st == LQ_OK) st = make_adapters(t, err);
+    /* device: cuda: the frozen base and the adapter block move once made (a resume later uploads
+     * its values into the device block); the optimizer then makes its moments there */
+    if (st == LQ_OK && dev == LQ_DEVICE_CUDA) st = lq_trn_to_device(t->model, t->set, err);
     if (st == LQ_OK) {
-        lq_ctx_opts co = {.n_threads = t->threads, .seed = cfg->seed};
+        lq_ctx_opts co = {.n_threads = t->threads, .seed = cfg->seed, .device = dev,
+                          .cuda_math = (lq_cuda_math)cfg->cuda_math};
         st = lq_ctx_init(&t->ctx, &co, err);
         if (st == LQ_OK) lq_ctx_set_release_grads(t->ctx, true); /* free activation grads once used */
     }
@@ -112,17 +145,58 @@ void lq_trainer_free(lq_trainer *t) {
 
 /* --- checkpoints ------------------------------------------------------------------------------ */
 
+/* Host copies of the adapter block and the AdamW moments for a checkpoint: the arrays themselves
+ * on the CPU (*buf NULL), a download into *buf (3 numel floats, to free) on the device. */
+static lq_status host_state(lq_trainer *t, const float **params, const float **m, const float **v, float **buf,
+                            lq_err *err) {
+    lq_params *p = t->set->params;
+    int64_t n = lq_params_numel(p);
+    *buf = NULL;
+    if (lq_params_device(p) != LQ_DEVICE_CUDA && !t->opt.on_device) {
+        *params = lq_params_data(p);
+        *m = t->opt.m;
+        *v = t->opt.v;
+        return LQ_OK;
+    }
+    float *b = malloc((size_t)(3 * n > 0 ? 3 * n : 1) * sizeof(float));
+    if (!b) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for a host copy of %lld adapter values", (long long)n);
+    lq_status st = LQ_OK;
+    if (lq_params_device(p) == LQ_DEVICE_CUDA) {
+        st = lq_cuda_sync(NULL, err); /* the last update may still be running on another stream */
+        if (st == LQ_OK) st = lq_cuda_copy(b, lq_params_data(p), (size_t)n * sizeof(float), LQ_COPY_D2H, NULL, err);
+    } else {
+        memcpy(b, lq_params_data(p), (size_t)n * sizeof(float));
+    }
+    if (st == LQ_OK) st = lq_adamw_state_get(&t->opt, b + n, b + 2 * n, err);
+    if (st != LQ_OK) {
+        free(b);
+        return st;
+    }
+    *params = b;
+    *m = b + n;
+    *v = b + 2 * n;
+    *buf = b;
+    return LQ_OK;
+}
+
 lq_status lq_trn_save(lq_trainer *t, const lq_trn_pos *pos, char *path, size_t path_n, lq_err *err) {
     snprintf(path, path_n, "%s/checkpoint-%lld.h5", t->cfg->output_dir, (long long)pos->step);
+    const float *hp = NULL, *hm = NULL, *hv = NULL;
+    float *buf = NULL;
+    LQ_TRY(host_state(t, &hp, &hm, &hv, &buf, err));
     char(*mods)[LQ_NAME_MAX] = calloc((size_t)(t->set->n ? t->set->n : 1), LQ_NAME_MAX);
-    if (!mods) return LQ_ERR(err, LQ_ERR_OOM, "checkpoint module names");
+    if (!mods) {
+        free(buf);
+        return LQ_ERR(err, LQ_ERR_OOM, "checkpoint module names");
+    }
     for (int i = 0; i < t->set->n; i++) snprintf(mods[i], LQ_NAME_MAX, "%s", t->set->mods[i].module);
     lq_ckpt c = {.step = pos->step, .epoch = pos->epoch, .row = pos->row, .micro = pos->micro, .adam_t = t->opt.t,
                  .n_skipped = t->n_skipped, .seed = t->cfg->seed, .eval_before = t->eval_before,
-                 .numel = lq_params_numel(t->set->params), .params = lq_params_data(t->set->params), .m = t->opt.m,
-                 .v = t->opt.v, .n_mods = t->set->n, .mods = mods, .config = t->yaml};
+                 .numel = lq_params_numel(t->set->params), .params = (float *)hp, .m = (float *)hm,
+                 .v = (float *)hv, .n_mods = t->set->n, .mods = mods, .config = t->yaml};
     lq_status st = lq_ckpt_save(path, &c, err);
     free(mods);
+    free(buf);
     if (st == LQ_OK) st = lq_ckpt_prune(t->cfg->output_dir, t->cfg->save_total_limit, err);
     return st;
 }
@@ -214,14 +288,20 @@ static const char *check_fit(lq_trainer *t, const lq_ckpt *c, const char *path, 
     return NULL;
 }
 
-static void restore(lq_trainer *t, const lq_ckpt *c, lq_trn_pos *pos) {
-    memcpy(lq_params_data(t->set->params), c->params, (size_t)c->numel * sizeof(float));
-    memcpy(t->opt.m, c->m, (size_t)c->numel * sizeof(float));
-    memcpy(t->opt.v, c->v, (size_t)c->numel * sizeof(float));
+static lq_status restore(lq_trainer *t, const lq_ckpt *c, lq_trn_pos *pos, lq_err *err) {
+    lq_params *p = t->set->params;
+    if (lq_params_device(p) == LQ_DEVICE_CUDA) {
+        LQ_TRY(lq_cuda_sync(NULL, err));
+        LQ_TRY(lq_cuda_copy(lq_params_data(p), c->params, (size_t)c->numel * sizeof(float), LQ_COPY_H2D, NULL, err));
+    } else {
+        memcpy(lq_params_data(p), c->params, (size_t)c->numel * sizeof(float));
+    }
+    LQ_TRY(lq_adamw_state_set(&t->opt, c->m, c->v, err));
     t->opt.t = c->adam_t;
     t->n_skipped = c->n_skipped;
     t->eval_before = c->eval_before;
     *pos = (lq_trn_pos){c->step, c->epoch, c->row, c->micro};
+    return LQ_OK;
 }
 
 lq_status lq_trn_resume(lq_trainer *t, lq_trn_pos *pos, bool *resumed, lq_err *err) {
@@ -257,14 +337,16 @@ lq_status lq_trn_resume(lq_trainer *t, lq_trn_pos *pos, bool *resumed, lq_err *e
         }
         const char *bad = check_fit(t, &c, paths[i], why, sizeof why);
         if (bad) fprintf(stderr, "warning: skipping checkpoint %s: %s\n", paths[i], bad);
-        else {
-            restore(t, &c, pos);
+        else if ((st = restore(t, &c, pos, err)) != LQ_OK) {
+            lq_ckpt_free(&c);
+            break; /* the device refused the values: not a checkpoint problem, so no fallback */
+        } else {
             *resumed = true;
             fprintf(stderr, "resuming from %s (step %lld)\n", paths[i], (long long)pos->step);
         }
         lq_ckpt_free(&c);
     }
-    if (!*resumed)
+    if (!*resumed && st == LQ_OK)
         st = LQ_ERR(err, LQ_ERR_INPUT, "%s: no usable checkpoint to resume from%s", from,
                     n ? " (every one was skipped; see the warnings)" : " (no checkpoint-<step>.h5 there)");
     lq_ckpt_list_free(paths, steps, n);

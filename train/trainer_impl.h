@@ -104,6 +104,12 @@ lq_status lq_train_data_load(lq_train_data *d, const lq_train_config *cfg, const
 lq_status lq_train_data_epoch(lq_train_data *d, uint64_t seed, int64_t epoch, lq_err *err);
 void lq_train_data_free(lq_train_data *d);
 
+/* The device the config's `device` key asks for, checked before any work: LQ_ERR_INPUT (exit 2)
+ * naming the key when this build has no CUDA, LQ_ERR_UNSUPPORTED (exit 1) when it has but no
+ * device is usable. */
+lq_status lq_trn_device(const lq_train_config *cfg, lq_device_kind *dev, lq_err *err);
+/* Moves the model's weights and the adapter block (set may be NULL) to the CUDA device. */
+lq_status lq_trn_to_device(lq_llama_model *m, lq_lora_set *set, lq_err *err);
 /* Model, tokenizer and adapters as the config asks (shared by train and eval). */
 lq_status lq_trn_load_model(const lq_train_config *cfg, lq_llama_model **model, lq_lm_tok *tok, lq_err *err);
 /* Validation loss (sum CE / counted labels) over rows, micro_batch rows at a time, no dropout,

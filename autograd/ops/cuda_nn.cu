@@ -1,7 +1,590 @@
-/* autograd/ops/cuda_nn.cu: CUDA kernels of the nn ops (forward and backward), beside their CPU files. */
+/* autograd/ops/cuda_nn.cu: CUDA kernels of the nn ops (forward and backward), beside their CPU files:
+ * embedding, rope, rmsnorm, layernorm, softmax, log_softmax, cross_entropy (attention: cuda_attention.cu).
+ * Each kernel mirrors its op_<name>.c line by line: same parameters (node->ip / fp), the same sums in
+ * double where the CPU sums in double, the inputs contiguous (every entry function makes them so). */
+#include <math.h>
+
 #include "autograd/cuda_impl.h"
 #include "core/cuda_check.h"
 
+/* attention lives in cuda_attention.cu; its table entry is here */
+extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n);
+extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
+
+#define FOR_EACH(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+/* one block per row: blocks loop over rows, so every thread of a block runs the same iterations
+ * and the __syncthreads inside the reductions are reached by all of them */
+#define FOR_ROWS(r, R) for (int64_t r = blockIdx.x; r < (R); r += gridDim.x)
+
+static unsigned row_blocks(int64_t R) { return (unsigned)(R < 1 ? 1 : R > 65535 * 8 ? 65535 * 8 : R); }
+
+static cudaStream_t stream_of(lq_ctx *ctx) { return (cudaStream_t)lq_cuda_stream(ctx); }
+
+/* Sum / max over the block (blockDim.x a multiple of 32, at most 1024), the result in every thread.
+ * The leading __syncthreads keeps a previous call's readers of sh from seeing this call's writes;
+ * every thread adds the warp partials in the same order, so all threads agree bit for bit. */
+template <typename T> __device__ T block_sum(T v) {
+    __shared__ T sh[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    T r = 0;
+    for (int i = 0; i < nw; i++) r += sh[i];
+    return r;
+}
+
+/* max by comparison (NaNs skipped, as the CPU's `x > m ? x : m`), -inf for an empty block */
+__device__ float block_max(float v) {
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = u > v ? u : v;
+    }
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    float r = -INFINITY;
+    for (int i = 0; i < nw; i++) r = sh[i] > r ? sh[i] : r;
+    return r;
+}
+
+/* --- embedding: table (V, C), ids (N) -> y (N, C) ---------------------------------------------- */
+
+__global__ static void k_embed_fwd(const float *w, const int32_t *ids, float *y, int64_t N, int64_t C) {
+    FOR_EACH(i, N * C) y[i] = w[(int64_t)ids[i / C] * C + i % C];
+}
+
+/* dW[ids[t], c] += dy[t, c]: ids repeat, so the scatter is atomic */
+__global__ static void k_embed_bwd(float *gw, const int32_t *ids, const float *gy, int64_t N, int64_t C) {
+    FOR_EACH(i, N * C) atomicAdd(gw + (int64_t)ids[i / C] * C + i % C, gy[i]);
+}
+
+static lq_status embedding_fwd(lq_ctx *ctx, lq_node *n) {
+    int64_t N = lq_numel(n->in[1]), C = n->in[0]->ne[1];
+    if (N * C == 0) return LQ_OK;
+    const int32_t *ids = lq_cuda_upload_i32(ctx, n->in[1]);
+    if (!ids) return ctx->err.status;
+    k_embed_fwd<<<lq_cuda_blocks(N * C), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+        (const float *)n->in[0]->data, ids, (float *)n->out->data, N, C);
+    LQ_CUDA_LAUNCHED(ctx, "embedding forward");
+    return LQ_OK;
+}
+
+static lq_status embedding_bwd(lq_ctx *ctx, lq_node *n) {
+    float *gw;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gw));
+    if (!gw) return LQ_OK;
+    int64_t N = lq_numel(n->in[1]), C = n->in[0]->ne[1];
+    if (N * C == 0) return LQ_OK;
+    const int32_t *ids = lq_cuda_upload_i32(ctx, n->in[1]);
+    if (!ids) return ctx->err.status;
+    k_embed_bwd<<<lq_cuda_blocks(N * C), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+        gw, ids, (const float *)n->out->grad->data, N, C);
+    LQ_CUDA_LAUNCHED(ctx, "embedding backward");
+    return LQ_OK;
+}
+
+/* --- rope: x (B, T, H, D), pos (T) or (B, T) ----------------------------------------------------- */
+
+/* One thread per element of dst. Element d < rot of a row belongs to pair i as its first (a) or
+ * second (b) member: interleaved pairs (2i, 2i+1), half pairs (i, i + rot/2). Both members are read
+ * and the pair rotated exactly as op_rope.c's rotate(): angle = (float)pos * inv_freq[i] in float,
+ * then (a, b) -> (a cos - b sign sin, b cos + a sign sin). Dims >= rot pass through. */
+__global__ static void k_rope(const float *src, float *dst, const int32_t *pos, const float *inv_freq, int64_t rows,
+                              int64_t T, int64_t H, int64_t D, int64_t rot, int interleaved, int per_batch,
+                              float sign, int acc) {
+    int64_t half = rot / 2;
+    FOR_EACH(e, rows * D) {
+        int64_t r = e / D, d = e % D;
+        const float *xr = src + r * D;
+        float v;
+        if (d >= rot) {
+            v = xr[d];
+        } else {
+            int64_t i, ia, ib;
+            bool second;
+            if (interleaved) {
+                i = d / 2;
+                second = d % 2 != 0;
+                ia = 2 * i;
+                ib = 2 * i + 1;
+            } else {
+                second = d >= half;
+                i = second ? d - half : d;
+                ia = i;
+                ib = i + half;
+            }
+            int64_t bt = r / H, t = bt % T;
+            int64_t p = per_batch ? bt : t;
+            float angle = (float)pos[p] * inv_freq[i];
+            float c = cosf(angle), s = sinf(angle);
+            float a = xr[ia], b = xr[ib], si = sign * s;
+            v = second ? b * c + a * si : a * c - b * si;
+        }
+        dst[e] = acc ? dst[e] + v : v;
+    }
+}
+
+/* saved[0] is the host inv_freq the entry built; the forward keeps its device copy in saved[1] and
+ * the device positions in saved[2] for the backward (the CPU's cos / sin slots, unused here). */
+static lq_status rope_launch(lq_ctx *ctx, lq_node *n, const float *src, float *dst, float sign, bool acc) {
+    const lq_tensor *x = n->in[0];
+    int64_t B = x->ne[0], T = x->ne[1], H = x->ne[2], D = x->ne[3], rot = n->ip[1];
+    int64_t rows = B * T * H;
+    if (rows * D == 0) return LQ_OK;
+    if (!n->saved[1] || !n->saved[2]) {
+        n->saved[1] = lq_cuda_upload(ctx, n->saved[0], (size_t)(rot / 2) * sizeof(float));
+        if (!n->saved[1]) return ctx->err.status;
+        const int32_t *pos = lq_cuda_upload_i32(ctx, n->in[1]);
+        if (!pos) return ctx->err.status;
+        n->saved[2] = (void *)pos;
+    }
+    k_rope<<<lq_cuda_blocks(rows * D), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+        src, dst, (const int32_t *)n->saved[2], (const float *)n->saved[1], rows, T, H, D, rot,
+        n->ip[0] == LQ_ROPE_INTERLEAVED ? 1 : 0, n->ip[2] != 0 ? 1 : 0, sign, acc ? 1 : 0);
+    LQ_CUDA_LAUNCHED(ctx, "rope");
+    return LQ_OK;
+}
+
+static lq_status rope_fwd(lq_ctx *ctx, lq_node *n) {
+    n->saved[1] = n->saved[2] = NULL; /* a re-run forward (checkpointing) uploads afresh */
+    return rope_launch(ctx, n, (const float *)n->in[0]->data, (float *)n->out->data, 1.0f, false);
+}
+
+/* dx = R(-theta) dy, accumulated */
+static lq_status rope_bwd(lq_ctx *ctx, lq_node *n) {
+    float *gx;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    if (!gx) return LQ_OK;
+    return rope_launch(ctx, n, (const float *)n->out->grad->data, gx, -1.0f, true);
+}
+
+/* --- rmsnorm: x (R, C), w (C) or none; saved[0] rstd (R) on the device --------------------------- */
+
+/* rstd = 1 / sqrtf((float)(sum x^2 / C) + eps), the sum in double; y = w * (x * rstd) when y */
+__global__ static void k_rms_fwd(const float *x, const float *w, float *y, float *rstd, int64_t R, int64_t C,
+                                 float eps) {
+    FOR_ROWS(r, R) {
+        const float *xr = x + r * C;
+        double acc = 0.0;
+        for (int64_t j = threadIdx.x; j < C; j += blockDim.x) acc += (double)xr[j] * (double)xr[j];
+        acc = block_sum(acc);
+        float ms = C > 0 ? (float)(acc / (double)C) : 0.0f;
+        float s = 1.0f / sqrtf(ms + eps);
+        if (rstd && threadIdx.x == 0) rstd[r] = s;
+        if (y)
+            for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+                float h = xr[j] * s;
+                y[r * C + j] = w ? w[j] * h : h;
+            }
+    }
+}
+
+/* dx_k += r w_k dy_k - (r^3 / C) x_k sum_j dy_j w_j x_j (see op_rmsnorm.c) */
+__global__ static void k_rms_bwd_x(const float *x, const float *w, const float *gy, const float *rstd, float *gx,
+                                   int64_t R, int64_t C) {
+    FOR_ROWS(r, R) {
+        const float *xr = x + r * C, *gr = gy + r * C;
+        float s = rstd[r];
+        double dot = 0.0;
+        for (int64_t j = threadIdx.x; j < C; j += blockDim.x) dot += (double)gr[j] * (w ? w[j] : 1.0f) * xr[j];
+        dot = block_sum(dot);
+        float coef = (float)((double)s * s * s * dot / (double)C);
+        for (int64_t j = threadIdx.x; j < C; j += blockDim.x)
+            gx[r * C + j] += s * (w ? w[j] : 1.0f) * gr[j] - coef * xr[j];
+    }
+}
+
+/* Weight (and bias) gradients summed over rows: block (cx, cy) sums rows [cy * ROWS_PER, ...) of
+ * its columns in double, then adds its partial to the gradient atomically. mean == NULL: rmsnorm
+ * (dw += dy x rstd); else layernorm (dw += dy (x - mean) rstd, db += dy). */
+#define ROWS_PER 64
+__global__ static void k_norm_bwd_w(const float *x, const float *gy, const float *mean, const float *rstd, float *gw,
+                                    float *gb, int64_t R, int64_t C) {
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= C) return;
+    int64_t r0 = (int64_t)blockIdx.y * ROWS_PER, r1 = r0 + ROWS_PER < R ? r0 + ROWS_PER : R;
+    double aw = 0.0, ab = 0.0;
+    for (int64_t r = r0; r < r1; r++) {
+        float g = gy[r * C + j], xv = x[r * C + j];
+        if (mean) {
+            aw += (double)g * ((xv - mean[r]) * rstd[r]);
+            ab += g;
+        } else {
+            aw += (double)g * xv * rstd[r];
+        }
+    }
+    if (gw) atomicAdd(gw + j, (float)aw);
+    if (gb) atomicAdd(gb + j, (float)ab);
+}
+
+static lq_status norm_bwd_w(lq_ctx *ctx, const float *x, const float *gy, const float *mean, const float *rstd,
+                            float *gw, float *gb, int64_t R, int64_t C) {
+    if (R == 0 || C == 0 || (!gw && !gb)) return LQ_OK;
+    int64_t chunks = (R + ROWS_PER - 1) / ROWS_PER;
+    for (int64_t c0 = 0; c0 < chunks; c0 += 65535) { /* gridDim.y is at most 65535 */
+        int64_t nc = chunks - c0 < 65535 ? chunks - c0 : 65535;
+        dim3 grid((unsigned)((C + LQ_CUDA_THREADS - 1) / LQ_CUDA_THREADS), (unsigned)nc);
+        int64_t off = c0 * ROWS_PER;
+        k_norm_bwd_w<<<grid, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x + off * C, gy + off * C,
+                                                                   mean ? mean + off : NULL, rstd + off, gw, gb,
+                                                                   R - off, C);
+        LQ_CUDA_LAUNCHED(ctx, "norm weight backward");
+    }
+    return LQ_OK;
+}
+
+static void rows_of(const lq_tensor *xt, int64_t *R, int64_t *C) {
+    *C = xt->ne[xt->ndim - 1];
+    *R = *C > 0 ? lq_numel(xt) / *C : 0;
+}
+
+static lq_status rmsnorm_fwd(lq_ctx *ctx, lq_node *n) {
+    int64_t R, C;
+    rows_of(n->in[0], &R, &C);
+    float *rstd = NULL;
+    n->saved[0] = NULL;
+    if (n->recorded) {
+        rstd = (float *)lq_ctx_dalloc(ctx, (size_t)(R > 0 ? R : 1) * sizeof(float));
+        if (!rstd) return ctx->err.status;
+        n->saved[0] = rstd;
+    }
+    if (R == 0) return LQ_OK;
+    k_rms_fwd<<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+        (const float *)n->in[0]->data, n->ip[0] ? (const float *)n->in[1]->data : NULL, (float *)n->out->data, rstd,
+        R, C, n->fp[0]);
+    LQ_CUDA_LAUNCHED(ctx, "rmsnorm forward");
+    return LQ_OK;
+}
+
+static lq_status rmsnorm_bwd(lq_ctx *ctx, lq_node *n) {
+    int64_t R, C;
+    rows_of(n->in[0], &R, &C);
+    bool has_w = n->ip[0] != 0;
+    float *gx, *gw = NULL;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    if (has_w) LQ_TRY(lq_grad_get(ctx, n->in[1], &gw));
+    if ((!gx && !gw) || R == 0) return LQ_OK;
+    const float *x = (const float *)n->in[0]->data, *w = has_w ? (const float *)n->in[1]->data : NULL;
+    const float *gy = (const float *)n->out->grad->data;
+    float *rstd = (float *)n->saved[0];
+    if (!rstd) { /* not saved: recompute */
+        rstd = (float *)lq_ctx_dalloc(ctx, (size_t)R * sizeof(float));
+        if (!rstd) return ctx->err.status;
+        k_rms_fwd<<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, NULL, NULL, rstd, R, C, n->fp[0]);
+        LQ_CUDA_LAUNCHED(ctx, "rmsnorm stats");
+    }
+    if (gx) {
+        k_rms_bwd_x<<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, gy, rstd, gx, R, C);
+        LQ_CUDA_LAUNCHED(ctx, "rmsnorm backward");
+    }
+    return norm_bwd_w(ctx, x, gy, NULL, rstd, gw, NULL, R, C);
+}
+
+/* --- layernorm: x (R, C), in[ip[0]] weight, in[ip[1]] bias (-1 absent); saved mean, rstd (R) ---- */
+
+/* mean and rstd = 1 / sqrt(var + eps) by two passes in double; y = (x - mean) rstd w + b when y */
+__global__ static void k_ln_fwd(const float *x, const float *w, const float *b, float *y, float *mean_out,
+                                float *rstd_out, int64_t R, int64_t C, float eps) {
+    FOR_ROWS(r, R) {
+        const float *xr = x + r * C;
+        double s = 0.0;
+        for (int64_t j = threadIdx.x; j < C; j += blockDim.x) s += xr[j];
+        s = block_sum(s);
+        double mu = C > 0 ? s / (double)C : 0.0;
+        double v = 0.0;
+        for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+            double d = (double)xr[j] - mu;
+            v += d * d;
+        }
+        v = block_sum(v);
+        v = C > 0 ? v / (double)C : 0.0;
+        float m = (float)mu, rs = (float)(1.0 / sqrt(v + (double)eps));
+        if (threadIdx.x == 0) {
+            if (mean_out) mean_out[r] = m;
+            if (rstd_out) rstd_out[r] = rs;
+        }
+        if (y)
+            for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+                float h = (xr[j] - m) * rs;
+                if (w) h *= w[j];
+                if (b) h += b[j];
+                y[r * C + j] = h;
+            }
+    }
+}
+
+/* dx_k += r (g_k - mean_j g_j - h_k mean_j (g_j h_j)), g = dy w (see op_layernorm.c) */
+__global__ static void k_ln_bwd_x(const float *x, const float *w, const float *gy, const float *mean,
+                                  const float *rstd, float *gx, int64_t R, int64_t C) {
+    FOR_ROWS(r, R) {
+        const float *xr = x + r * C, *gr = gy + r * C;
+        float mu = mean[r], s = rstd[r];
+        double sg = 0.0, sgh = 0.0;
+        for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+            double g = (double)gr[j] * (w ? w[j] : 1.0f);
+            sg += g;
+            sgh += g * ((xr[j] - mu) * s);
+        }
+        sg = block_sum(sg);
+        sgh = block_sum(sgh);
+        float mg = (float)(sg / (double)C), mgh = (float)(sgh / (double)C);
+        for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+            float h = (xr[j] - mu) * s;
+            float g = gr[j] * (w ? w[j] : 1.0f);
+            gx[r * C + j] += s * (g - mg - h * mgh);
+        }
+    }
+}
+
+static lq_status layernorm_fwd(lq_ctx *ctx, lq_node *n) {
+    int64_t R, C;
+    rows_of(n->in[0], &R, &C);
+    const float *w = n->ip[0] >= 0 ? (const float *)n->in[n->ip[0]]->data : NULL;
+    const float *b = n->ip[1] >= 0 ? (const float *)n->in[n->ip[1]]->data : NULL;
+    float *mean = NULL, *rstd = NULL;
+    n->saved[0] = n->saved[1] = NULL;
+    if (n->recorded) {
+        size_t bytes = (size_t)(R > 0 ? R : 1) * sizeof(float);
+        mean = (float *)lq_ctx_dalloc(ctx, bytes);
+        rstd = mean ? (float *)lq_ctx_dalloc(ctx, bytes) : NULL;
+        if (!rstd) return ctx->err.status;
+        n->saved[0] = mean;
+        n->saved[1] = rstd;
+    }
+    if (R == 0) return LQ_OK;
+    k_ln_fwd<<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>((const float *)n->in[0]->data, w, b,
+                                                                     (float *)n->out->data, mean, rstd, R, C,
+                                                                     n->fp[0]);
+    LQ_CUDA_LAUNCHED(ctx, "layernorm forward");
+    return LQ_OK;
+}
+
+static lq_status layernorm_bwd(lq_ctx *ctx, lq_node *n) {
+    int64_t R, C;
+    rows_of(n->in[0], &R, &C);
+    const float *x = (const float *)n->in[0]->data;
+    const float *w = n->ip[0] >= 0 ? (const float *)n->in[n->ip[0]]->data : NULL;
+    const float *gy = (const float *)n->out->grad->data;
+    float *gx, *gw = NULL, *gb = NULL;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    if (n->ip[0] >= 0) LQ_TRY(lq_grad_get(ctx, n->in[n->ip[0]], &gw));
+    if (n->ip[1] >= 0) LQ_TRY(lq_grad_get(ctx, n->in[n->ip[1]], &gb));
+    if ((!gx && !gw && !gb) || R == 0) return LQ_OK;
+    float *mean = (float *)n->saved[0], *rstd = (float *)n->saved[1];
+    if (!mean || !rstd) { /* not saved: recompute */
+        mean = (float *)lq_ctx_dalloc(ctx, (size_t)R * sizeof(float));
+        rstd = mean ? (float *)lq_ctx_dalloc(ctx, (size_t)R * sizeof(float)) : NULL;
+        if (!rstd) return ctx->err.status;
+        k_ln_fwd<<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, NULL, NULL, NULL, mean, rstd, R, C,
+                                                                         n->fp[0]);
+        LQ_CUDA_LAUNCHED(ctx, "layernorm stats");
+    }
+    if (gx) {
+        k_ln_bwd_x<<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, gy, mean, rstd, gx, R, C);
+        LQ_CUDA_LAUNCHED(ctx, "layernorm backward");
+    }
+    return norm_bwd_w(ctx, x, gy, mean, rstd, gw, gb, R, C);
+}
+
+/* --- softmax / log_softmax along axis ip[0]: x seen as (outer, n, inner) ------------------------ */
+
+typedef struct sm_dims {
+    int64_t outer, n, inner;
+} sm_dims;
+
+static sm_dims sm_dims_of(const lq_tensor *x, int axis) {
+    sm_dims r = {1, 1, 1};
+    for (int d = 0; d < x->ndim; d++) {
+        if (d < axis) r.outer *= x->ne[d];
+        else if (d == axis) r.n = x->ne[d];
+        else r.inner *= x->ne[d];
+    }
+    return r;
+}
+
+/* Row oi = (o, i): its n values sit at base + k inner, base = o n inner + i. log: y = (x - m) - log S,
+ * else y = exp(x - m) / S; S summed in double as the CPU does. */
+__global__ static void k_softmax_fwd(const float *x, float *y, int64_t rows, int64_t n, int64_t inner, int log_sm) {
+    FOR_ROWS(oi, rows) {
+        int64_t o = oi / inner, i = oi % inner, st = inner;
+        const float *p = x + o * n * inner + i;
+        float *q = y + o * n * inner + i;
+        float m = -INFINITY;
+        for (int64_t k = threadIdx.x; k < n; k += blockDim.x) m = fmaxf(m, p[k * st]);
+        m = block_max(m);
+        double s = 0.0;
+        for (int64_t k = threadIdx.x; k < n; k += blockDim.x) s += expf(p[k * st] - m);
+        s = block_sum(s);
+        if (log_sm) {
+            float ls = (float)log(s);
+            for (int64_t k = threadIdx.x; k < n; k += blockDim.x) q[k * st] = (p[k * st] - m) - ls;
+        } else {
+            for (int64_t k = threadIdx.x; k < n; k += blockDim.x) q[k * st] = (float)((double)expf(p[k * st] - m) / s);
+        }
+    }
+}
+
+/* softmax: dx_k += y_k (dy_k - sum_j dy_j y_j); log_softmax: dx_k += dy_k - exp(y_k) sum_j dy_j */
+__global__ static void k_softmax_bwd(const float *y, const float *gy, float *gx, int64_t rows, int64_t n,
+                                     int64_t inner, int log_sm) {
+    FOR_ROWS(oi, rows) {
+        int64_t o = oi / inner, i = oi % inner, st = inner;
+        int64_t base = o * n * inner + i;
+        double acc = 0.0;
+        for (int64_t k = threadIdx.x; k < n; k += blockDim.x)
+            acc += log_sm ? (double)gy[base + k * st] : (double)gy[base + k * st] * y[base + k * st];
+        acc = block_sum(acc);
+        float d = (float)acc;
+        for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
+            int64_t e = base + k * st;
+            gx[e] += log_sm ? gy[e] - expf(y[e]) * d : y[e] * (gy[e] - d);
+        }
+    }
+}
+
+static lq_status softmax_fwd_any(lq_ctx *ctx, lq_node *n, int log_sm) {
+    if (lq_numel(n->out) == 0) return LQ_OK;
+    sm_dims r = sm_dims_of(n->in[0], (int)n->ip[0]);
+    int64_t rows = r.outer * r.inner;
+    k_softmax_fwd<<<row_blocks(rows), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+        (const float *)n->in[0]->data, (float *)n->out->data, rows, r.n, r.inner, log_sm);
+    LQ_CUDA_LAUNCHED(ctx, log_sm ? "log_softmax forward" : "softmax forward");
+    return LQ_OK;
+}
+
+static lq_status softmax_bwd_any(lq_ctx *ctx, lq_node *n, int log_sm) {
+    float *gx;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    if (!gx || lq_numel(n->out) == 0) return LQ_OK;
+    sm_dims r = sm_dims_of(n->in[0], (int)n->ip[0]);
+    int64_t rows = r.outer * r.inner;
+    k_softmax_bwd<<<row_blocks(rows), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+        (const float *)n->out->data, (const float *)n->out->grad->data, gx, rows, r.n, r.inner, log_sm);
+    LQ_CUDA_LAUNCHED(ctx, log_sm ? "log_softmax backward" : "softmax backward");
+    return LQ_OK;
+}
+
+static lq_status softmax_fwd(lq_ctx *ctx, lq_node *n) { return softmax_fwd_any(ctx, n, 0); }
+static lq_status softmax_bwd(lq_ctx *ctx, lq_node *n) { return softmax_bwd_any(ctx, n, 0); }
+static lq_status log_softmax_fwd(lq_ctx *ctx, lq_node *n) { return softmax_fwd_any(ctx, n, 1); }
+static lq_status log_softmax_bwd(lq_ctx *ctx, lq_node *n) { return softmax_bwd_any(ctx, n, 1); }
+
+/* --- cross_entropy: logits (N, V), targets (N) i32; ip[0] ignore, ip[1] reduction, ip[2] count ---- */
+
+/* Per row: loss = logsumexp - x[t] (0 for an ignored row), lse the float logsumexp (0 if ignored). */
+__global__ static void k_ce_rows(const float *x, const int32_t *t, double *loss, float *lse, int64_t N, int64_t V,
+                                 int32_t ignore) {
+    FOR_ROWS(r, N) {
+        if (t[r] == ignore) { /* uniform across the block: no thread reaches a barrier alone */
+            if (threadIdx.x == 0) {
+                loss[r] = 0.0;
+                if (lse) lse[r] = 0.0f;
+            }
+            continue;
+        }
+        const float *xr = x + r * V;
+        float m = -INFINITY;
+        for (int64_t k = threadIdx.x; k < V; k += blockDim.x) m = xr[k] > m ? xr[k] : m;
+        m = block_max(m);
+        double s = 0.0;
+        for (int64_t k = threadIdx.x; k < V; k += blockDim.x) s += expf(xr[k] - m);
+        s = block_sum(s);
+        double l = (double)m + log(s);
+        if (threadIdx.x == 0) {
+            loss[r] = l - (double)xr[t[r]];
+            if (lse) lse[r] = (float)l;
+        }
+    }
+}
+
+/* One block: y = sum of the row losses (double), / count for MEAN (0 when nothing counts). */
+__global__ static void k_ce_total(const double *loss, float *y, int64_t N, int64_t count, int sum_red) {
+    double s = 0.0;
+    for (int64_t r = threadIdx.x; r < N; r += blockDim.x) s += loss[r];
+    s = block_sum(s);
+    if (threadIdx.x == 0) y[0] = sum_red ? (float)s : count > 0 ? (float)(s / (double)count) : 0.0f;
+}
+
+/* dx_k += c (softmax_k - [k == t]) for counted rows, c = g (SUM) or g / count (MEAN), g read from
+ * the device scalar gradient of the loss */
+__global__ static void k_ce_bwd(const float *x, const int32_t *t, const float *lse, const float *gout, float *gx,
+                                int64_t N, int64_t V, int32_t ignore, int64_t count, int sum_red) {
+    double g = gout[0];
+    float scale = (float)(sum_red ? g : g / (double)count);
+    FOR_EACH(i, N * V) {
+        int64_t r = i / V, k = i % V;
+        if (t[r] == ignore) continue;
+        float v = gx[i] + scale * expf(x[i] - lse[r]);
+        if (k == t[r]) v -= scale;
+        gx[i] = v;
+    }
+}
+
+static lq_status cross_entropy_fwd(lq_ctx *ctx, lq_node *n) {
+    const lq_tensor *lt = n->in[0];
+    int64_t V = lt->ne[lt->ndim - 1], N = lq_numel(n->in[1]);
+    size_t rows_alloc = (size_t)(N > 0 ? N : 1);
+    double *loss = (double *)lq_ctx_dalloc(ctx, rows_alloc * sizeof(double));
+    if (!loss) return ctx->err.status;
+    float *lse = NULL;
+    n->saved[0] = NULL;
+    if (n->recorded) {
+        lse = (float *)lq_ctx_dalloc(ctx, rows_alloc * sizeof(float));
+        if (!lse) return ctx->err.status;
+        n->saved[0] = lse;
+    }
+    if (N > 0) {
+        const int32_t *t = lq_cuda_upload_i32(ctx, n->in[1]);
+        if (!t) return ctx->err.status;
+        k_ce_rows<<<row_blocks(N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>((const float *)lt->data, t, loss, lse, N, V,
+                                                                          (int32_t)n->ip[0]);
+        LQ_CUDA_LAUNCHED(ctx, "cross_entropy rows");
+    }
+    k_ce_total<<<1, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(loss, (float *)n->out->data, N, n->ip[2],
+                                                         n->ip[1] == LQ_REDUCE_SUM ? 1 : 0);
+    LQ_CUDA_LAUNCHED(ctx, "cross_entropy total");
+    return LQ_OK;
+}
+
+static lq_status cross_entropy_bwd(lq_ctx *ctx, lq_node *n) {
+    float *gx;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    if (!gx) return LQ_OK;
+    const lq_tensor *lt = n->in[0];
+    int64_t V = lt->ne[lt->ndim - 1], N = lq_numel(n->in[1]), count = n->ip[2];
+    if (count == 0 || N * V == 0) return LQ_OK;
+    const float *x = (const float *)lt->data;
+    const int32_t *t = lq_cuda_upload_i32(ctx, n->in[1]);
+    if (!t) return ctx->err.status;
+    const float *lse = (const float *)n->saved[0];
+    if (!lse) { /* not saved: recompute */
+        double *loss = (double *)lq_ctx_dalloc(ctx, (size_t)N * sizeof(double));
+        float *l = loss ? (float *)lq_ctx_dalloc(ctx, (size_t)N * sizeof(float)) : NULL;
+        if (!l) return ctx->err.status;
+        k_ce_rows<<<row_blocks(N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, t, loss, l, N, V, (int32_t)n->ip[0]);
+        LQ_CUDA_LAUNCHED(ctx, "cross_entropy rows");
+        lse = l;
+    }
+    k_ce_bwd<<<lq_cuda_blocks(N * V), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+        x, t, lse, (const float *)n->out->grad->data, gx, N, V, (int32_t)n->ip[0], count,
+        n->ip[1] == LQ_REDUCE_SUM ? 1 : 0);
+    LQ_CUDA_LAUNCHED(ctx, "cross_entropy backward");
+    return LQ_OK;
+}
+
 extern "C" const lq_cuda_op lq_cuda_ops_nn[] = {
+    {"embedding", embedding_fwd, embedding_bwd},
+    {"rope", rope_fwd, rope_bwd},
+    {"attention", lq_cuda_attention_fwd, lq_cuda_attention_bwd},
+    {"rmsnorm", rmsnorm_fwd, rmsnorm_bwd},
+    {"layernorm", layernorm_fwd, layernorm_bwd},
+    {"softmax", softmax_fwd, softmax_bwd},
+    {"log_softmax", log_softmax_fwd, log_softmax_bwd},
+    {"cross_entropy", cross_entropy_fwd, cross_entropy_bwd},
     {NULL, NULL, NULL},
 };

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "autograd/cuda_impl.h"
 #include "autograd/fake_quant.h"
 #include "quant/kernels_affine.h"
 
@@ -177,6 +178,11 @@ lq_tensor *lq_fake_quant(lq_ctx *ctx, lq_tensor *x, const lq_fq_params *p) {
         zi = lq_ctx_alloc(ctx, (size_t)(slots > 0 ? slots : 1) * sizeof(int32_t));
         if (!zi) return NULL;
         const float *zd = zp->data;
+        if (ctx->device == LQ_DEVICE_CUDA) { /* checked and converted on the host, then uploaded below */
+            float *zh = lq_ctx_alloc(ctx, (size_t)(slots > 0 ? slots : 1) * sizeof(float));
+            if (!zh || lq_tensor_download(ctx, zp, zh) != LQ_OK) return NULL;
+            zd = zh;
+        }
         for (int64_t k = 0; k < slots; k++) {
             if (!(zd[k] == nearbyintf(zd[k]) && zd[k] >= (float)p->scheme.qmin && zd[k] <= (float)p->scheme.qmax))
                 return LQ_OP_FAIL(ctx, LQ_ERR_ARG,
@@ -184,6 +190,8 @@ lq_tensor *lq_fake_quant(lq_ctx *ctx, lq_tensor *x, const lq_fq_params *p) {
                                   (long long)k, (double)zd[k], (int)p->scheme.qmin, (int)p->scheme.qmax);
             zi[k] = (int32_t)zd[k];
         }
+        if (ctx->device == LQ_DEVICE_CUDA && !(zi = lq_cuda_upload(ctx, zi, (size_t)slots * sizeof(int32_t))))
+            return NULL;
     }
     lq_tensor *in[3] = {x, scale, zp};
     lq_node *n = lq_node_begin(ctx, &lq_op_fake_quant, zp ? 3 : 2, in);

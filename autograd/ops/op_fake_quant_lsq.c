@@ -237,6 +237,15 @@ lq_tensor *lq_fake_quant_lsq(lq_ctx *ctx, lq_tensor *x, lq_tensor *scale, lq_ten
     if (zero_point) zero_point = lq_contiguous(ctx, zero_point);
     if (!x || !scale || ctx->err.status != LQ_OK) return NULL;
     const float *sd = scale->data, *zd = zero_point ? zero_point->data : NULL;
+    if (ctx->device == LQ_DEVICE_CUDA) { /* the checks below read host copies */
+        float *sh = lq_ctx_alloc(ctx, (size_t)(slots > 0 ? slots : 1) * sizeof(float));
+        float *zh = zero_point ? lq_ctx_alloc(ctx, (size_t)(slots > 0 ? slots : 1) * sizeof(float)) : NULL;
+        if (!sh || (zero_point && !zh) || lq_tensor_download(ctx, scale, sh) != LQ_OK ||
+            (zero_point && lq_tensor_download(ctx, zero_point, zh) != LQ_OK))
+            return NULL;
+        sd = sh;
+        zd = zh;
+    }
     for (int64_t k = 0; k < slots; k++) {
         LQ_OP_CHECK(ctx, isfinite(sd[k]) && sd[k] > 0.0f, LQ_ERR_NUMERIC,
                     "fake_quant_lsq: scale %lld is %g; scales must be finite and > 0", (long long)k, (double)sd[k]);

@@ -205,9 +205,10 @@ lq_tensor *lq_lora_linear_fused(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, lq_tens
     if (lq_requires_grad(w))
         return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "lora_linear: w '%s' requires a gradient; the base weight must be frozen",
                           w->name);
-    if (w->device != LQ_DEVICE_CPU || x->device != LQ_DEVICE_CPU || A->device != LQ_DEVICE_CPU ||
-        B->device != LQ_DEVICE_CPU)
-        return LQ_OP_FAIL(ctx, LQ_ERR_UNSUPPORTED, "lora_linear: only CPU tensors in this build");
+    if (w->device != ctx->device) /* x, A, B (and bias) were checked by lq_check_f32 */
+        return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "lora_linear: w '%s' is on the %s but the context runs on the %s (move it "
+                          "with lq_tensor_to_device)", w->name, w->device == LQ_DEVICE_CUDA ? "GPU" : "CPU",
+                          ctx->device == LQ_DEVICE_CUDA ? "GPU" : "CPU");
     if (w->ndim != 2) return lq_shape_error(ctx, op, x, w, "do not fit: w must be 2-D (out, in)");
     if (x->ndim < 1) return lq_shape_error(ctx, op, x, w, "do not fit: x must have at least 1 dim");
     if (!lq_is_contiguous(w) || !w->data)

@@ -132,7 +132,8 @@ lq_tensor *lq_pact(lq_ctx *ctx, lq_tensor *x, lq_tensor *alpha, int bits) {
     x = lq_contiguous(ctx, x);
     alpha = lq_contiguous(ctx, alpha);
     if (!x || !alpha) return NULL;
-    float a = ((const float *)alpha->data)[0];
+    float a = ctx->device == LQ_DEVICE_CUDA ? lq_tensor_get_f32(ctx, alpha, 0) : ((const float *)alpha->data)[0];
+    if (ctx->err.status != LQ_OK) return NULL;
     LQ_OP_CHECK(ctx, isfinite(a) && a > 0.0f, LQ_ERR_NUMERIC, "pact: alpha is %g; it must be finite and > 0",
                 (double)a);
     lq_tensor *in[2] = {x, alpha};

@@ -236,8 +236,10 @@ lq_tensor *lq_qmatmul_tiled(lq_ctx *ctx, lq_tensor *x, lq_tensor *w, const lq_qm
                           "qmatmul: w '%s' requires a gradient; the quantized base weight must be frozen "
                           "(train an adapter beside it, or use matmul for a float weight)",
                           w->name);
-    if (w->device != LQ_DEVICE_CPU || x->device != LQ_DEVICE_CPU)
-        return LQ_OP_FAIL(ctx, LQ_ERR_UNSUPPORTED, "qmatmul: only CPU tensors in this build");
+    if (w->device != ctx->device) /* x was checked by lq_check_f32 */
+        return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "qmatmul: w '%s' is on the %s but the context runs on the %s (move it with "
+                          "lq_tensor_to_device)", w->name, w->device == LQ_DEVICE_CUDA ? "GPU" : "CPU",
+                          ctx->device == LQ_DEVICE_CUDA ? "GPU" : "CPU");
     if (w->ndim != 2) return lq_shape_error(ctx, "qmatmul", x, w, "do not fit: w must be 2-D (out, in)");
     if (x->ndim < 1) return lq_shape_error(ctx, "qmatmul", x, w, "do not fit: x must have at least 1 dim");
     if (!lq_is_contiguous(w)) return LQ_OP_FAIL(ctx, LQ_ERR_ARG, "qmatmul: w '%s' must be contiguous", w->name);

@@ -1,0 +1,362 @@
+/* autograd/ops/cuda_qlinear.cu: CUDA qmatmul and lora_linear (the QLoRA linear), forward and backward,
+ * mirroring op_qmatmul.c and op_lora_linear.c: the frozen W is dequantized on the device, then a gemm. */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/cuda_impl.h"
+#include "core/cuda_check.h"
+#include "quant/dequant_cuda.h"
+
+/* cuda_qlinear_fused.cu: the optional fused NF4 / FP4 kernels (LOQUAT_FUSED_QLINEAR=1). */
+extern "C" bool lq_cuda_fused_qlinear_wanted(lq_ctx *ctx, lq_dtype t);
+extern "C" lq_status lq_cuda_fused_qlinear(lq_ctx *ctx, bool backward, const lq_tensor *w, const lq_qstate *qs,
+                                           const float *act, float *out, int64_t M, int64_t N, int64_t K);
+
+/* W is dequantized a tile of whole rows at a time: at most this many elements (256 MiB as f32), so
+ * a big weight never needs its full f32 copy; a tile is an even number of rows, so that a packed
+ * 4-bit tile starts on an even byte (lq_cuda_dequant wants 2-byte aligned sources). */
+#define QL_TILE_ELEMS ((int64_t)1 << 26)
+
+#define FOR_EACH(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+static cudaStream_t stream_of(lq_ctx *ctx) { return (cudaStream_t)lq_cuda_stream(ctx); }
+
+/* --- kernels ----------------------------------------------------------------------------------- */
+
+__global__ static void k_to_bf16(__nv_bfloat16 *d, const float *s, int64_t n) {
+    FOR_EACH(i, n) d[i] = __float2bfloat16_rn(s[i]);
+}
+
+/* y (M, N) += bias (N) on every row: one writer per element */
+__global__ static void k_add_bias(float *y, const float *b, int64_t N, int64_t n) {
+    FOR_EACH(i, n) y[i] += b[i % N];
+}
+
+/* gb[j] += sum_i gy[i, j], i over M rows: one thread per column, rows summed in order (adjacent
+ * threads read adjacent columns, so the loads coalesce) */
+__global__ static void k_colsum_add(float *gb, const float *gy, int64_t M, int64_t N) {
+    FOR_EACH(j, N) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < M; i++) s += gy[i * N + j];
+        gb[j] += s;
+    }
+}
+
+/* op_dropout.c's mask on the device: element i of the call on (seed, stream) is kept iff
+ * lq_u01_from_bits(lq_hash3(seed, stream, i)) >= p (core/rng.h, the same integer hash on both
+ * sides), so the masks are the CPU's bit for bit. bwd false: y = kept ? x / q : 0;
+ * bwd true: y += x / q where kept. q = 1 - p, an IEEE division as the CPU's. */
+__global__ static void k_dropout(int bwd, uint64_t seed, uint64_t stream, float p, float q, const float *x, float *y,
+                                 int64_t m) {
+    FOR_EACH(i, m) {
+        bool kept = lq_u01_from_bits(lq_hash3(seed, stream, (uint64_t)i)) >= p;
+        if (bwd) {
+            if (kept) y[i] += x[i] / q;
+        } else {
+            y[i] = kept ? x[i] / q : 0.0f;
+        }
+    }
+}
+
+static lq_status dropout_apply(lq_ctx *ctx, bool bwd, uint64_t seed, uint64_t stream, float p, const float *x,
+                               float *y, int64_t m) {
+    if (m <= 0) return LQ_OK;
+    k_dropout<<<lq_cuda_blocks(m), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(bwd ? 1 : 0, seed, stream, p, 1.0f - p, x,
+                                                                          y, m);
+    LQ_CUDA_LAUNCHED(ctx, "lora_linear dropout");
+    return LQ_OK;
+}
+
+/* A bf16 copy of n floats in the device arena. */
+static __nv_bfloat16 *to_bf16(lq_ctx *ctx, const float *src, int64_t n) {
+    __nv_bfloat16 *d = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n > 0 ? n : 1) * sizeof(__nv_bfloat16));
+    if (!d || n <= 0) return d;
+    k_to_bf16<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(d, src, n);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        lq_err_set(&ctx->err, LQ_ERR_INTERNAL, __FILE__, __LINE__, "CUDA kernel to bf16 failed to launch: %s",
+                   cudaGetErrorString(e));
+        return NULL;
+    }
+    return d;
+}
+
+/* Row-major C (m, n) = alpha op(A) op(B) + beta C with bf16 A and B (row strides lda, ldb as
+ * stored), fp32 accumulation and an fp32 C: lq_cuda_gemm's mapping onto column-major cuBLAS
+ * (B first), for operands that are bf16 already. m, n, k >= 1. */
+static lq_status gemm_bf16(lq_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                           const __nv_bfloat16 *A, int64_t lda, const __nv_bfloat16 *B, int64_t ldb, float beta,
+                           float *C, int64_t ldc) {
+    cublasHandle_t h = (cublasHandle_t)lq_cuda_blas(ctx);
+    LQ_CUBLAS(&ctx->err, cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
+                                      (int)m, (int)k, &alpha, B, CUDA_R_16BF, (int)ldb, A, CUDA_R_16BF, (int)lda,
+                                      &beta, C, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return LQ_OK;
+}
+
+/* --- the frozen weight ------------------------------------------------------------------------- */
+
+/* w's quant state with device arrays: its own when lq_tensor_to_device moved it (qs->device), else
+ * (a tensor copied with lq_to_ctx_device keeps the host state) copies uploaded into the arena,
+ * described by *tmp. NULL for formats without a state. */
+static lq_status device_qstate(lq_ctx *ctx, const lq_tensor *w, lq_qstate *tmp, const lq_qstate **out) {
+    const lq_qstate *q = w->qs;
+    *out = q;
+    if (!q || q->device) return LQ_OK;
+    int64_t nb = q->block > 0 ? (lq_numel(w) + q->block - 1) / q->block : 0;
+    int64_t nb2 = q->block2 > 0 ? (nb + q->block2 - 1) / q->block2 : 0;
+    *tmp = *q;
+    tmp->device = true; /* arena memory: nobody frees it but the step reset */
+    if (q->absmax && !(tmp->absmax = (float *)lq_cuda_upload(ctx, q->absmax, (size_t)nb * sizeof(float))))
+        return ctx->err.status;
+    if (q->zero && !(tmp->zero = (float *)lq_cuda_upload(ctx, q->zero, (size_t)nb * sizeof(float))))
+        return ctx->err.status;
+    if (q->absmax_q && !(tmp->absmax_q = (uint8_t *)lq_cuda_upload(ctx, q->absmax_q, (size_t)nb))) return ctx->err.status;
+    if (q->absmax2 && !(tmp->absmax2 = (float *)lq_cuda_upload(ctx, q->absmax2, (size_t)nb2 * sizeof(float))))
+        return ctx->err.status;
+    if (q->code2 && !(tmp->code2 = (const float *)lq_cuda_upload(ctx, q->code2, 256 * sizeof(float))))
+        return ctx->err.status;
+    *out = tmp;
+    return LQ_OK;
+}
+
+/* Whether W's tiles go to the gemm as bf16: in bf16 math, a bf16 W as it is, NF4 / FP4 dequantized
+ * straight to bf16 (half the bytes of an f32 tile; the same values lq_cuda_gemm's own bf16 cast of
+ * the f32 tile would give). Other formats take the f32 route, where lq_cuda_gemm converts. */
+static bool w_bf16(lq_ctx *ctx, lq_dtype t) {
+    return ctx->cuda_math == LQ_CUDA_MATH_BF16 && (t == LQ_DTYPE_BF16 || lq_cuda_dequant_bf16_supported(t));
+}
+
+/* Whether W's own data is the gemm operand (f32; bf16 in bf16 math): no dequant, no scratch. */
+static bool w_direct(lq_ctx *ctx, const lq_tensor *w) {
+    return w->dtype == LQ_DTYPE_F32 || (w->dtype == LQ_DTYPE_BF16 && w_bf16(ctx, w->dtype));
+}
+
+/* W's rows [n0, n0 + rows) as a row-major (rows, K) gemm operand: W's own data for f32 (and bf16
+ * in bf16 math), else dequantized into scratch (f32, or bf16 when w_bf16). */
+static lq_status w_rows(lq_ctx *ctx, const lq_tensor *w, const lq_qstate *qs, int64_t n0, int64_t rows, void *scratch,
+                        const void **tile) {
+    int64_t K = w->ne[1];
+    const char *src = (const char *)w->data + (size_t)n0 * w->nb[0];
+    if (w_direct(ctx, w)) {
+        *tile = src;
+        return LQ_OK;
+    }
+    *tile = scratch;
+    if (w_bf16(ctx, w->dtype))
+        return lq_cuda_dequant_bf16(w->dtype, src, (uint16_t *)scratch, rows * K, n0 * K, qs, stream_of(ctx),
+                                    &ctx->err);
+    return lq_cuda_dequant(w->dtype, src, (float *)scratch, rows * K, n0 * K, qs, stream_of(ctx), &ctx->err);
+}
+
+/* Rows per tile: all of W when its own data serves (f32; bf16 in bf16 math). */
+static int64_t tile_rows(lq_ctx *ctx, const lq_tensor *w, int64_t N, int64_t K) {
+    if (w_direct(ctx, w)) return N;
+    int64_t t = K > 0 ? QL_TILE_ELEMS / K : N;
+    t -= t % 2;
+    if (t < 2) t = 2;
+    return t < N ? t : N;
+}
+
+/* Scratch for one tile, or NULL (no error) when W's own data serves. */
+static lq_status tile_scratch(lq_ctx *ctx, const lq_tensor *w, int64_t rows, void **scratch) {
+    *scratch = NULL;
+    if (w_direct(ctx, w)) return LQ_OK;
+    bool bf = w_bf16(ctx, w->dtype);
+    size_t bytes = (size_t)(rows * w->ne[1]) * (bf ? sizeof(__nv_bfloat16) : sizeof(float));
+    *scratch = lq_ctx_dalloc(ctx, bytes);
+    return *scratch ? LQ_OK : ctx->err.status;
+}
+
+/* y (M, N) = x (M, K) deq(w)^T, tile by tile: y[:, n0:n0+rows] (ldc N) = x tile^T. Scratch (tiles,
+ * uploaded state, bf16 x) is rewound before return (the node is not on the tape yet). */
+static lq_status qmm_forward(lq_ctx *ctx, const lq_tensor *w, const float *x, float *y, int64_t M, int64_t N,
+                             int64_t K) {
+    if (M == 0 || N == 0) return LQ_OK;
+    if (K == 0) return lq_cuda_fill_f32(ctx, y, 0.0f, M * N);
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    lq_qstate tmp;
+    const lq_qstate *qs;
+    LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
+    if (lq_cuda_fused_qlinear_wanted(ctx, w->dtype)) {
+        LQ_TRY(lq_cuda_fused_qlinear(ctx, false, w, qs, x, y, M, N, K));
+        lq_ctx_reset_to(ctx, mark);
+        return LQ_OK;
+    }
+    bool bf = w_bf16(ctx, w->dtype);
+    const __nv_bfloat16 *x16 = NULL;
+    if (bf && !(x16 = to_bf16(ctx, x, M * K))) return ctx->err.status;
+    int64_t tr = tile_rows(ctx, w, N, K);
+    void *scratch;
+    LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
+    for (int64_t n0 = 0; n0 < N; n0 += tr) {
+        int64_t rows = N - n0 < tr ? N - n0 : tr;
+        const void *tile;
+        LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
+        if (bf)
+            LQ_TRY(gemm_bf16(ctx, false, true, M, rows, K, 1.0f, x16, K, (const __nv_bfloat16 *)tile, K, 0.0f, y + n0, N));
+        else
+            LQ_TRY(lq_cuda_gemm(ctx, false, true, M, rows, K, 1.0f, x, K, 0, (const float *)tile, K, 0, 0.0f, y + n0, N,
+                                0, 1));
+    }
+    lq_ctx_reset_to(ctx, mark);
+    return LQ_OK;
+}
+
+/* gx (M, K) += gy (M, N) deq(w) (N, K): W is dequantized again rather than kept from the forward
+ * (as bitsandbytes does), so the step holds no copy of it; the sum over n splits over row tiles:
+ * gx += gy[:, n0:n0+rows] (ld N) tile (rows, K). */
+static lq_status qmm_backward_x(lq_ctx *ctx, const lq_tensor *w, const float *gy, float *gx, int64_t M, int64_t N,
+                                int64_t K) {
+    if (M == 0 || N == 0 || K == 0) return LQ_OK;
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    lq_qstate tmp;
+    const lq_qstate *qs;
+    LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
+    if (lq_cuda_fused_qlinear_wanted(ctx, w->dtype)) {
+        LQ_TRY(lq_cuda_fused_qlinear(ctx, true, w, qs, gy, gx, M, N, K));
+        lq_ctx_reset_to(ctx, mark);
+        return LQ_OK;
+    }
+    bool bf = w_bf16(ctx, w->dtype);
+    const __nv_bfloat16 *gy16 = NULL;
+    if (bf && !(gy16 = to_bf16(ctx, gy, M * N))) return ctx->err.status;
+    int64_t tr = tile_rows(ctx, w, N, K);
+    void *scratch;
+    LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
+    for (int64_t n0 = 0; n0 < N; n0 += tr) {
+        int64_t rows = N - n0 < tr ? N - n0 : tr;
+        const void *tile;
+        LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
+        if (bf)
+            LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, gy16 + n0, N, (const __nv_bfloat16 *)tile, K, 1.0f,
+                             gx, K));
+        else
+            LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, rows, 1.0f, gy + n0, N, 0, (const float *)tile, K, 0, 1.0f, gx,
+                                K, 0, 1));
+    }
+    lq_ctx_reset_to(ctx, mark);
+    return LQ_OK;
+}
+
+/* --- qmatmul ----------------------------------------------------------------------------------- */
+
+/* ip[0] = N, ip[1] = K (ip[2..4], the CPU's tiles, do not apply here); in[0] = x (M, K) contiguous,
+ * in[1] = w (N, K). */
+extern "C" lq_status lq_cuda_qmatmul_fwd(lq_ctx *ctx, lq_node *n) {
+    int64_t N = n->ip[0], K = n->ip[1];
+    int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
+    return qmm_forward(ctx, n->in[1], (const float *)n->in[0]->data, (float *)n->out->data, M, N, K);
+}
+
+/* dX (M, K) += dY (M, N) deq(W); W is frozen: no gradient. */
+extern "C" lq_status lq_cuda_qmatmul_bwd(lq_ctx *ctx, lq_node *n) {
+    float *gx;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    if (!gx) return LQ_OK;
+    int64_t N = n->ip[0], K = n->ip[1];
+    int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
+    return qmm_backward_x(ctx, n->in[1], (const float *)n->out->grad->data, gx, M, N, K);
+}
+
+/* --- lora_linear ------------------------------------------------------------------------------- */
+
+/* Node (op_lora_linear.c): in[0] = x (M, K) contiguous, in[1] = w (N, K), in[2] = A (r, K),
+ * in[3] = B (N, r), in[4] = bias (N) when n_in == 5; ip[0] = N, ip[1] = K, ip[5] = r,
+ * ip[6] = dropout stream, ip[7] = seed; fp[0] = s, fp[1] = p (0: no dropout). saved[0] = u (M, r),
+ * device memory, when recorded. */
+
+static int64_t rows_of(const lq_node *n) { return n->ip[0] > 0 ? lq_numel(n->out) / n->ip[0] : 0; }
+
+/* h = drop(x) into dst (M*K floats), or x itself when there is no dropout. NULL on error. */
+static const float *dropped(lq_ctx *ctx, const lq_node *n, float *dst, int64_t m) {
+    if (n->fp[1] <= 0.0f) return (const float *)n->in[0]->data;
+    if (dropout_apply(ctx, false, (uint64_t)n->ip[7], (uint64_t)n->ip[6], n->fp[1], (const float *)n->in[0]->data, dst,
+                      m) != LQ_OK)
+        return NULL;
+    return dst;
+}
+
+/* y = x deq(W)^T (+ b), then u (M, r) = s h A^T with h = drop(x), then y += u B^T: the CPU's
+ * order. s is the gemm's alpha (the CPU scales the product after the sgemm: one rounding apart). */
+extern "C" lq_status lq_cuda_lora_linear_fwd(lq_ctx *ctx, lq_node *n) {
+    const lq_tensor *x = n->in[0], *w = n->in[1];
+    int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
+    float s = n->fp[0], *y = (float *)n->out->data;
+    const float *xd = (const float *)x->data;
+    if (M == 0 || N == 0) return LQ_OK;
+    LQ_TRY(qmm_forward(ctx, w, xd, y, M, N, K)); /* an f32 W is used in place: no copy */
+    if (n->n_in == 5) {
+        k_add_bias<<<lq_cuda_blocks(M * N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+            y, (const float *)n->in[4]->data, N, M * N);
+        LQ_CUDA_LAUNCHED(ctx, "lora_linear bias");
+    }
+    float *u = NULL;
+    if (n->recorded) {
+        u = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float));
+        if (!u) return ctx->err.status;
+        n->saved[0] = u;
+    }
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    if (!u && !(u = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)))) return ctx->err.status;
+    float *hbuf = NULL;
+    if (n->fp[1] > 0.0f && !(hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float)))) return ctx->err.status;
+    const float *h = dropped(ctx, n, hbuf, M * K);
+    if (!h) return ctx->err.status;
+    /* u = s h A^T (K = 0: zeros) */
+    LQ_TRY(lq_cuda_gemm(ctx, false, true, M, r, K, s, h, K, 0, (const float *)n->in[2]->data, K, 0, 0.0f, u, r, 0, 1));
+    /* y += u B^T */
+    LQ_TRY(lq_cuda_gemm(ctx, false, true, M, N, r, 1.0f, u, r, 0, (const float *)n->in[3]->data, r, 0, 1.0f, y, N, 0,
+                        1));
+    lq_ctx_reset_to(ctx, mark);
+    return LQ_OK;
+}
+
+/* With u = s h A^T, h = drop(x) = m x / q, y = x W^T + b + u B^T (op_lora_linear.c):
+ *   dB (N, r) += dY^T u;   du (M, r) = s dY B;   dA (r, K) += du^T h;
+ *   dx (M, K) += dY deq(W) + m (du A) / q;   db (N) += sum over rows of dY.
+ * Every gradient buffer is fetched before the scratch mark (lq_grad_get may allocate). */
+extern "C" lq_status lq_cuda_lora_linear_bwd(lq_ctx *ctx, lq_node *n) {
+    const lq_tensor *w = n->in[1];
+    int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
+    float s = n->fp[0], p = n->fp[1];
+    float *gx, *gA, *gB, *gb = NULL;
+    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    LQ_TRY(lq_grad_get(ctx, n->in[2], &gA));
+    LQ_TRY(lq_grad_get(ctx, n->in[3], &gB));
+    if (n->n_in == 5) LQ_TRY(lq_grad_get(ctx, n->in[4], &gb));
+    if (M == 0 || N == 0) return LQ_OK;
+    const float *gy = (const float *)n->out->grad->data, *u = (const float *)n->saved[0];
+    const float *Ad = (const float *)n->in[2]->data, *Bd = (const float *)n->in[3]->data;
+    if (gb) {
+        k_colsum_add<<<lq_cuda_blocks(N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(gb, gy, M, N);
+        LQ_CUDA_LAUNCHED(ctx, "lora_linear bias grad");
+    }
+    if (gB) LQ_TRY(lq_cuda_gemm(ctx, true, false, N, r, M, 1.0f, gy, N, 0, u, r, 0, 1.0f, gB, r, 0, 1));
+    if (gx && K > 0) LQ_TRY(qmm_backward_x(ctx, w, gy, gx, M, N, K));
+    if ((!gA && !gx) || K == 0) return LQ_OK;
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)), *buf = NULL;
+    if (!du) return ctx->err.status;
+    if (p > 0.0f && !(buf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float)))) return ctx->err.status;
+    /* du = s dY B */
+    LQ_TRY(lq_cuda_gemm(ctx, false, false, M, r, N, s, gy, N, 0, Bd, r, 0, 0.0f, du, r, 0, 1));
+    if (gA) {
+        const float *h = dropped(ctx, n, buf, M * K);
+        if (!h) return ctx->err.status;
+        LQ_TRY(lq_cuda_gemm(ctx, true, false, r, K, M, 1.0f, du, r, 0, h, K, 0, 1.0f, gA, K, 0, 1));
+    }
+    if (gx) {
+        if (p > 0.0f) { /* buf = du A, then gx += m buf / q (buf's h is no longer needed) */
+            LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, r, 1.0f, du, r, 0, Ad, K, 0, 0.0f, buf, K, 0, 1));
+            LQ_TRY(dropout_apply(ctx, true, (uint64_t)n->ip[7], (uint64_t)n->ip[6], p, buf, gx, M * K));
+        } else {
+            LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, r, 1.0f, du, r, 0, Ad, K, 0, 1.0f, gx, K, 0, 1));
+        }
+    }
+    lq_ctx_reset_to(ctx, mark);
+    return LQ_OK;
+}

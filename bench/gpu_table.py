@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""bench/gpu_table.py: the summary table bench/gpu.sh prints last, from its files:
+
+    gpu_table.py results.jsonl parity.txt parts.txt "commit ..."
+
+results.jsonl: the JSON lines of bench_gpu and peer_qlora_gpu.py (each tagged with its part);
+parity.txt: per suite "name exit passed failed skipped seed failed-tests" ("-" for none);
+parts.txt: per part "name exit seconds" (exit "budget" = skipped for time, "dry" = dry run).
+Step figures are medians over the rounds of each (model, implementation, math) group.
+"""
+import json, statistics, sys, time
+res, par, st, manifest = sys.argv[1:5]
+rows = [json.loads(l) for l in open(res) if l.strip()]
+parts = [l.split() for l in open(st) if l.strip()]
+dev = next((r["device"] for r in rows if r.get("device") not in (None, "cpu", "?")), "?")
+print(f"device: {dev}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {manifest}")
+pl = [l.split() for l in open(par) if l.strip()]
+if pl:
+    tp = sum(int(x[2]) for x in pl); tf = sum(int(x[3]) for x in pl); tk = sum(int(x[4]) for x in pl)
+    bad = [f"{x[0]} (exit {x[1]}{'; failed: ' + x[6] if x[6] != '-' else ''}; seed {x[5]})" for x in pl if x[1] != "0" or x[3] != "0"]
+    print(f"parity: {len(pl)} suite(s), {tp} passed, {tf} failed, {tk} skipped" + ("; FAILING: " + "; ".join(bad) if bad else "; all passed"))
+else:
+    print("parity: not run")
+for r in rows:
+    if r.get("bench") != "dequant":
+        continue
+    s = (f"dequant nf4-dq64 {r['rows']}x{r['cols']}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
+         f" = {r['ratio']:.2f} of copy (goal 0.85: {'met' if r['ratio'] >= 0.85 else 'NOT met'}; {r['dequant_ms']:.3f} vs"
+         f" {r['copy_ms']:.3f} ms), mismatches {r['mismatches']}")
+    if "bf16_ratio" in r:
+        s += (f"; bf16 out {r['bf16_dequant_gbps']:.0f} GB/s vs copy {r['bf16_copy_gbps']:.0f} = {r['bf16_ratio']:.2f}"
+              f", mismatches {r['bf16_mismatches']}")
+    print(s)
+steps = [r for r in rows if r.get("bench") == "step"]
+groups = {}
+for r in steps:
+    key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], r.get("cuda_math", r.get("base")))
+    groups.setdefault(key, []).append(r)
+if steps:
+    print("| model | impl | math/base | runs | B x T | ms/step | tokens/s | peak MB | device used MB | loss first -> last |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+med = {}
+for (model, impl, math), v in groups.items():
+    ms = statistics.median(x["ms_per_step"] for x in v)
+    pk = statistics.median(x["peak_mem_mb"] for x in v)
+    tps = v[0]["batch"] * v[0]["seq"] / (ms / 1e3)
+    med[(model, impl, math)] = (tps, pk)
+    print(f"| {model} | {impl} | {math} | {len(v)} | {v[0]['batch']}x{v[0]['seq']} | {ms:.1f} | {tps:.0f} | {pk:.0f} | "
+          f"{statistics.median(x['device_used_mb'] for x in v):.0f} | {v[0]['loss_first']:.3f} -> {v[-1]['loss_last']:.3f} |")
+for (model, impl, math), (tps, pk) in med.items():
+    if impl != "loquat":
+        continue
+    peer = next((val for (m2, i2, _), val in med.items() if m2 == model and i2 != "loquat"), None)
+    if peer:
+        print(f"ratio {model} loquat({math}) / pytorch+peft(bf16): tokens/s {tps / peer[0]:.2f}x, peak memory {pk / peer[1]:.2f}x")
+bad = [p for p in parts if p[1] not in ("0", "dry")]
+print("parts not ok: " + (", ".join(f"{p[0]} ({'budget' if p[1] == 'budget' else 'timeout' if p[1] in ('124', '137') else 'skipped' if p[1] == '77' else 'exit ' + p[1]})" for p in bad) if bad else "none"))

@@ -1,0 +1,595 @@
+/* tests/cuda/test_cuda_ops.c: every op of the op table on the GPU against the CPU reference, on
+ * fresh random cases (each op's gradcheck case, lq_op_def.gc_make), plus the dequant kernels byte
+ * for byte against the traits table.
+ *
+ * Per op and case: the case is built on a CPU context, its inputs copied to a CUDA context made
+ * with poison = true (every new device activation is NaN until written); the op runs on both, one
+ * random upstream gradient goes back through both (lq_backward_from), and the output and every
+ * input gradient are compared by normalized MSE, sum((gpu - cpu)^2) / sum(cpu^2), against the
+ * op's threshold below. NaN / Inf anywhere fails. An op without a CUDA kernel fails, never skips.
+ * Seeds come from the clock each run (printed); LOQUAT_CUDA_SEED=<n> replays a run. */
+#include <string.h>
+
+#include "autograd/cuda_impl.h"
+#include "core/cuda.h"
+#include "quant/dequant_cuda.h"
+#include "quant/kernels.h"
+#include "tests/cuda/cuda_testutil.h"
+#include "tests/testutil.h"
+
+#define N_CASES 6 /* random cases per op and mode */
+
+static uint64_t g_seed;
+static lq_ctx *g_cpu, *g_cu; /* the CPU reference and a CUDA context in fp32 mode */
+
+/* Per-op nmse bounds for fp32 mode (LQ_CUDA_MATH_FP32), each with its reason. A one-ulp difference
+ * per element is an nmse of ~1e-14; these leave room for summation order and libm differences,
+ * and are far below what a wrong index, a missed element or a dropped term gives (>= 1e-3). */
+typedef struct op_bound {
+    const char *name;
+    double nmse;
+    const char *why;
+} op_bound;
+
+static const op_bound k_bounds[] = {
+    {"contiguous", 1e-12, "a copy (then x*x): exact"},
+    {"reshape", 1e-12, "a view, then x*x: exact"},
+    {"transpose", 1e-12, "a view, then x*x: exact"},
+    {"permute", 1e-12, "a view, then x*x: exact"},
+    {"slice", 1e-12, "a view, then x*x: exact"},
+    {"concat", 1e-12, "copies, then x*x: exact"},
+    {"add", 1e-10, "elementwise; broadcast backward sums in another order"},
+    {"sub", 1e-10, "elementwise; broadcast backward sums in another order"},
+    {"mul", 1e-10, "elementwise; broadcast backward sums in another order"},
+    {"scale", 1e-10, "one multiply per element"},
+    {"sum", 1e-8, "a reduction: summation order differs"},
+    {"mean", 1e-8, "a reduction: summation order differs"},
+    {"matmul", 1e-7, "cuBLAS fp32 gemm: blocked accumulation order"},
+    {"relu", 1e-10, "exact elementwise (inputs keep off the kink)"},
+    {"gelu", 1e-9, "erff / tanhf of the device libm (a few ulp)"},
+    {"swiglu", 1e-9, "expf of the device libm (a few ulp)"},
+    {"silu", 1e-9, "expf of the device libm (a few ulp)"},
+    {"embedding", 1e-10, "a gather; backward scatter-adds repeated ids in another order"},
+    {"rope", 1e-8, "sinf / cosf of angles up to ~40 rad (device libm)"},
+    {"attention", 1e-7, "products and a softmax per row: gemm-like accumulation"},
+    {"rmsnorm", 1e-8, "a row reduction and rsqrt"},
+    {"layernorm", 1e-8, "row reductions (mean, variance)"},
+    {"softmax", 1e-8, "a row max / sum and expf"},
+    {"log_softmax", 1e-8, "a row max / sum, expf and logf"},
+    {"cross_entropy", 1e-8, "a reduction over rows of log-softmax"},
+    {"dropout", 1e-10, "the mask is the same counter hash: exact up to the scale's rounding"},
+    {"conv2d", 1e-7, "im2col + gemm or direct sums: accumulation order"},
+    {"max_pool2d", 1e-10, "a max of distinct values: exact"},
+    {"avg_pool2d", 1e-9, "a window sum: order"},
+    {"checkpoint", 1e-7, "a matmul, silu and mul, re-run in backward"},
+    {"qmatmul", 1e-7, "exact dequant, then an fp32 gemm"},
+    {"lora_linear", 1e-7, "exact dequant, then fp32 gemms (base and adapter)"},
+    {"fake_quant", 1e-8, "the same float ops as quant/; a code decided differently would be ~1e-4"},
+    {"fake_quant_lsq", 1e-8, "as fake_quant; the scale / zero gradients are reductions"},
+    {"pact", 1e-8, "as fake_quant; the alpha gradient is a reduction"},
+    {"fake_quant_dynamic", 1e-8, "per-row min / max then the same float ops as quant/"},
+    {"fake_quant_bnb4", 1e-8, "per-block absmax and the code table: the same float ops as quant/"},
+};
+
+static const op_bound *bound_of(const char *name) {
+    for (size_t i = 0; i < sizeof k_bounds / sizeof k_bounds[0]; i++)
+        if (strcmp(k_bounds[i].name, name) == 0) return &k_bounds[i];
+    return NULL;
+}
+
+static lq_ctx *make_ctx(lq_device_kind dev, lq_cuda_math math) {
+    lq_ctx *ctx = NULL;
+    lq_ctx_opts o = {.n_threads = 1, .arena_bytes = 1 << 20, .seed = 1234, .device = dev, .cuda_math = math,
+                     .poison = dev == LQ_DEVICE_CUDA};
+    lq_err err;
+    lq_err_clear(&err);
+    if (lq_ctx_init(&ctx, &o, &err) != LQ_OK) {
+        print_error("lq_ctx_init (%s): %s\n", dev == LQ_DEVICE_CUDA ? "cuda" : "cpu", err.msg);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* qmatmul's case keeps W's scales in a host lq_qstate in the CPU arena (gc_quantize), and
+ * lq_to_ctx_device copies the codes but keeps that host state pointer. The CUDA twin of such an
+ * input gets a state whose arrays are device copies (in cu's device arena, gone at its reset),
+ * as dequant_cuda.h asks: a host struct with device arrays. */
+static lq_qstate *device_qstate(lq_ctx *cu, const lq_tensor *t) {
+    const lq_qstate *q = t->qs;
+    lq_qstate *d = lq_ctx_alloc(cu, sizeof *d);
+    if (!d) return NULL;
+    *d = *q;
+    d->device = true;
+    int64_t nb = q->block > 0 ? (lq_numel(t) + q->block - 1) / q->block : 0;
+    bool ok = true;
+    if (q->absmax) ok &= (d->absmax = lq_cuda_upload(cu, q->absmax, (size_t)nb * sizeof(float))) != NULL;
+    if (q->zero) ok &= (d->zero = lq_cuda_upload(cu, q->zero, (size_t)nb * sizeof(float))) != NULL;
+    if (q->absmax_q) {
+        int64_t nb2 = q->block2 > 0 ? (nb + q->block2 - 1) / q->block2 : 0;
+        ok &= (d->absmax_q = lq_cuda_upload(cu, q->absmax_q, (size_t)nb)) != NULL;
+        ok &= (d->absmax2 = lq_cuda_upload(cu, q->absmax2, (size_t)nb2 * sizeof(float))) != NULL;
+        ok &= (d->code2 = lq_cuda_upload(cu, q->code2, 256 * sizeof(float))) != NULL;
+    }
+    return ok ? d : NULL;
+}
+
+/* t's values on the host (malloc'd; free it). A strided view is first made contiguous on its own
+ * context (no grad: nothing is recorded). NULL with the reason in ctx. */
+static float *fetch(lq_ctx *ctx, lq_tensor *t) {
+    if (!lq_is_contiguous(t)) {
+        bool g = lq_ctx_set_grad(ctx, false);
+        t = lq_contiguous(ctx, t);
+        lq_ctx_set_grad(ctx, g);
+        if (!t) return NULL;
+    }
+    int64_t n = lq_numel(t);
+    float *h = malloc((size_t)(n > 0 ? n : 1) * sizeof *h);
+    if (!h) return NULL;
+    if (lq_tensor_download(ctx, t, h) != LQ_OK) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* An input's gradient on the host: zeros when it got none. */
+static float *fetch_grad(lq_ctx *ctx, lq_tensor *t) {
+    if (t->grad) return fetch(ctx, t->grad);
+    return calloc((size_t)(lq_numel(t) > 0 ? lq_numel(t) : 1), sizeof(float));
+}
+
+static const char *ctx_msg(lq_ctx *ctx) {
+    const lq_err *e = lq_ctx_error(ctx);
+    return e && e->status != LQ_OK ? e->msg : "(no error recorded)";
+}
+
+/* Compares one quantity; prints and returns 1 on failure. */
+static int check(const char *tag, const char *what, const float *gpu, const float *cpu, int64_t n, double bound) {
+    int64_t bad;
+    double e = lq_nmse(gpu, cpu, n, &bad);
+    if (bad >= 0) {
+        print_error("%s: %s: element %lld is %g on the GPU, %g on the CPU (NaN-poisoned = never written?)\n", tag,
+                    what, (long long)bad, (double)gpu[bad], (double)cpu[bad]);
+        return 1;
+    }
+    if (!(e <= bound)) {
+        print_error("%s: %s: nmse %.3g > %.3g over %lld elements\n", tag, what, e, bound, (long long)n);
+        return 1;
+    }
+    return 0;
+}
+
+/* Case `k` of op `op` on the CPU and on cu. Returns the number of failures (each printed). */
+static int run_case(lq_ctx *cpu, lq_ctx *cu, int op, int k, uint64_t seed, double bound, const char *mode) {
+    const lq_op_def *def = lq_op_table[op];
+    lq_ctx_clear_error(cpu);
+    lq_ctx_clear_error(cu);
+    lq_ctx_step_reset(cpu);
+    lq_ctx_step_reset(cu);
+    lq_ctx_set_grad(cpu, true);
+    lq_ctx_set_grad(cu, true);
+    lq_rng rng;
+    lq_rng_seed(&rng, seed);
+    lq_gc_case c;
+    memset(&c, 0, sizeof c);
+    char tag[256];
+    snprintf(tag, sizeof tag, "%s [%s] case %d (case seed %llu)", def->name, mode, k, (unsigned long long)seed);
+    if (def->gc_make(cpu, &rng, &c) != LQ_OK || lq_ctx_status(cpu) != LQ_OK) {
+        print_error("%s: gc_make failed: %s\n", tag, ctx_msg(cpu));
+        return 1;
+    }
+    snprintf(tag, sizeof tag, "%s [%s] case %d (case seed %llu: %s)", def->name, mode, k, (unsigned long long)seed,
+             c.desc);
+
+    /* the CUDA twins of the inputs: f32 leaves keep REQUIRES_GRAD, i32 ones stay on the host */
+    lq_tensor *din[LQ_MAX_INPUTS] = {0};
+    for (int i = 0; i < c.n_in; i++) {
+        if (!c.in[i]) continue;
+        din[i] = lq_to_ctx_device(cu, c.in[i]);
+        if (!din[i]) {
+            print_error("%s: input %d to the GPU: %s\n", tag, i, ctx_msg(cu));
+            return 1;
+        }
+        const lq_dtype_traits *tr = lq_dtype_info(c.in[i]->dtype);
+        if (c.in[i]->qs && tr && tr->needs_qstate && !(din[i]->qs = device_qstate(cu, c.in[i]))) {
+            print_error("%s: input %d's quant state to the GPU: %s\n", tag, i, ctx_msg(cu));
+            return 1;
+        }
+    }
+    /* rope's case keeps its optional inv_freq as a host array in c.aux: the op's entry takes a host
+     * array (the CUDA kernel uploads it), so the same c serves both runs; every other case's call
+     * reads only c.in[] (aux elsewhere feeds the CPU-only gradcheck surrogates) */
+    lq_tensor *yc = c.call(cpu, c.in, c.n_in, &c);
+    if (!yc) {
+        print_error("%s: CPU forward failed: %s\n", tag, ctx_msg(cpu));
+        return 1;
+    }
+    lq_tensor *yg = c.call(cu, din, c.n_in, &c);
+    if (!yg) {
+        print_error("%s: GPU forward failed: %s\n", tag, ctx_msg(cu));
+        return 1;
+    }
+    if (!lq_same_shape(yc, yg) || yg->device != LQ_DEVICE_CUDA) {
+        char a[64], b[64];
+        print_error("%s: GPU output %s (device %d), CPU %s\n", tag, lq_shape_str(yg, a, sizeof a), (int)yg->device,
+                    lq_shape_str(yc, b, sizeof b));
+        return 1;
+    }
+
+    /* one random upstream gradient, the same on both */
+    int fails = 0;
+    if (lq_requires_grad(yc) != lq_requires_grad(yg)) {
+        print_error("%s: the output requires a gradient on the %s only\n", tag, lq_requires_grad(yc) ? "CPU" : "GPU");
+        return 1;
+    }
+    if (lq_requires_grad(yc)) {
+        lq_tensor *rc = lq_new(cpu, LQ_DTYPE_F32, yc->ndim, yc->ne);
+        if (!rc) {
+            print_error("%s: %s\n", tag, ctx_msg(cpu));
+            return 1;
+        }
+        lq_rng rr;
+        lq_rng_seed(&rr, seed ^ 0x9e3779b97f4a7c15ull);
+        lq_fill_normal(rc, &rr, 1.0f);
+        lq_tensor *rg = lq_to_ctx_device(cu, rc);
+        if (lq_backward_from(cpu, yc, rc) != LQ_OK) {
+            print_error("%s: CPU backward failed: %s\n", tag, ctx_msg(cpu));
+            return 1;
+        }
+        if (!rg || lq_backward_from(cu, yg, rg) != LQ_OK) {
+            print_error("%s: GPU backward failed: %s\n", tag, ctx_msg(cu));
+            return 1;
+        }
+    }
+
+    float *oc = fetch(cpu, yc), *og = fetch(cu, yg);
+    if (!oc || !og) {
+        print_error("%s: reading the output back: %s\n", tag, ctx_msg(og ? cpu : cu));
+        fails++;
+    } else {
+        fails += check(tag, "output", og, oc, lq_numel(yc), bound);
+    }
+    free(oc);
+    free(og);
+    for (int i = 0; i < c.n_in; i++) {
+        if (!lq_requires_grad(c.in[i])) continue;
+        float *gc = fetch_grad(cpu, c.in[i]), *gg = fetch_grad(cu, din[i]);
+        char what[64];
+        snprintf(what, sizeof what, "d input %d", i);
+        if (!gc || !gg) {
+            print_error("%s: reading %s back: %s\n", tag, what, ctx_msg(gg ? cpu : cu));
+            fails++;
+        } else {
+            fails += check(tag, what, gg, gc, lq_numel(c.in[i]), bound);
+        }
+        free(gc);
+        free(gg);
+    }
+    return fails;
+}
+
+static uint64_t case_seed(int op, int k, int mode) {
+    return lq_mix64(g_seed * 1000003u + (uint64_t)op * 7919u + (uint64_t)k * 131u + (uint64_t)mode);
+}
+
+/* The state of an op's test: its index in the op table. */
+static int g_op_index[64];
+
+static void test_op(void **state) {
+    int op = *(const int *)*state;
+    const lq_op_def *def = lq_op_table[op];
+    assert_non_null(g_cpu);
+    assert_non_null(g_cu);
+    if (!lq_op_forward_for(g_cu, def) || !lq_op_backward_for(g_cu, def))
+        fail_msg("%s: no CUDA kernel%s", def->name, lq_op_forward_for(g_cu, def) ? " (backward)" : "");
+    const op_bound *b = bound_of(def->name);
+    if (!b) fail_msg("%s: no nmse bound in k_bounds (add one with its reason)", def->name);
+    if (!def->gc_make) fail_msg("%s: no gradcheck case to run", def->name);
+    int fails = 0;
+    for (int k = 0; k < N_CASES; k++) fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 0), b->nmse, "fp32");
+    if (fails) fail_msg("%s: %d comparison(s) failed (bound %.0e: %s)", def->name, fails, b->nmse, b->why);
+}
+
+/* The gemm-based ops again with tensor-core inputs: tf32 (10-bit mantissa, ~5e-4 relative per
+ * operand) and bf16 (8-bit, ~4e-3): nmse bounds 1e-5 and 1e-3. */
+static void matmul_mode(lq_cuda_math math, double bound, const char *mode, int mode_id) {
+    lq_ctx *cu = make_ctx(LQ_DEVICE_CUDA, math);
+    assert_non_null(cu);
+    static const char *const ops[] = {"matmul", "qmatmul", "lora_linear"};
+    int fails = 0;
+    for (size_t j = 0; j < sizeof ops / sizeof ops[0]; j++) {
+        int op = lq_op_find(ops[j]);
+        if (op < 0) {
+            print_error("%s: not in the op table\n", ops[j]);
+            fails++;
+            continue;
+        }
+        if (!lq_op_forward_for(cu, lq_op_table[op]) || !lq_op_backward_for(cu, lq_op_table[op])) {
+            print_error("%s: no CUDA kernel\n", ops[j]);
+            fails++;
+            continue;
+        }
+        for (int k = 0; k < N_CASES; k++) fails += run_case(g_cpu, cu, op, k, case_seed(op, k, mode_id), bound, mode);
+    }
+    lq_ctx_free(cu);
+    if (fails) fail_msg("%s mode: %d comparison(s) failed (bound %.0e)", mode, fails, bound);
+}
+
+static void test_matmul_tf32(void **state) {
+    (void)state;
+    matmul_mode(LQ_CUDA_MATH_TF32, 1e-5, "tf32", 1);
+}
+
+static void test_matmul_bf16(void **state) {
+    (void)state;
+    matmul_mode(LQ_CUDA_MATH_BF16, 1e-3, "bf16", 2);
+}
+
+/* --- the dequant kernels: lq_cuda_dequant against the traits table's to_f32, byte for byte ------ */
+
+#define DQ_N 19200 /* elements: 75 K-blocks, 300 bnb blocks of 64 (two nested blocks of 256) */
+
+/* One format variant: bitsandbytes with or without double quantization, affine with or without
+ * zero points. */
+typedef struct dq_variant {
+    lq_dtype t;
+    bool double_quant, zero;
+} dq_variant;
+
+/* A random finite f16 in [lo, hi). */
+static uint16_t rand_f16(lq_rng *r, float lo, float hi) { return lq_f32_to_f16(lo + (hi - lo) * lq_rng_uniform(r)); }
+
+/* Host codes of DQ_N elements of v.t and their state (*qs NULL for formats without one): random
+ * floats through the traits table's from_f32 where the format has one (bnb double quantization
+ * then nests the float absmax as lq_bnb4_quantize does); random bytes with finite f16 scales
+ * for the ggml blocks without an encoder. NULL with err set. */
+static uint8_t *dq_make(const dq_variant *v, lq_rng *rng, lq_qstate **qs, lq_err *err) {
+    const lq_dtype_traits *tr = lq_dtype_info(v->t);
+    size_t bytes = lq_dtype_bytes(v->t, DQ_N);
+    uint8_t *codes = calloc(bytes ? bytes : 1, 1);
+    float *x = malloc(DQ_N * sizeof *x);
+    *qs = NULL;
+    if (!codes || !x) goto oom;
+    for (int64_t i = 0; i < DQ_N; i++) x[i] = 4.0f * lq_rng_uniform(rng) - 2.0f;
+    if (!tr->from_f32) {
+        for (size_t i = 0; i < bytes; i++) codes[i] = (uint8_t)lq_rng_u64(rng);
+        int64_t nblk = DQ_N / tr->block_size;
+        for (int64_t b = 0; b < nblk; b++) {
+            uint8_t *blk = codes + (size_t)b * tr->block_bytes;
+            switch (v->t) {
+            case LQ_DTYPE_Q4_1: ((lq_block_q4_1 *)blk)->d = rand_f16(rng, 1e-3f, 0.1f);
+                                ((lq_block_q4_1 *)blk)->m = rand_f16(rng, -1.0f, 1.0f); break;
+            case LQ_DTYPE_Q5_0: ((lq_block_q5_0 *)blk)->d = rand_f16(rng, 1e-3f, 0.1f); break;
+            case LQ_DTYPE_Q5_1: ((lq_block_q5_1 *)blk)->d = rand_f16(rng, 1e-3f, 0.1f);
+                                ((lq_block_q5_1 *)blk)->m = rand_f16(rng, -1.0f, 1.0f); break;
+            case LQ_DTYPE_Q4_K: ((lq_block_q4_k *)blk)->d = rand_f16(rng, 1e-3f, 0.1f);
+                                ((lq_block_q4_k *)blk)->dmin = rand_f16(rng, 1e-3f, 0.1f); break;
+            case LQ_DTYPE_Q5_K: ((lq_block_q5_k *)blk)->d = rand_f16(rng, 1e-3f, 0.1f);
+                                ((lq_block_q5_k *)blk)->dmin = rand_f16(rng, 1e-3f, 0.1f); break;
+            case LQ_DTYPE_Q6_K: ((lq_block_q6_k *)blk)->d = rand_f16(rng, 1e-3f, 0.1f); break;
+            default:
+                LQ_ERR(err, LQ_ERR_UNSUPPORTED, "dequant test: %s has no encoder and no random-block rule", tr->name);
+                goto fail;
+            }
+        }
+        free(x);
+        return codes;
+    }
+    if (tr->needs_qstate) {
+        bool bnb = v->t == LQ_DTYPE_NF4 || v->t == LQ_DTYPE_FP4;
+        int64_t block = bnb ? 64 : 32, nblk = DQ_N / block;
+        lq_qstate *q = lq_qstate_alloc(nblk, block, v->zero, false, 0);
+        if (!q) goto oom;
+        *qs = q;
+        if (!bnb) { /* affine: a scale per block; zero points integers in the signed code range */
+            q->bits = v->t == LQ_DTYPE_I4 ? 4 : 8;
+            int32_t half = 1 << (q->bits - 1);
+            for (int64_t b = 0; b < nblk; b++) {
+                q->absmax[b] = 0.005f + 0.05f * lq_rng_uniform(rng);
+                if (q->zero) q->zero[b] = (float)lq_rng_int(rng, -half / 2, half / 2 - 1);
+            }
+        }
+        if (tr->from_f32(x, codes, DQ_N, q, 0, err) != LQ_OK) goto fail;
+        if (bnb && v->double_quant) {
+            lq_qstate *d = lq_qstate_alloc(nblk, block, false, true, LQ_BNB_BLOCK2);
+            if (!d) goto oom;
+            lq_bnb_double_quant(q->absmax, nblk, d->absmax_q, d->absmax2, &d->offset);
+            d->code2 = lq_bnb_dynamic_map();
+            lq_qstate_free(q);
+            *qs = d;
+        }
+    } else if (tr->from_f32(x, codes, DQ_N, NULL, 0, err) != LQ_OK) {
+        goto fail;
+    }
+    free(x);
+    return codes;
+oom:
+    LQ_ERR(err, LQ_ERR_OOM, "dequant test: out of memory");
+fail:
+    free(x);
+    free(codes);
+    lq_qstate_free(*qs);
+    *qs = NULL;
+    return NULL;
+}
+
+/* A host lq_qstate whose arrays are device copies of q's (dequant_cuda.h's convention). */
+static lq_status dq_device_state(const lq_qstate *q, lq_qstate *d, lq_err *err) {
+    memset(d, 0, sizeof *d);
+    *d = *q;
+    d->absmax = d->zero = d->absmax2 = NULL;
+    d->absmax_q = NULL;
+    d->code2 = NULL;
+    int64_t nblk = DQ_N / q->block, nb2 = q->block2 > 0 ? (nblk + q->block2 - 1) / q->block2 : 0;
+    struct {
+        const void *src;
+        void **dst;
+        size_t bytes;
+    } arr[] = {{q->absmax, (void **)&d->absmax, (size_t)nblk * 4}, {q->zero, (void **)&d->zero, (size_t)nblk * 4},
+               {q->absmax_q, (void **)&d->absmax_q, (size_t)nblk}, {q->absmax2, (void **)&d->absmax2, (size_t)nb2 * 4},
+               {q->code2, (void **)&d->code2, 256 * 4}};
+    for (size_t i = 0; i < sizeof arr / sizeof arr[0]; i++) {
+        if (!arr[i].src) continue;
+        *arr[i].dst = lq_cuda_malloc(arr[i].bytes, err);
+        if (!*arr[i].dst) return err->status;
+        LQ_TRY(lq_cuda_copy(*arr[i].dst, arr[i].src, arr[i].bytes, LQ_COPY_H2D, NULL, err));
+    }
+    return LQ_OK;
+}
+
+static void dq_device_state_free(lq_qstate *d) {
+    lq_cuda_free(d->absmax);
+    lq_cuda_free(d->zero);
+    lq_cuda_free(d->absmax_q);
+    lq_cuda_free(d->absmax2);
+    lq_cuda_free((void *)d->code2);
+}
+
+static int n_variants(dq_variant *out) {
+    int n = 0;
+    for (int t = 0; t < LQ_DTYPE_COUNT; t++) {
+        if (!lq_cuda_dequant_supported((lq_dtype)t) || !lq_dtype_info((lq_dtype)t)) continue;
+        bool bnb = t == LQ_DTYPE_NF4 || t == LQ_DTYPE_FP4, aff = t == LQ_DTYPE_I8 || t == LQ_DTYPE_I4;
+        out[n++] = (dq_variant){(lq_dtype)t, false, false};
+        if (bnb) out[n++] = (dq_variant){(lq_dtype)t, true, false};
+        if (aff) out[n++] = (dq_variant){(lq_dtype)t, false, true};
+    }
+    return n;
+}
+
+/* Every supported format and variant over four windows: all of it, from a start that is odd or
+ * inside a state block, from a third of the way, and five units past that. to_bf16 compares
+ * lq_cuda_dequant_bf16 with the bf16 rounding (RNE) of the CPU's float32 result instead. */
+static void dequant_parity(bool to_bf16) {
+    dq_variant vs[2 * LQ_DTYPE_COUNT];
+    int nv = n_variants(vs), fails = 0, checked = 0;
+    lq_rng rng;
+    lq_rng_seed(&rng, lq_mix64(g_seed ^ (to_bf16 ? 0xbf16u : 0xdeu)));
+    for (int vi = 0; vi < nv; vi++) {
+        const dq_variant *v = &vs[vi];
+        const lq_dtype_traits *tr = lq_dtype_info(v->t);
+        if (to_bf16 && !lq_cuda_dequant_bf16_supported(v->t)) continue;
+        char name[64];
+        snprintf(name, sizeof name, "%s%s%s", tr->name, v->double_quant ? " (double quant)" : "",
+                 v->zero ? " (zero points)" : "");
+        lq_err err;
+        lq_err_clear(&err);
+        lq_qstate *qs = NULL, dqs;
+        uint8_t *codes = dq_make(v, &rng, &qs, &err);
+        if (!codes) {
+            print_error("dequant %s: making the codes: %s\n", name, err.msg);
+            fails++;
+            continue;
+        }
+        size_t bytes = lq_dtype_bytes(v->t, DQ_N);
+        void *d_codes = lq_cuda_malloc(bytes, &err);
+        float *d_out = lq_cuda_malloc(DQ_N * sizeof(float), &err);
+        float *ref = malloc(DQ_N * sizeof *ref), *got = malloc(DQ_N * sizeof *got);
+        uint16_t *ref16 = malloc(DQ_N * sizeof *ref16);
+        bool ok = d_codes && d_out && ref && got && ref16 &&
+                  lq_cuda_copy(d_codes, codes, bytes, LQ_COPY_H2D, NULL, &err) == LQ_OK &&
+                  (!qs || dq_device_state(qs, &dqs, &err) == LQ_OK);
+        if (!ok) {
+            print_error("dequant %s: setting up: %s\n", name, err.msg[0] ? err.msg : "out of memory");
+            fails++;
+        }
+        int64_t u = tr->block_size, nb = DQ_N / u;
+        const int64_t win[4][2] = {
+            {0, DQ_N}, {3 * u, DQ_N - 4 * u}, {u * (nb / 3), u * (nb / 4)}, {u * (nb / 3 + 1), 5 * u}};
+        for (int w = 0; ok && w < 4; w++) {
+            int64_t start = win[w][0], cnt = win[w][1];
+            size_t off = lq_dtype_bytes(v->t, start);
+            tr->to_f32(codes + off, ref, cnt, qs, start);
+            lq_status s = to_bf16 ? lq_cuda_dequant_bf16(v->t, (const uint8_t *)d_codes + off, (uint16_t *)d_out, cnt,
+                                                         start, qs ? &dqs : NULL, NULL, &err)
+                                  : lq_cuda_dequant(v->t, (const uint8_t *)d_codes + off, d_out, cnt, start,
+                                                    qs ? &dqs : NULL, NULL, &err);
+            size_t out_bytes = (size_t)cnt * (to_bf16 ? sizeof(uint16_t) : sizeof(float));
+            if (s == LQ_OK) s = lq_cuda_sync(NULL, &err);
+            if (s == LQ_OK) s = lq_cuda_copy(got, d_out, out_bytes, LQ_COPY_D2H, NULL, &err);
+            checked++;
+            if (s != LQ_OK) {
+                print_error("dequant %s [%lld, +%lld): %s\n", name, (long long)start, (long long)cnt, err.msg);
+                fails++;
+                lq_err_clear(&err);
+                continue;
+            }
+            if (to_bf16) {
+                for (int64_t i = 0; i < cnt; i++) ref16[i] = lq_f32_to_bf16(ref[i]);
+                const uint16_t *g16 = (const uint16_t *)got;
+                if (memcmp(g16, ref16, out_bytes) != 0) {
+                    int64_t i = 0;
+                    while (g16[i] == ref16[i]) i++;
+                    print_error("dequant bf16 %s [%lld, +%lld): element %lld is 0x%04x on the GPU, 0x%04x = bf16(%.9g) "
+                                "on the CPU\n", name, (long long)start, (long long)cnt, (long long)(start + i),
+                                (unsigned)g16[i], (unsigned)ref16[i], (double)ref[i]);
+                    fails++;
+                }
+            } else if (memcmp(got, ref, out_bytes) != 0) {
+                int64_t i = 0;
+                while (memcmp(&got[i], &ref[i], sizeof(float)) == 0) i++;
+                print_error("dequant %s [%lld, +%lld): element %lld is %.9g (0x%08x) on the GPU, %.9g (0x%08x) on the "
+                            "CPU\n", name, (long long)start, (long long)cnt, (long long)(start + i), (double)got[i],
+                            lq_f32_bits(got[i]), (double)ref[i], lq_f32_bits(ref[i]));
+                fails++;
+            }
+        }
+        if (qs && ok) dq_device_state_free(&dqs);
+        lq_cuda_free(d_codes);
+        lq_cuda_free(d_out);
+        free(ref);
+        free(got);
+        free(ref16);
+        free(codes);
+        lq_qstate_free(qs);
+    }
+    if (to_bf16 && checked == 0) print_message("dequant_bf16: no format has a bf16 kernel in this build\n");
+    if (!to_bf16 && checked == 0) fail_msg("dequant: lq_cuda_dequant_supported says no to every format");
+    if (fails) fail_msg("dequant%s: %d of %d windows differ (or failed)", to_bf16 ? " bf16" : "", fails, checked);
+}
+
+static void test_dequant(void **state) {
+    (void)state;
+    dequant_parity(false);
+}
+
+static void test_dequant_bf16(void **state) {
+    (void)state;
+    dequant_parity(true);
+}
+
+static int group_setup(void **state) {
+    (void)state;
+    g_cpu = make_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
+    g_cu = make_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_FP32);
+    return g_cpu && g_cu ? 0 : -1;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    lq_ctx_free(g_cu);
+    lq_ctx_free(g_cpu);
+    return 0;
+}
+
+int main(void) {
+    int rc = 0;
+    if (!lq_cuda_test_should_run(&rc)) return rc;
+    g_seed = lq_cuda_test_seed("test_cuda_ops");
+    int n_ops = lq_op_count();
+    if (n_ops > (int)(sizeof g_op_index / sizeof g_op_index[0])) {
+        printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
+        return 1;
+    }
+    struct CMUnitTest tests[64 + 4];
+    int n = 0;
+    for (int i = 0; i < n_ops; i++) {
+        g_op_index[i] = i;
+        tests[n++] = (struct CMUnitTest){lq_op_name(i), test_op, NULL, NULL, &g_op_index[i]};
+    }
+    tests[n++] = (struct CMUnitTest){"matmul_tf32", test_matmul_tf32, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"matmul_bf16", test_matmul_bf16, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"dequant", test_dequant, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"dequant_bf16", test_dequant_bf16, NULL, NULL, NULL};
+    return _cmocka_run_group_tests("test_cuda_ops", tests, (size_t)n, group_setup, group_teardown);
+}

@@ -1,0 +1,220 @@
+/* tests/cuda/test_cuda_step.c: one whole QLoRA training step on the GPU against the same step on the
+ * CPU, from the same start: tests/fixtures/qlora_tiny (a tiny HF Llama) loaded twice as NF4 with
+ * double quantization (as the fixture's config), the same adapters on both, one copy moved to the
+ * device. Compared: the loss (lq_llama_loss on a fixed batch), every adapter gradient after
+ * backward (normalized MSE), and every adapter parameter after one lq_adamw_step; with and without
+ * gradient checkpointing in fp32 mode, and once in bf16 mode (the loss only, loosely: it shows
+ * the mode runs end to end, with finite gradients). Without CUDA it prints "SKIPPED: <reason>". */
+#include <string.h>
+
+#include "core/cuda.h"
+#include "lora/lora.h"
+#include "models/models.h"
+#include "train/train.h"
+#include "tests/cuda/cuda_testutil.h"
+#include "tests/testutil.h"
+
+#define BATCH 2
+#define SEQ 16
+#define LORA_SEED 4321u
+
+static uint64_t g_seed;
+
+/* fp32 mode: the two sides differ by summation order only (blocked gemms, row reductions), so the
+ * loss agrees to ~1e-6 relative and a gradient to an nmse of ~1e-12; the bounds leave margin, and
+ * a missing term (a dropped adapter, a wrong scale) is far above them. */
+#define LOSS_REL_FP32 1e-5
+#define GRAD_NMSE_FP32 1e-8
+/* After one AdamW step the parameters move by about lr each (the first update is lr * g / |g|),
+ * so they agree where the gradients do; a gradient within eps of zero may flip its update, which
+ * changes the nmse by (2 lr)^2 / sum(p^2) ~ 1e-9 per flip at most, hence the bound. */
+#define PARAM_NMSE 1e-8
+/* bf16 tensor-core inputs: ~3 significant digits per product; the loss is a sum over the batch. */
+#define LOSS_REL_BF16 1e-2
+
+typedef struct side {
+    lq_llama_model *m;
+    lq_lora_set *set;
+    lq_ctx *ctx;
+    lq_adamw opt;
+    bool opt_ready;
+} side;
+
+static lq_status side_init(side *s, const lq_lora_cfg *lc, lq_device_kind dev, lq_cuda_math math, lq_err *err) {
+    memset(s, 0, sizeof *s);
+    char dir[512];
+    lq_fixture_path("qlora_tiny", dir, sizeof dir);
+    lq_llama_load_opts lo = {.quant = LQ_BASE_NF4, .block_size = 64, .double_quant = true};
+    LQ_TRY(lq_llama_load_ex(dir, &lo, &s->m, err));
+    LQ_TRY(lq_llama_lora_create(s->m, lc, LORA_SEED, &s->set, err));
+    lq_ctx_opts o = {.n_threads = 1, .arena_bytes = 1 << 22, .seed = 99, .device = dev, .cuda_math = math,
+                     .poison = dev == LQ_DEVICE_CUDA};
+    return lq_ctx_init(&s->ctx, &o, err);
+}
+
+static void side_free(side *s) {
+    if (s->opt_ready) lq_adamw_free(&s->opt);
+    lq_ctx_free(s->ctx);
+    lq_llama_free(s->m);
+    lq_lora_set_free(s->set); /* after the model (models.h) */
+}
+
+/* The fixed batch on ctx: ids and labels (B, T) i32 (host tensors on either device), a quarter of
+ * the labels ignored (the first of each row always counted). */
+static void make_batch(lq_ctx *ctx, int64_t vocab, lq_tensor **ids, lq_tensor **labels) {
+    const int64_t shape[2] = {BATCH, SEQ};
+    *ids = lq_new(ctx, LQ_DTYPE_I32, 2, shape);
+    *labels = lq_new(ctx, LQ_DTYPE_I32, 2, shape);
+    assert_non_null(*ids);
+    assert_non_null(*labels);
+    lq_rng r;
+    lq_rng_seed(&r, g_seed);
+    int32_t *id = (*ids)->data, *lb = (*labels)->data;
+    for (int64_t i = 0; i < BATCH * SEQ; i++) {
+        id[i] = (int32_t)lq_rng_int(&r, 0, vocab - 1);
+        lb[i] = (int32_t)lq_rng_int(&r, 0, vocab - 1);
+        if (i % SEQ && lq_rng_int(&r, 0, 3) == 0) lb[i] = LQ_IGNORE_INDEX;
+    }
+}
+
+/* The parameter block (data or grad) of s on the host, malloc'd. */
+static float *block_of(side *s, bool grad) {
+    lq_params *p = s->set->params;
+    int64_t n = lq_params_numel(p);
+    float *h = malloc((size_t)n * sizeof *h);
+    assert_non_null(h);
+    const float *src = grad ? lq_params_grad(p) : lq_params_data(p);
+    lq_err err;
+    lq_err_clear(&err);
+    if (lq_params_device(p) == LQ_DEVICE_CUDA) {
+        if (lq_cuda_sync(NULL, &err) != LQ_OK || lq_cuda_copy(h, src, (size_t)n * sizeof *h, LQ_COPY_D2H, NULL, &err))
+            fail_msg("reading the device parameters back: %s", err.msg);
+    } else {
+        memcpy(h, src, (size_t)n * sizeof *h);
+    }
+    return h;
+}
+
+/* Per parameter tensor: nmse of the GPU block's slice against the CPU's. Returns the failures. */
+static int compare_params(const char *what, side *cpu, const float *hc, const float *hg, double bound) {
+    lq_params *p = cpu->set->params;
+    const float *base = lq_params_data(p);
+    int fails = 0;
+    double worst = 0;
+    for (int i = 0; i < lq_params_count(p); i++) {
+        lq_tensor *t = lq_params_at(p, i);
+        ptrdiff_t off = (const float *)t->data - base; /* the same layout on both sides */
+        int64_t bad;
+        double e = lq_nmse(hg + off, hc + off, lq_numel(t), &bad);
+        if (e > worst) worst = e;
+        if (bad >= 0) {
+            print_error("%s of %s: element %lld is %g on the GPU, %g on the CPU\n", what, t->name, (long long)bad,
+                        (double)hg[off + bad], (double)hc[off + bad]);
+            fails++;
+        } else if (!(e <= bound)) {
+            print_error("%s of %s: nmse %.3g > %.3g\n", what, t->name, e, bound);
+            fails++;
+        }
+    }
+    print_message("  %s: %d tensors, worst nmse %.3g (bound %.0e)\n", what, lq_params_count(p), worst, bound);
+    return fails;
+}
+
+static void run_step(bool checkpoint, lq_cuda_math math, bool full) {
+    lq_err err;
+    lq_err_clear(&err);
+    lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .dropout = 0.0f, .rslora = false, .targets = LQ_LORA_ALL_LINEAR};
+    side c, g;
+    if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
+    if (side_init(&g, &lc, LQ_DEVICE_CUDA, math, &err) != LQ_OK) fail_msg("GPU side: %s", err.msg);
+
+    /* PEFT's init leaves B = 0, so dA would be 0 on both sides and prove nothing: give every B
+     * small random values (the same on both: the CPU block is copied over) */
+    lq_params *pc = c.set->params, *pg = g.set->params;
+    assert_int_equal(lq_params_numel(pc), lq_params_numel(pg));
+    lq_rng r;
+    lq_rng_seed(&r, g_seed ^ 0xb0b0u);
+    for (int i = 0; i < c.set->n; i++) lq_fill_normal(c.set->mods[i].B, &r, 0.05f);
+    memcpy(lq_params_data(pg), lq_params_data(pc), (size_t)lq_params_numel(pc) * sizeof(float));
+    if (lq_llama_to_device(g.m, &err) != LQ_OK) fail_msg("lq_llama_to_device: %s", err.msg);
+    if (lq_params_to_device(pg, &err) != LQ_OK) fail_msg("lq_params_to_device: %s", err.msg);
+
+    int64_t vocab = lq_llama_model_config(c.m)->vocab_size;
+    lq_tensor *ids_c, *lab_c, *ids_g, *lab_g;
+    make_batch(c.ctx, vocab, &ids_c, &lab_c);
+    make_batch(g.ctx, vocab, &ids_g, &lab_g);
+    lq_llama_fwd_opts fo = {.checkpoint = checkpoint};
+    int64_t nc = 0, ng = 0;
+    lq_tensor *loss_c = lq_llama_loss(c.ctx, c.m, ids_c, lab_c, &fo, &nc);
+    if (!loss_c) fail_msg("CPU loss: %s", lq_ctx_error(c.ctx)->msg);
+    lq_tensor *loss_g = lq_llama_loss(g.ctx, g.m, ids_g, lab_g, &fo, &ng);
+    if (!loss_g) fail_msg("GPU loss: %s", lq_ctx_error(g.ctx)->msg);
+    assert_int_equal(nc, ng);
+    if (lq_backward(c.ctx, loss_c) != LQ_OK) fail_msg("CPU backward: %s", lq_ctx_error(c.ctx)->msg);
+    if (lq_backward(g.ctx, loss_g) != LQ_OK) fail_msg("GPU backward: %s", lq_ctx_error(g.ctx)->msg);
+    double lc_v = lq_tensor_get_f32(c.ctx, loss_c, 0), lg_v = lq_tensor_get_f32(g.ctx, loss_g, 0);
+    double rel = fabs(lg_v - lc_v) / fmax(fabs(lc_v), 1e-30), bound = full ? LOSS_REL_FP32 : LOSS_REL_BF16;
+    print_message("  loss (%lld labels): CPU %.9g, GPU %.9g, relative %.3g (bound %.0e)\n", (long long)nc, lc_v, lg_v,
+                  rel, bound);
+    if (!isfinite(lg_v) || !(rel <= bound))
+        fail_msg("loss: GPU %.9g vs CPU %.9g, relative %.3g > %.0e", lg_v, lc_v, rel, bound);
+    if (!full) { /* bf16: the gradients are only checked to be finite (written, no overflow) */
+        float *gg = block_of(&g, true);
+        for (int64_t i = 0; i < lq_params_numel(pg); i++)
+            if (!isfinite(gg[i]))
+                fail_msg("bf16 gradient element %lld of the block is %g", (long long)i, (double)gg[i]);
+        free(gg);
+        side_free(&c);
+        side_free(&g);
+        return;
+    }
+
+    int fails = 0;
+    float *gc = block_of(&c, true), *gg = block_of(&g, true);
+    fails += compare_params("gradient", &c, gc, gg, GRAD_NMSE_FP32);
+    free(gc);
+    free(gg);
+
+    lq_adamw_cfg ac = {
+        .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .n_threads = 1};
+    if (lq_adamw_init(&c.opt, pc, &ac, &err) != LQ_OK) fail_msg("CPU adamw: %s", err.msg);
+    c.opt_ready = true;
+    if (lq_adamw_init(&g.opt, pg, &ac, &err) != LQ_OK) fail_msg("GPU adamw: %s", err.msg);
+    g.opt_ready = true;
+    if (lq_adamw_step(&c.opt, pc, ac.lr, &err) != LQ_OK) fail_msg("CPU adamw step: %s", err.msg);
+    if (lq_adamw_step(&g.opt, pg, ac.lr, &err) != LQ_OK) fail_msg("GPU adamw step: %s", err.msg);
+    float *xc = block_of(&c, false), *xg = block_of(&g, false);
+    fails += compare_params("parameter after AdamW", &c, xc, xg, PARAM_NMSE);
+    free(xc);
+    free(xg);
+    side_free(&c);
+    side_free(&g);
+    if (fails) fail_msg("%d tensor comparison(s) failed", fails);
+}
+
+static void test_step_fp32(void **state) {
+    (void)state;
+    run_step(false, LQ_CUDA_MATH_FP32, true);
+}
+
+static void test_step_fp32_checkpoint(void **state) {
+    (void)state;
+    run_step(true, LQ_CUDA_MATH_FP32, true);
+}
+
+static void test_step_bf16_loss(void **state) {
+    (void)state;
+    run_step(false, LQ_CUDA_MATH_BF16, false);
+}
+
+int main(void) {
+    int rc = 0;
+    if (!lq_cuda_test_should_run(&rc)) return rc;
+    g_seed = lq_cuda_test_seed("test_cuda_step");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_step_fp32),
+        cmocka_unit_test(test_step_fp32_checkpoint),
+        cmocka_unit_test(test_step_bf16_loss),
+    };
+    return cmocka_run_group_tests_name("test_cuda_step", tests, NULL, NULL);
+}
