@@ -3,7 +3,7 @@
 # benchmark, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a short table.
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 2] [--steps 8] [--warmup 3]
-#                [--math tf32[,bf16]] [--checkpoint 0|1] [--only parity,dequant,135m,1b] [--dry-run]
+#                [--math tf32[,bf16][,bf16fused]] [--checkpoint 0|1] [--only parity,cli,dequant,135m,1b] [--dry-run]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
 # Default: unpacks the bundle tools/gpu_bundle.sh made (binaries + the shared libraries a bare GPU
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.." || exit 1
 t_start=$(date +%s)
 
 mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=2 steps=8 warmup=3 maths=tf32 ckpt=0 dry=0
-only=parity,dequant,135m,1b
+only=parity,cli,dequant,135m,1b
 usage() {
     sed -n '4,6p' "$0" | sed 's/^# *//' >&2
     exit 2
@@ -164,15 +164,30 @@ if want parity; then
     done
 fi
 
+# --- 1b. `loquat train` / `loquat eval` with device: cuda against the CPU (tests/test_cli_cuda.sh) -------
+if want cli; then
+    if [ "$mode" = build ]; then clibuild=$build
+    else
+        clibuild=$work/cli
+        mkdir -p "$clibuild"
+        printf '#!/bin/sh\nexec env LD_LIBRARY_PATH="%s" "%s" "$@"\n' "$root/lib:${CUDA_HOME:-/usr/local/cuda}/lib64" \
+            "$root/bin/loquat" >"$clibuild/loquat"
+        chmod +x "$clibuild/loquat"
+    fi
+    part cli-cuda 90 env BUILD="$clibuild" bash tests/test_cli_cuda.sh
+fi
+
 # --- 2. dequant bandwidth -------------------------------------------------------------------------------
 if want dequant; then
     part dequant 60 "${lqenv[@]}" "$bench_bin" dequant --shape 8192x8192 --shape 4096x14336 --reps 20 --warmup 3
 fi
 
 # --- 3. training steps, A B A B ---------------------------------------------------------------------
-loquat_step() { # name config batch math
-    part "$1" "$5" "${lqenv[@]}" "$bench_bin" step --config "$cfg_dir/$2" --batch "$3" --seq 512 --steps "$steps" \
-        --warmup "$warmup" --r 16 --alpha 32 --math "$4" --checkpoint "$ckpt" --label "$1"
+loquat_step() { # name config batch math limit; math bf16fused = bf16 with the fused NF4 kernel
+    local m=$4 fused=0
+    [ "$m" = bf16fused ] && m=bf16 fused=1
+    part "$1" "$5" "${lqenv[@]}" LOQUAT_FUSED_QLINEAR=$fused "$bench_bin" step --config "$cfg_dir/$2" --batch "$3" \
+        --seq 512 --steps "$steps" --warmup "$warmup" --r 16 --alpha 32 --math "$m" --checkpoint "$ckpt" --label "$1"
 }
 peer_step() { # name config batch limit
     part "$1" "$4" "$py" bench/peer_qlora_gpu.py --config "bench/$2" --batch "$3" --seq 512 --steps "$steps" \

@@ -34,7 +34,10 @@ for r in rows:
 steps = [r for r in rows if r.get("bench") == "step"]
 groups = {}
 for r in steps:
-    key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], r.get("cuda_math", r.get("base")))
+    math = r.get("cuda_math", r.get("base"))
+    if r["impl"] == "loquat" and "bf16fused" in r.get("part", ""):
+        math = "bf16+fused"  # LOQUAT_FUSED_QLINEAR=1: the fused NF4 kernel
+    key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], math)
     groups.setdefault(key, []).append(r)
 if steps:
     print("| model | impl | math/base | runs | B x T | ms/step | tokens/s | peak MB | device used MB | loss first -> last |")

@@ -37,6 +37,11 @@ for src in tests/cuda/test_*.c tests/cuda/test_*.cu; do
     fi
 done
 
+# the device forward of a random NF4 model against the CPU's (tests/test_llama_random.c) runs with them
+if make -s CUDA=1 BUILD="$build" -j"$jobs" "$build/tests/test_llama_random" >&2; then
+    tests+=("$build/tests/test_llama_random")
+fi
+
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root=$stage/loquat-gpu
