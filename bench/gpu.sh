@@ -211,6 +211,8 @@ if [ "$dry" = 1 ]; then
     echo "(dry run: nothing was executed)"
     exit 0
 fi
+# a lent machine sends back a few files only: the logs travel as one archive
+if [ -n "${OUT:-}" ] && tar -czf "$out/logs.tgz" -C "$out" logs 2>/dev/null; then rm -rf "$out/logs"; fi
 "$py" bench/gpu_table.py "$results" "$parity" "$status" "$manifest" ||
     { echo "(table failed; raw results:)"; cat "$results" "$parity" "$status"; }
 ok=1

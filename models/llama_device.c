@@ -13,12 +13,14 @@
 /* --- to the device --------------------------------------------------------------------------- */
 
 /* Moves one weight; *t may be NULL (an absent bias). A weight the model owns owns its quant state
- * too (lq_llama_free frees it): lq_tensor_to_device leaves the host state behind, so it goes here. */
+ * too (lq_llama_free frees it): lq_tensor_to_device frees the host state of a tensor that owned
+ * its data and leaves it otherwise, so only that case is left to do here. */
 static lq_status move(lq_llama_model *m, lq_tensor *t, lq_err *err) {
     if (!t || t->device == LQ_DEVICE_CUDA) return LQ_OK;
     lq_qstate *host_qs = t->qs;
+    bool freed_by_move = (t->flags & LQ_TENSOR_OWNS_DATA) != 0;
     LQ_TRY(lq_tensor_to_device(t, err));
-    if (host_qs && t->qs != host_qs) {
+    if (host_qs && t->qs != host_qs && !freed_by_move) {
         bool owned = false;
         for (int i = 0; i < m->n_owned && !owned; i++) owned = m->owned[i] == t;
         if (owned) lq_qstate_free(host_qs);

@@ -178,6 +178,102 @@ static lq_status launched(const char *what, lq_err *err) {
     return LQ_OK;
 }
 
+/* The hot path of both (QLoRA's base weights): a thread per float4 of output (two packed bytes),
+ * so that a warp reads 64 contiguous bytes and writes 512 (f32) or 256 (bf16, a thread per eight
+ * elements: four bytes in, one 16-byte store) with single wide instructions, four independent
+ * groups per thread in flight. The same per-byte function and block absmax as above, so the values
+ * are the same bits. Taken when the groups cannot straddle a block (block and start multiples of
+ * the group) and the pointers are aligned for the wide accesses; the tail goes to the kernels above. */
+#define DQ_VEC_UNROLL 4
+
+__global__ static void k_bnb4_f32x4(const uint16_t *src, float4 *dst, int64_t groups, int64_t start, dq_state q,
+                                    int fp4) {
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = fp4 ? c_fp4_code[threadIdx.x] : c_nf4_code[threadIdx.x];
+    __syncthreads();
+    const int64_t step = (int64_t)gridDim.x * blockDim.x * DQ_VEC_UNROLL;
+    for (int64_t g0 = (int64_t)blockIdx.x * blockDim.x * DQ_VEC_UNROLL + threadIdx.x; g0 < groups; g0 += step) {
+        uint16_t v[DQ_VEC_UNROLL];
+#pragma unroll
+        for (int k = 0; k < DQ_VEC_UNROLL; k++) {
+            int64_t i = g0 + (int64_t)k * blockDim.x;
+            v[k] = i < groups ? src[i] : 0;
+        }
+#pragma unroll
+        for (int k = 0; k < DQ_VEC_UNROLL; k++) {
+            int64_t i = g0 + (int64_t)k * blockDim.x;
+            if (i >= groups) break;
+            float a = dq_absmax(q, start + 4 * i), o[4];
+            lq_bnb4_dequant_byte(code, (uint8_t)(v[k] & 0xffu), a, o); /* the lower address is the low byte */
+            lq_bnb4_dequant_byte(code, (uint8_t)(v[k] >> 8), a, o + 2);
+            dst[i] = make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+}
+
+__global__ static void k_bnb4_bf16x8(const uint32_t *src, uint4 *dst, int64_t groups, int64_t start, dq_state q,
+                                     int fp4) {
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = fp4 ? c_fp4_code[threadIdx.x] : c_nf4_code[threadIdx.x];
+    __syncthreads();
+    const int64_t step = (int64_t)gridDim.x * blockDim.x * DQ_VEC_UNROLL;
+    for (int64_t g0 = (int64_t)blockIdx.x * blockDim.x * DQ_VEC_UNROLL + threadIdx.x; g0 < groups; g0 += step) {
+        uint32_t v[DQ_VEC_UNROLL];
+#pragma unroll
+        for (int k = 0; k < DQ_VEC_UNROLL; k++) {
+            int64_t i = g0 + (int64_t)k * blockDim.x;
+            v[k] = i < groups ? src[i] : 0;
+        }
+#pragma unroll
+        for (int k = 0; k < DQ_VEC_UNROLL; k++) {
+            int64_t i = g0 + (int64_t)k * blockDim.x;
+            if (i >= groups) break;
+            float a = dq_absmax(q, start + 8 * i), o[8];
+            for (int b = 0; b < 4; b++) lq_bnb4_dequant_byte(code, (uint8_t)(v[k] >> (8 * b)), a, o + 2 * b);
+            uint32_t w[4];
+            for (int b = 0; b < 4; b++) {
+                __nv_bfloat16 lo = __float2bfloat16_rn(o[2 * b]), hi = __float2bfloat16_rn(o[2 * b + 1]);
+                w[b] = (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+            }
+            dst[i] = make_uint4(w[0], w[1], w[2], w[3]);
+        }
+    }
+}
+
+static int dq_vec_blocks(int64_t groups) {
+    int64_t b = (groups + DQ_THREADS * DQ_VEC_UNROLL - 1) / (DQ_THREADS * DQ_VEC_UNROLL);
+    return (int)(b < DQ_MAX_BLOCKS ? (b > 0 ? b : 1) : DQ_MAX_BLOCKS);
+}
+
+/* NF4 / FP4 of n elements from start: the wide kernel over the whole groups of g elements when it
+ * applies, the per-byte kernel over the rest. */
+static lq_status bnb4_launch(const void *d_src, void *d_dst, bool bf16, int64_t n, int64_t start, const dq_state &q,
+                             int fp4, cudaStream_t s, lq_err *err) {
+    const int64_t g = bf16 ? 8 : 4;
+    const uintptr_t sa = (uintptr_t)d_src, da = (uintptr_t)d_dst;
+    int64_t groups = 0;
+    if (q.block % g == 0 && start % g == 0 && sa % (size_t)(g / 2) == 0 && da % 16 == 0) groups = n / g;
+    if (groups > 0) {
+        if (bf16)
+            k_bnb4_bf16x8<<<dq_vec_blocks(groups), DQ_THREADS, 0, s>>>((const uint32_t *)d_src, (uint4 *)d_dst, groups,
+                                                                      start, q, fp4);
+        else
+            k_bnb4_f32x4<<<dq_vec_blocks(groups), DQ_THREADS, 0, s>>>((const uint16_t *)d_src, (float4 *)d_dst, groups,
+                                                                     start, q, fp4);
+        LQ_TRY(launched(bf16 ? "k_bnb4_bf16x8" : "k_bnb4_f32x4", err));
+    }
+    int64_t done = groups * g, rest = n - done;
+    if (rest <= 0) return LQ_OK;
+    const uint8_t *src = (const uint8_t *)d_src + done / 2;
+    if (bf16)
+        k_bnb4_bf16<<<dq_blocks(rest / 2), DQ_THREADS, 0, s>>>(src, (__nv_bfloat16 *)d_dst + done, rest, start + done,
+                                                                q, fp4);
+    else
+        k_bnb4<<<dq_blocks(rest / 2), DQ_THREADS, 0, s>>>(src, (float *)d_dst + done, rest, start + done, q, fp4);
+    return launched(bf16 ? "k_bnb4_bf16" : "k_bnb4", err);
+}
+
+
 /* threads: how many work items the kernel's grid-stride loop has (elements, or bytes for bnb) */
 #define DQ_LAUNCH_N(threads, kernel, T, ...)                                                            \
     do {                                                                                                \
@@ -249,8 +345,8 @@ extern "C" lq_status lq_cuda_dequant(lq_dtype t, const void *d_src, float *d_dst
     case LQ_DTYPE_Q4_K: DQ_LAUNCH(k_q4_k, lq_block_q4_k);
     case LQ_DTYPE_Q5_K: DQ_LAUNCH(k_q5_k, lq_block_q5_k);
     case LQ_DTYPE_Q6_K: DQ_LAUNCH(k_q6_k, lq_block_q6_k);
-    case LQ_DTYPE_NF4: DQ_LAUNCH_N(n / 2, k_bnb4, uint8_t, start, q, 0);
-    case LQ_DTYPE_FP4: DQ_LAUNCH_N(n / 2, k_bnb4, uint8_t, start, q, 1);
+    case LQ_DTYPE_NF4: return bnb4_launch(d_src, d_dst, false, n, start, q, 0, s, err);
+    case LQ_DTYPE_FP4: return bnb4_launch(d_src, d_dst, false, n, start, q, 1, s, err);
     case LQ_DTYPE_I8: DQ_LAUNCH(k_i8, int8_t, start, q);
     case LQ_DTYPE_I4: DQ_LAUNCH(k_i4, uint8_t, start, q);
     default:
@@ -290,7 +386,5 @@ extern "C" lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_
     q.block = qs->block;
     q.block2 = qs->block2;
     q.offset = qs->offset;
-    k_bnb4_bf16<<<dq_blocks(n / 2), DQ_THREADS, 0, (cudaStream_t)stream>>>(
-        (const uint8_t *)d_src, (__nv_bfloat16 *)d_dst, n, start, q, t == LQ_DTYPE_FP4 ? 1 : 0);
-    return launched("k_bnb4_bf16", err);
+    return bnb4_launch(d_src, d_dst, true, n, start, q, t == LQ_DTYPE_FP4 ? 1 : 0, (cudaStream_t)stream, err);
 }
