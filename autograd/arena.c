@@ -119,6 +119,9 @@ void lq_arena_reset(lq_arena *a) {
         size_t want = lq_arena_capacity(a);
         if (want < a->high_water) want = a->high_water;
         if (a->device) { /* free first: device memory is the scarce kind */
+            /* one chunk of the step's high water (not the chunks' total, which doubling leaves up
+             * to twice as large): the same allocation sequence then fits exactly */
+            want = a->high_water + ((size_t)1 << 20);
             bool dev = a->device;
             lq_arena_free(a);
             a->device = dev;

@@ -94,6 +94,7 @@ typedef struct lq_ctx_opts {
     lq_device_kind device;
     lq_cuda_math cuda_math;
     bool poison; /* fill every new device activation with NaN bytes (tests: unwritten outputs show) */
+    bool profile; /* time every op's forward and backward (waiting for the device after each) */
 } lq_ctx_opts;
 
 lq_status lq_ctx_init(lq_ctx **ctx, const lq_ctx_opts *opts, lq_err *err);
@@ -121,6 +122,10 @@ void lq_ctx_set_seed(lq_ctx *ctx, uint64_t seed);
  * Blocks are kept across steps (no malloc once a step of the same shapes has run) and freed by
  * lq_ctx_free. Returns the previous setting. */
 bool lq_ctx_set_release_grads(lq_ctx *ctx, bool on);
+
+/* With opts.profile: the time each op took so far (forward and backward apart, milliseconds, calls),
+ * as a table sorted by time, into buf (truncated to n). Resets the counters when reset is true. */
+void lq_ctx_profile_report(lq_ctx *ctx, char *buf, size_t n, bool reset);
 
 /* End of a step: drops the tape and every activation; the arena keeps its memory. */
 void lq_ctx_step_reset(lq_ctx *ctx);

@@ -94,7 +94,11 @@ struct lq_ctx {
     lq_arena dmain, dscratch;
     lq_arena *darena;
     struct lq_cuda_state *cuda;
+    /* opts.profile: per op-table index, [2 i] forward and [2 i + 1] backward */
+    double *prof_ms;
+    int64_t *prof_calls;
 };
+
 
 /* --- tape nodes and the op table ------------------------------------------------------------ */
 
@@ -168,6 +172,9 @@ void *lq_ctx_dalloc(lq_ctx *ctx, size_t bytes);
  * otherwise (NULL functions when the op has no CUDA kernel). */
 lq_op_fn lq_op_forward_for(lq_ctx *ctx, const lq_op_def *op);
 lq_op_fn lq_op_backward_for(lq_ctx *ctx, const lq_op_def *op);
+/* Profiling around an op's forward / backward (no-ops unless ctx->prof_ms). */
+double lq_prof_begin(lq_ctx *ctx);
+void lq_prof_end(lq_ctx *ctx, const lq_op_def *op, bool backward, double t0);
 bool lq_requires_grad(const lq_tensor *t);
 
 /* Records an error in ctx and evaluates to NULL (for op entry points). */

@@ -27,6 +27,14 @@ lq_status lq_ctx_init(lq_ctx **out, const lq_ctx_opts *opts, lq_err *err) {
     ctx->device = o.device;
     ctx->cuda_math = o.cuda_math;
     ctx->poison = o.poison;
+    if (o.profile) {
+        ctx->prof_ms = calloc(2 * (size_t)lq_op_table_len, sizeof *ctx->prof_ms);
+        ctx->prof_calls = calloc(2 * (size_t)lq_op_table_len, sizeof *ctx->prof_calls);
+        if (!ctx->prof_ms || !ctx->prof_calls) {
+            lq_ctx_free(ctx);
+            return LQ_ERR(err, LQ_ERR_OOM, "out of memory for the op profile");
+        }
+    }
     if (o.device == LQ_DEVICE_CUDA) {
         lq_status s = lq_arena_init_device(&ctx->dmain, o.arena_bytes, err);
         if (s == LQ_OK) s = lq_arena_init_device(&ctx->dscratch, (size_t)16 << 20, err);
@@ -56,6 +64,8 @@ void lq_ctx_free(lq_ctx *ctx) {
     lq_arena_free(&ctx->main);
     lq_arena_free(&ctx->scratch);
     lq_pool_free(&ctx->pool);
+    free(ctx->prof_ms);
+    free(ctx->prof_calls);
     free(ctx);
 }
 

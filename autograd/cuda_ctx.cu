@@ -216,6 +216,7 @@ extern "C" lq_status lq_cuda_gemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int6
     int64_t la = lda, lb = ldb, sa = strideA, sb = strideB;
     cudaDataType_t in_t = CUDA_R_32F;
     cublasComputeType_t ct = ctx->cuda_math == LQ_CUDA_MATH_FP32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+    lq_ctx_mark mk = lq_ctx_get_mark(ctx); /* the bf16 copies go once the gemm is queued (one stream) */
     if (ctx->cuda_math == LQ_CUDA_MATH_BF16) {
         __nv_bfloat16 *a16, *b16;
         int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
@@ -233,5 +234,6 @@ extern "C" lq_status lq_cuda_gemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int6
     LQ_CUBLAS(err, cublasGemmStridedBatchedEx(h, opB, opA, (int)N, (int)M, (int)K, &alpha, pb, in_t, (int)lb, sb, pa,
                                               in_t, (int)la, sa, &beta, C, CUDA_R_32F, (int)ldc, strideC, (int)batch, ct,
                                               CUBLAS_GEMM_DEFAULT));
+    lq_ctx_reset_to(ctx, mk);
     return LQ_OK;
 }

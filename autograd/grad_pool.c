@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd/autograd_impl.h"
+#include "autograd/cuda_impl.h"
+#include "core/cuda.h"
 
 /* A block: this header (its own 64-byte-aligned slot) then the gradient's data. The grad tensor
  * header lives in the block, not in the arena, so that it survives lq_ctx_reset_to and needs no
@@ -13,12 +14,19 @@ struct lq_pool_block {
     lq_pool_block *next; /* free list of its class, or the handed-out list */
     lq_pool_block *prev; /* handed-out list only */
     int cls;             /* index into pool->cls */
+    void *ddata;         /* a CUDA context's block: the data on the device (the header stays here) */
     lq_tensor t;
 };
 
 #define HDR (((sizeof(lq_pool_block) + LQ_ALIGN - 1) / LQ_ALIGN) * LQ_ALIGN)
 
 static size_t align_up(size_t n) { return (n + (LQ_ALIGN - 1)) & ~(size_t)(LQ_ALIGN - 1); }
+
+/* Frees a block and, for a device pool, its device data. */
+static void block_free(lq_pool_block *b) {
+    if (b->ddata) lq_cuda_free(b->ddata);
+    free(b);
+}
 
 static lq_pool_block *block_of(lq_tensor *t) {
     return (lq_pool_block *)((char *)t - offsetof(lq_pool_block, t));
@@ -57,9 +65,15 @@ lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like) {
         c->free = b->next;
         c->n_free--;
     } else {
-        b = aligned_alloc(LQ_ALIGN, HDR + bytes);
+        bool dev = ctx->device == LQ_DEVICE_CUDA;
+        b = aligned_alloc(LQ_ALIGN, dev ? HDR : HDR + bytes);
         if (!b) {
             LQ_ERR(&ctx->err, LQ_ERR_OOM, "out of memory: a %zu-byte gradient block", bytes);
+            return NULL;
+        }
+        b->ddata = NULL;
+        if (dev && !(b->ddata = lq_cuda_malloc(bytes, &ctx->err))) {
+            free(b);
             return NULL;
         }
         b->cls = ci;
@@ -67,9 +81,20 @@ lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like) {
         p->sys_allocs++;
     }
     b->t = tmp;
-    b->t.data = (char *)b + HDR;
     b->t.flags = LQ_TENSOR_POOLED_GRAD;
-    memset(b->t.data, 0, lq_nbytes(&tmp)); /* as lq_zeros: a gradient starts at zero */
+    if (b->ddata) { /* stream-ordered: a block reused here was last read by kernels queued earlier */
+        b->t.data = b->ddata;
+        b->t.device = LQ_DEVICE_CUDA;
+        if (lq_cuda_memset(b->t.data, 0, lq_nbytes(&tmp), lq_cuda_stream(ctx), &ctx->err) != LQ_OK) {
+            b->next = c->free; /* back to the free list: the context has failed anyway */
+            c->free = b;
+            c->n_free++;
+            return NULL;
+        }
+    } else {
+        b->t.data = (char *)b + HDR;
+        memset(b->t.data, 0, lq_nbytes(&tmp)); /* as lq_zeros: a gradient starts at zero */
+    }
     b->prev = NULL;
     b->next = p->out;
     if (p->out) p->out->prev = b;
@@ -109,7 +134,7 @@ void lq_pool_step_end(lq_grad_pool *p) {
             c->free = b->next;
             c->n_free--;
             p->capacity -= HDR + c->bytes;
-            free(b);
+            block_free(b);
         }
         c->step_peak = 0;
     }
@@ -122,7 +147,7 @@ void lq_pool_free(lq_grad_pool *p) {
         lq_pool_block *b = p->cls[i].free;
         while (b) {
             lq_pool_block *next = b->next;
-            free(b);
+            block_free(b);
             b = next;
         }
     }

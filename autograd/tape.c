@@ -85,7 +85,9 @@ lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n) {
     if (!n->out || ctx->err.status != LQ_OK) return NULL;
     lq_op_fn fwd = lq_op_forward_for(ctx, n->op);
     if (!fwd) return LQ_OP_FAIL(ctx, LQ_ERR_UNSUPPORTED, "%s: this op has no CUDA kernel", n->op->name);
+    double t0 = lq_prof_begin(ctx);
     lq_status s = fwd(ctx, n);
+    lq_prof_end(ctx, n->op, false, t0);
     if (s != LQ_OK) {
         if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: forward failed", n->op->name);
         return NULL;
@@ -105,8 +107,7 @@ lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
     if (!t->grad) {
         /* an intermediate (a recorded node's output, not a parameter) in release mode: a pool
          * block that walk() hands back after the node's backward */
-        bool pooled = ctx->release_grads && ctx->device == LQ_DEVICE_CPU && t->node && t->node->recorded &&
-                      !(t->flags & LQ_TENSOR_PARAM);
+        bool pooled = ctx->release_grads && t->node && t->node->recorded && !(t->flags & LQ_TENSOR_PARAM);
         lq_tensor *gt = pooled ? lq_pool_grad(ctx, t) : lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
         if (!gt) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
         t->grad = gt;
@@ -135,7 +136,9 @@ static lq_status walk(lq_ctx *ctx, lq_node *stop) {
         if (!n->out->grad) continue;
         lq_op_fn bwd = lq_op_backward_for(ctx, n->op);
         if (!bwd) return LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "%s: this op has no CUDA backward kernel", n->op->name);
+        double t0 = lq_prof_begin(ctx);
         lq_status s = bwd(ctx, n);
+        lq_prof_end(ctx, n->op, true, t0);
         if (s != LQ_OK) {
             if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: backward failed", n->op->name);
             return s;

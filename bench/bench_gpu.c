@@ -324,8 +324,12 @@ static int bench_step(const st_opts *o) {
     lq_adamw_cfg ac = {.lr = 2e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .n_threads = 1};
     lq_adamw opt;
     if (lq_adamw_init(&opt, set->params, &ac, &err) != LQ_OK) return fail("adamw", err.msg);
+    /* LOQUAT_PROFILE=1: every op timed on its own (the device waited for after each): a breakdown,
+     * not a throughput figure */
+    const char *prof = getenv("LOQUAT_PROFILE");
+    bool profile = prof && *prof && strcmp(prof, "0") != 0;
     lq_ctx_opts co = {.n_threads = 1, .seed = o->seed, .device = o->cpu ? LQ_DEVICE_CPU : LQ_DEVICE_CUDA,
-                      .cuda_math = o->math};
+                      .cuda_math = o->math, .profile = profile};
     lq_ctx *ctx = NULL;
     if (lq_ctx_init(&ctx, &co, &err) != LQ_OK) return fail("context", err.msg);
     lq_ctx_set_training(ctx, true);
@@ -364,6 +368,19 @@ static int bench_step(const st_opts *o) {
         if (s == 0) first_loss = l;
         last_loss = l;
         if (s >= o->warmup) times[s - o->warmup] = c - a;
+        if (s + 1 == o->warmup) { /* the steady state from here: the arena has found its size */
+            lq_cuda_mem_reset_peak();
+            if (profile) {
+                char tmp[64];
+                lq_ctx_profile_report(ctx, tmp, sizeof tmp, true);
+            }
+        }
+    }
+    if (profile) {
+        static char rep[16384];
+        lq_ctx_profile_report(ctx, rep, sizeof rep, false);
+        fprintf(stderr, "bench_gpu: per-op time over the %d timed steps (%s):\n%s", o->steps, o->label ? o->label : "",
+                rep);
     }
     lq_cuda_mem mem = lq_cuda_mem_stats();
     double total_mb = -1, used_mb = o->cpu ? -1 : device_used_mb(&total_mb);

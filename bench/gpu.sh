@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.." || exit 1
 t_start=$(date +%s)
 
 mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=2 steps=8 warmup=3 maths=tf32 ckpt=0 dry=0
-only=parity,cli,dequant,135m,1b
+only=parity,cli,dequant,135m,1b,profile
 usage() {
     sed -n '4,6p' "$0" | sed 's/^# *//' >&2
     exit 2
@@ -155,13 +155,29 @@ if want parity; then
         [ "$dry" = 1 ] && continue
         o=$out/logs/parity-$name.out
         [ -f "$o" ] || { echo "$name $rc 0 0 0 - -" >>"$parity"; continue; }
-        p=$(grep -Eo '^\[  PASSED  \] [0-9]+' "$o" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
-        f=$(grep -Eo '^\[  FAILED  \] [0-9]+' "$o" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
+        p=$(cat "$o" "${o%.out}.err" 2>/dev/null | grep -c '^\[       OK \]')
+        f=$(cat "$o" "${o%.out}.err" 2>/dev/null | grep -cE '^\[  FAILED  \] [A-Za-z_]')
         k=$(grep -Eo '^\[  SKIPPED \] [0-9]+' "$o" | grep -Eo '[0-9]+$' | awk '{s+=$1} END {print s+0}')
         seed=$(sed -n 's/.*seed \([0-9]*\) (replay.*/\1/p' "$o" | head -n 1)
         bad=$(grep -E '^\[  FAILED  \] [A-Za-z_]' "$o" | awk '{print $4}' | sort -u | tr '\n' ',' | sed 's/,$//')
         echo "$name $rc $p $f $k ${seed:--} ${bad:--}" >>"$parity"
     done
+fi
+
+# --- 1a. a replay of a seed that once failed (LOQUAT_REPLAY="suite:seed[,suite:seed]") -----------------
+if want parity && [ -n "${LOQUAT_REPLAY:-}" ]; then
+    for rs in ${LOQUAT_REPLAY//,/ }; do
+        suite=${rs%%:*} seed=${rs#*:}
+        [ -x "$test_dir/$suite" ] && part "replay-$suite-$seed" 60 "${lqenv[@]}" LOQUAT_CUDA_REQUIRED=1 \
+            LOQUAT_CUDA_SEED="$seed" "$test_dir/$suite"
+    done
+fi
+# the attention kernel: if the default one failed its parity checks, the benchmarks use the first
+# version (LOQUAT_CUDA_ATTN=v1), and say so
+if want parity && grep -qE '^\[  FAILED  \] attention' "$out/logs/parity-test_cuda_ops.out" "$out/logs/parity-test_cuda_ops.err" 2>/dev/null; then
+    export LOQUAT_CUDA_ATTN=v1
+    log "attention failed its parity checks: the benchmarks below use LOQUAT_CUDA_ATTN=v1"
+    echo "attention-v1-fallback 1 0" >>"$status"
 fi
 
 # --- 1b. `loquat train` / `loquat eval` with device: cuda against the CPU (tests/test_cli_cuda.sh) -------
@@ -203,6 +219,20 @@ for ((i = 1; i <= rounds; i++)); do
         peer_step "1b-peer-bf16-r$i" llama-1b.json 4 90
     fi
 done
+
+# --- 4. where a step's time goes: every op timed on its own (LOQUAT_PROFILE=1) -----------------------
+if want profile; then
+    for mdl in 135m:smollm2-135m.json:8 1b:llama-1b.json:4; do
+        IFS=: read -r tag cfg bsz <<<"$mdl"
+        part "profile-$tag" 60 "${lqenv[@]}" LOQUAT_PROFILE=1 "$bench_bin" step --config "$cfg_dir/$cfg" --batch "$bsz" \
+            --seq 512 --steps 2 --warmup 2 --r 16 --alpha 32 --math tf32 --checkpoint "$ckpt" --label "profile-$tag"
+        if [ "$dry" = 0 ] && [ -f "$out/logs/profile-$tag.err" ]; then
+            echo "--- per-op time, $tag, tf32 (top 14)"
+            sed -n '/per-op time/,$p' "$out/logs/profile-$tag.err" | sed -n '2,16p'
+            grep -E '^all ops' "$out/logs/profile-$tag.err" || true
+        fi
+    done
+fi
 
 # --- the table (last) -----------------------------------------------------------------------------------
 echo

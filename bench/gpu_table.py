@@ -31,7 +31,7 @@ for r in rows:
         s += (f"; bf16 out {r['bf16_dequant_gbps']:.0f} GB/s vs copy {r['bf16_copy_gbps']:.0f} = {r['bf16_ratio']:.2f}"
               f", mismatches {r['bf16_mismatches']}")
     print(s)
-steps = [r for r in rows if r.get("bench") == "step"]
+steps = [r for r in rows if r.get("bench") == "step" and not r.get("part", "").startswith("profile")]
 groups = {}
 for r in steps:
     math = r.get("cuda_math", r.get("base"))

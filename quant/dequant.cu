@@ -186,8 +186,17 @@ static lq_status launched(const char *what, lq_err *err) {
  * the group) and the pointers are aligned for the wide accesses; the tail goes to the kernels above. */
 #define DQ_VEC_UNROLL 4
 
+/* dq_absmax with the block and nested-block divisions as shifts (both powers of two, as bnb's 64
+ * and 256 are; bnb4_launch checks): 64-bit divisions are long instruction sequences on the GPU and
+ * were most of this kernel's time. The same value: the block index, then the shared formula. */
+__device__ static inline float dq_absmax_pow2(const dq_state &q, int64_t e, int bs, int b2s) {
+    int64_t i = e >> bs;
+    if (q.absmax) return q.absmax[i];
+    return lq_bnb4_nested_absmax(q.code2, q.absmax_q[i], q.absmax2[i >> b2s], q.offset);
+}
+
 __global__ static void k_bnb4_f32x4(const uint16_t *src, float4 *dst, int64_t groups, int64_t start, dq_state q,
-                                    int fp4) {
+                                    int fp4, int bs, int b2s) {
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = fp4 ? c_fp4_code[threadIdx.x] : c_nf4_code[threadIdx.x];
     __syncthreads();
@@ -203,7 +212,7 @@ __global__ static void k_bnb4_f32x4(const uint16_t *src, float4 *dst, int64_t gr
         for (int k = 0; k < DQ_VEC_UNROLL; k++) {
             int64_t i = g0 + (int64_t)k * blockDim.x;
             if (i >= groups) break;
-            float a = dq_absmax(q, start + 4 * i), o[4];
+            float a = dq_absmax_pow2(q, start + 4 * i, bs, b2s), o[4];
             lq_bnb4_dequant_byte(code, (uint8_t)(v[k] & 0xffu), a, o); /* the lower address is the low byte */
             lq_bnb4_dequant_byte(code, (uint8_t)(v[k] >> 8), a, o + 2);
             dst[i] = make_float4(o[0], o[1], o[2], o[3]);
@@ -212,7 +221,7 @@ __global__ static void k_bnb4_f32x4(const uint16_t *src, float4 *dst, int64_t gr
 }
 
 __global__ static void k_bnb4_bf16x8(const uint32_t *src, uint4 *dst, int64_t groups, int64_t start, dq_state q,
-                                     int fp4) {
+                                     int fp4, int bs, int b2s) {
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = fp4 ? c_fp4_code[threadIdx.x] : c_nf4_code[threadIdx.x];
     __syncthreads();
@@ -228,7 +237,7 @@ __global__ static void k_bnb4_bf16x8(const uint32_t *src, uint4 *dst, int64_t gr
         for (int k = 0; k < DQ_VEC_UNROLL; k++) {
             int64_t i = g0 + (int64_t)k * blockDim.x;
             if (i >= groups) break;
-            float a = dq_absmax(q, start + 8 * i), o[8];
+            float a = dq_absmax_pow2(q, start + 8 * i, bs, b2s), o[8];
             for (int b = 0; b < 4; b++) lq_bnb4_dequant_byte(code, (uint8_t)(v[k] >> (8 * b)), a, o + 2 * b);
             uint32_t w[4];
             for (int b = 0; b < 4; b++) {
@@ -245,6 +254,14 @@ static int dq_vec_blocks(int64_t groups) {
     return (int)(b < DQ_MAX_BLOCKS ? (b > 0 ? b : 1) : DQ_MAX_BLOCKS);
 }
 
+/* log2(v) for a power of two v > 0, else -1. */
+static int pow2_shift(int64_t v) {
+    if (v <= 0 || (v & (v - 1))) return -1;
+    int k = 0;
+    while (((int64_t)1 << k) < v) k++;
+    return k;
+}
+
 /* NF4 / FP4 of n elements from start: the wide kernel over the whole groups of g elements when it
  * applies, the per-byte kernel over the rest. */
 static lq_status bnb4_launch(const void *d_src, void *d_dst, bool bf16, int64_t n, int64_t start, const dq_state &q,
@@ -252,14 +269,16 @@ static lq_status bnb4_launch(const void *d_src, void *d_dst, bool bf16, int64_t 
     const int64_t g = bf16 ? 8 : 4;
     const uintptr_t sa = (uintptr_t)d_src, da = (uintptr_t)d_dst;
     int64_t groups = 0;
-    if (q.block % g == 0 && start % g == 0 && sa % (size_t)(g / 2) == 0 && da % 16 == 0) groups = n / g;
+    int bs = pow2_shift(q.block), b2s = q.absmax ? 0 : pow2_shift(q.block2);
+    if (q.block % g == 0 && start % g == 0 && sa % (size_t)(g / 2) == 0 && da % 16 == 0 && bs >= 0 && b2s >= 0)
+        groups = n / g;
     if (groups > 0) {
         if (bf16)
             k_bnb4_bf16x8<<<dq_vec_blocks(groups), DQ_THREADS, 0, s>>>((const uint32_t *)d_src, (uint4 *)d_dst, groups,
-                                                                      start, q, fp4);
+                                                                      start, q, fp4, bs, b2s);
         else
             k_bnb4_f32x4<<<dq_vec_blocks(groups), DQ_THREADS, 0, s>>>((const uint16_t *)d_src, (float4 *)d_dst, groups,
-                                                                     start, q, fp4);
+                                                                     start, q, fp4, bs, b2s);
         LQ_TRY(launched(bf16 ? "k_bnb4_bf16x8" : "k_bnb4_f32x4", err));
     }
     int64_t done = groups * g, rest = n - done;

@@ -63,12 +63,17 @@ _Static_assert(sizeof(float) == 4, "bnb formats need IEEE binary32 floats");
 
 /* The scale of block i: absmax[i] when it is stored as floats (absmax != NULL), else its double
  * quantization undone. */
+/* The double-quantized absmax from its parts: nested code q, its nested block's scale s2. */
+LQ_HD static inline float lq_bnb4_nested_absmax(const float *code2, uint8_t q, float s2, float offset) {
+    float scaled = LQ_BNB_MUL(code2[q], s2);
+    LQ_BNB_ROUNDED(scaled);
+    return LQ_BNB_ADD(scaled, offset);
+}
+
 LQ_HD static inline float lq_bnb4_block_absmax(const float *absmax, const uint8_t *absmax_q, const float *absmax2,
                                                const float *code2, int64_t block2, float offset, int64_t i) {
     if (absmax) return absmax[i];
-    float scaled = LQ_BNB_MUL(code2[absmax_q[i]], absmax2[i / block2]);
-    LQ_BNB_ROUNDED(scaled);
-    return LQ_BNB_ADD(scaled, offset);
+    return lq_bnb4_nested_absmax(code2, absmax_q[i], absmax2[i / block2], offset);
 }
 
 /* The two elements of one packed byte. */

@@ -120,13 +120,16 @@ static int compare_params(const char *what, side *cpu, const float *hc, const fl
     return fails;
 }
 
-static void run_step(bool checkpoint, lq_cuda_math math, bool full) {
+static void run_step(bool checkpoint, lq_cuda_math math, bool full, bool release) {
     lq_err err;
     lq_err_clear(&err);
     lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .dropout = 0.0f, .rslora = false, .targets = LQ_LORA_ALL_LINEAR};
     side c, g;
     if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
     if (side_init(&g, &lc, LQ_DEVICE_CUDA, math, &err) != LQ_OK) fail_msg("GPU side: %s", err.msg);
+    /* as the trainer runs: each activation gradient back to the pool once its node has run */
+    lq_ctx_set_release_grads(c.ctx, release);
+    lq_ctx_set_release_grads(g.ctx, release);
 
     /* PEFT's init leaves B = 0, so dA would be 0 on both sides and prove nothing: give every B
      * small random values (the same on both: the CPU block is copied over) */
@@ -194,17 +197,28 @@ static void run_step(bool checkpoint, lq_cuda_math math, bool full) {
 
 static void test_step_fp32(void **state) {
     (void)state;
-    run_step(false, LQ_CUDA_MATH_FP32, true);
+    run_step(false, LQ_CUDA_MATH_FP32, true, false);
 }
 
 static void test_step_fp32_checkpoint(void **state) {
     (void)state;
-    run_step(true, LQ_CUDA_MATH_FP32, true);
+    run_step(true, LQ_CUDA_MATH_FP32, true, false);
+}
+
+/* the trainer's settings: gradient release (device pool) with and without checkpointing */
+static void test_step_fp32_release(void **state) {
+    (void)state;
+    run_step(false, LQ_CUDA_MATH_FP32, true, true);
+}
+
+static void test_step_fp32_checkpoint_release(void **state) {
+    (void)state;
+    run_step(true, LQ_CUDA_MATH_FP32, true, true);
 }
 
 static void test_step_bf16_loss(void **state) {
     (void)state;
-    run_step(false, LQ_CUDA_MATH_BF16, false);
+    run_step(false, LQ_CUDA_MATH_BF16, false, true);
 }
 
 int main(void) {
@@ -214,6 +228,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_step_fp32),
         cmocka_unit_test(test_step_fp32_checkpoint),
+        cmocka_unit_test(test_step_fp32_release),
+        cmocka_unit_test(test_step_fp32_checkpoint_release),
         cmocka_unit_test(test_step_bf16_loss),
     };
     return cmocka_run_group_tests_name("test_cuda_step", tests, NULL, NULL);
