@@ -1,27 +1,43 @@
-/* autograd/ops/cuda_attention.cu: CUDA forward and backward of attention (op_attention.c): scores by
- * cuBLAS, a masked row softmax kernel, the probabilities kept for the backward. Registered in
- * cuda_nn.cu's table. */
+/* autograd/ops/cuda_attention.cu: CUDA forward and backward of attention (op_attention.c) over every
+ * (batch, head) pair at once: batched cuBLAS products through device pointer arrays, one masked
+ * softmax kernel that keeps only the rows' logsumexp, the probabilities recomputed in the backward.
+ * LOQUAT_CUDA_ATTN=v1 runs the first version (cuda_attention_v1.cu). Registered in cuda_nn.cu. */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "autograd/cuda_impl.h"
 #include "core/cuda_check.h"
 
 extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n);
 extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
+extern "C" lq_status lq_cuda_attention_v1_fwd(lq_ctx *ctx, lq_node *n);
+extern "C" lq_status lq_cuda_attention_v1_bwd(lq_ctx *ctx, lq_node *n);
 
-/* Layout (op_attention.c): q (B, T, Hq, D), k / v (B, T, Hkv, D), all contiguous (the entry makes
- * them so), out like q; in[3] doc ids (B, T) i32 on the host when given; ip[0] causal, fp[0] scale.
- * Head h of batch b is the (T, D) matrix at base + (b T H + h) D with row stride H D: batch b is a
- * stride of T H D, head h an offset of h D. Query head h reads kv head h / group.
- * saved[0] = P (B, Hq, T, T) on the device when the node is recorded. */
+/* Layout (op_attention.c): q (B, T, Hq, D), k / v (B, T, Hkv, D) (contiguous from the entry, but
+ * read through their byte strides nb[]), out like q; in[3] doc ids (B, T) i32 on the host when
+ * given; ip[0] causal, fp[0] scale. Head h of batch b is the (T, D) matrix at
+ * data + b nb[0] + h nb[2] with row stride nb[1]. Query head h reads kv head h / group.
+ *
+ * Pairs: p = b Hq + h in [0, B Hq). Units: u = b Hkv + kh in [0, B Hkv), the g = Hq / Hkv query
+ * heads sharing kv head kh; their pairs are p = u g + r, r in [0, g), consecutive. Work is done in
+ * chunks of whole units whose T x T score blocks fit SCRATCH_FLOATS (one chunk for usual sizes).
+ *
+ * saved[1] = L (B, Hq, T): per row, max + log(sum of exp) of the masked scaled scores, +INF for a
+ * row that sees nothing (P = 0 there, the CPU's rule); saved[2] = the doc ids on the device (or
+ * NULL). saved[0] stays NULL (v1 keeps P there; the backward picks the version by which is set).
+ * Both live in the node's arena; the scores, pointer arrays and doc copy of each call are scratch
+ * released (lq_ctx_reset_to) once their last kernel is queued: one stream orders the reuse. */
 
+#define SCRATCH_FLOATS ((int64_t)1 << 26) /* per T x T buffer: 256 MB */
 #define ROWS_CAP (65535 * 8)
+#define MAX_JOBS 16
 
 /* block-wide sum / max of a float (blockDim.x a multiple of 32), the result in every thread */
 __device__ static float attn_block_sum(float v, float *sh) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
+    __syncthreads(); /* the previous call's readers of sh are done */
     if (lane == 0) sh[w] = v;
     __syncthreads();
     float r = 0.0f;
@@ -49,13 +65,55 @@ __device__ static bool visible(const int32_t *doc_b, int causal, int64_t i, int6
     return !doc_b || doc_b[i] == doc_b[j];
 }
 
-/* In place over the B T score rows of one head: row rr = (b, i) at S + b sb + i T. Masked entries
- * become 0; a row that sees nothing becomes all zeros (the CPU's rule; these masks never make one). */
-__global__ static void k_masked_softmax(float *S, int64_t sb, int64_t B, int64_t T, const int32_t *doc, int causal) {
+/* --- pointer arrays -------------------------------------------------------------------------- */
+
+/* One array of B Hq device pointers. Entry e names pair p: p = e (pair order) or, in group order,
+ * e = r U + u with p = u g + r (so entries [r U + u0, r U + u0 + nu) are the r-th query head of
+ * units u0.. : no two of them share a kv head). The pointer is
+ * base + b sb + head sh + (p mod cp) sp bytes, head = h or, for kv tensors, h / g; sp addresses a
+ * pair's T x T block in the chunk scratch (chunks start at multiples of cp pairs). */
+typedef struct ptr_job {
+    const char *base;
+    int64_t sb, sh, sp;
+    int group_order, kv;
+} ptr_job;
+
+typedef struct ptr_jobs {
+    ptr_job j[MAX_JOBS];
+    int n;
+} ptr_jobs;
+
+__global__ static void k_head_ptrs(ptr_jobs jobs, const char **out, int64_t npairs, int64_t Hq, int64_t g, int64_t U,
+                                   int64_t cp) {
+    int64_t total = (int64_t)jobs.n * npairs;
+    for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (int64_t)gridDim.x * blockDim.x) {
+        const ptr_job *jb = &jobs.j[idx / npairs];
+        int64_t e = idx % npairs;
+        int64_t p = jb->group_order ? (e % U) * g + e / U : e;
+        int64_t b = p / Hq, h = p % Hq, head = jb->kv ? h / g : h;
+        out[idx] = jb->base + b * jb->sb + head * jb->sh + (p % cp) * jb->sp;
+    }
+}
+
+/* Adds a job; returns its index (its array is out + index * npairs). */
+static int add_job(ptr_jobs *js, const void *base, int64_t sb, int64_t sh, int64_t sp, bool group_order, bool kv) {
+    ptr_job j = {(const char *)base, sb, sh, sp, group_order ? 1 : 0, kv ? 1 : 0};
+    js->j[js->n] = j;
+    return js->n++;
+}
+
+/* --- row kernels ------------------------------------------------------------------------------ */
+
+/* Forward, in place over the rows of a chunk: row rr (of np T rows) is pair p0 + rr / T, query
+ * i = rr % T, at S + rr T. Masked entries become 0; a row that sees nothing becomes all zeros with
+ * L = +INF (the CPU's rule; these masks never make one). L (indexed p T + i) may be NULL. */
+__global__ static void k_softmax_fwd(float *S, float *L, int64_t rows, int64_t T, int64_t p0, int64_t Hq,
+                                     const int32_t *doc, int causal) {
     __shared__ float sh[32];
-    for (int64_t rr = blockIdx.x; rr < B * T; rr += gridDim.x) {
-        int64_t b = rr / T, i = rr % T;
-        float *s = S + b * sb + i * T;
+    for (int64_t rr = blockIdx.x; rr < rows; rr += gridDim.x) {
+        int64_t p = p0 + rr / T, i = rr % T, b = p / Hq;
+        float *s = S + rr * T;
         const int32_t *doc_b = doc ? doc + b * T : NULL;
         float mx = -INFINITY;
         for (int64_t j = threadIdx.x; j < T; j += blockDim.x)
@@ -63,6 +121,7 @@ __global__ static void k_masked_softmax(float *S, int64_t sb, int64_t B, int64_t
         mx = attn_block_max(mx, sh);
         if (mx == -INFINITY) { /* the same value in every thread: uniform branch */
             for (int64_t j = threadIdx.x; j < T; j += blockDim.x) s[j] = 0.0f;
+            if (L && threadIdx.x == 0) L[p * T + i] = INFINITY;
             continue;
         }
         float sum = 0.0f;
@@ -74,115 +133,271 @@ __global__ static void k_masked_softmax(float *S, int64_t sb, int64_t B, int64_t
         sum = attn_block_sum(sum, sh);
         float inv = 1.0f / sum;
         for (int64_t j = threadIdx.x; j < T; j += blockDim.x) s[j] *= inv; /* each thread its own j */
+        if (L && threadIdx.x == 0) L[p * T + i] = mx + logf(sum);
     }
 }
 
-/* dS = P (dP - rowsum(dP P)) in place over dP, rows (b, i): P at P + b pb + i T, dP at G + b gb + i T */
-__global__ static void k_softmax_back(const float *P, int64_t pb, float *G, int64_t gb, int64_t B, int64_t T) {
+/* Backward, over the rows of a chunk (rows as in k_softmax_fwd): S holds the recomputed scaled
+ * scores and becomes P = exp(S - L) (0 where masked or L = +INF); when G (dP = dO V^T) is given it
+ * becomes dS = P (dP - rowsum(P dP)), op_attention.c's formula. Every thread reads and writes only
+ * its own j, so the only cross-thread step is the block sum. */
+__global__ static void k_softmax_bwd(float *S, float *G, const float *L, int64_t rows, int64_t T, int64_t p0,
+                                     int64_t Hq, const int32_t *doc, int causal) {
     __shared__ float sh[32];
-    for (int64_t rr = blockIdx.x; rr < B * T; rr += gridDim.x) {
-        int64_t b = rr / T, i = rr % T;
-        const float *pr = P + b * pb + i * T;
-        float *g = G + b * gb + i * T;
+    for (int64_t rr = blockIdx.x; rr < rows; rr += gridDim.x) {
+        int64_t p = p0 + rr / T, i = rr % T, b = p / Hq;
+        float *s = S + rr * T;
+        const int32_t *doc_b = doc ? doc + b * T : NULL;
+        float l = L[p * T + i];
+        bool seen = l < INFINITY;
         float dot = 0.0f;
-        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) dot += g[j] * pr[j];
-        dot = attn_block_sum(dot, sh); /* every g[j] was read before the barrier inside */
-        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) g[j] = pr[j] * (g[j] - dot);
+        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
+            float pj = seen && visible(doc_b, causal, i, j) ? expf(s[j] - l) : 0.0f;
+            s[j] = pj;
+            if (G) dot += pj * G[rr * T + j];
+        }
+        if (!G) continue; /* uniform: G is a kernel argument */
+        dot = attn_block_sum(dot, sh);
+        float *g = G + rr * T;
+        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) g[j] = s[j] * (g[j] - dot);
     }
 }
+
+/* --- shapes and the batched gemm ---------------------------------------------------------- */
 
 typedef struct attn_dims {
-    int64_t B, T, Hq, Hkv, D, group;
+    int64_t B, T, Hq, Hkv, D, g, U, np; /* np = B Hq pairs, U = B Hkv units */
 } attn_dims;
 
 static attn_dims dims_of(const lq_node *n) {
     const lq_tensor *q = n->in[0], *k = n->in[1];
-    attn_dims d = {q->ne[0], q->ne[1], q->ne[2], k->ne[2], q->ne[3], 0};
-    d.group = d.Hkv ? d.Hq / d.Hkv : 1;
+    attn_dims d = {q->ne[0], q->ne[1], q->ne[2], k->ne[2], q->ne[3], 1, 0, 0};
+    d.g = d.Hkv ? d.Hq / d.Hkv : 1;
+    d.U = d.B * d.Hkv;
+    d.np = d.B * d.Hq;
     return d;
+}
+
+/* A (B, T, H, D) tensor's per-head matrix: byte strides of batch and head, row stride in elements
+ * (a size-1 dim's stride is never used to address: its value is replaced by a harmless one). */
+typedef struct head_view {
+    const void *data;
+    int64_t sb, sh, ld;
+} head_view;
+
+static lq_status view_of(lq_ctx *ctx, const lq_tensor *t, head_view *v) {
+    if (t->ne[3] > 1 && t->nb[3] != sizeof(float))
+        return LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "attention: CUDA needs unit-stride head vectors");
+    v->data = t->data;
+    v->sb = t->ne[0] > 1 ? (int64_t)t->nb[0] : 0;
+    v->sh = t->ne[2] > 1 ? (int64_t)t->nb[2] : 0;
+    v->ld = t->ne[1] > 1 ? (int64_t)(t->nb[1] / sizeof(float)) : t->ne[3];
+    if (v->ld < t->ne[3] || t->nb[1] % sizeof(float) != 0)
+        return LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "attention: CUDA needs rows that do not overlap");
+    return LQ_OK;
+}
+
+/* The contiguous (B, T, H, D) layout of a gradient buffer (lq_grad_get: contiguous, t's shape). */
+static head_view grad_view(const float *g, const lq_tensor *t) {
+    int64_t H = t->ne[2], D = t->ne[3];
+    head_view v = {g, t->ne[1] * H * D * (int64_t)sizeof(float), D * (int64_t)sizeof(float), H * D};
+    return v;
+}
+
+/* Row-major C_e = alpha op(A_e) op(B_e) + beta C_e for the batch entries e (pointer arrays on the
+ * device), lq_cuda_gemm's conventions: op(A) (M, K), op(B) (K, N), C (M, N), ld* the row strides
+ * in elements of the stored matrices. cuda_math picks the compute type (bf16: cuBLAS rounds the
+ * fp32 inputs itself). */
+static lq_status bgemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const char **A,
+                       int64_t lda, const char **B, int64_t ldb, float beta, const char **C, int64_t ldc,
+                       int64_t batch) {
+    if (M <= 0 || N <= 0 || K <= 0 || batch <= 0) return LQ_OK; /* K >= 1 here: T, D >= 1 */
+    cublasComputeType_t ct = ctx->cuda_math == LQ_CUDA_MATH_FP32   ? CUBLAS_COMPUTE_32F
+                             : ctx->cuda_math == LQ_CUDA_MATH_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                                   : CUBLAS_COMPUTE_32F_FAST_TF32;
+    /* row-major C (M, N) = op(A) op(B) is column-major C^T (N, M) = op(B)^T op(A)^T */
+    cublasOperation_t opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    LQ_CUBLAS(&ctx->err,
+              cublasGemmBatchedEx((cublasHandle_t)lq_cuda_blas(ctx), opB, opA, (int)N, (int)M, (int)K, &alpha,
+                                  (const void *const *)B, CUDA_R_32F, (int)ldb, (const void *const *)A, CUDA_R_32F,
+                                  (int)lda, &beta, (void *const *)C, CUDA_R_32F, (int)ldc, (int)batch, ct,
+                                  CUBLAS_GEMM_DEFAULT));
+    return LQ_OK;
+}
+
+/* Builds the jobs' pointer arrays in device scratch: *out, job j's array at *out + j np. */
+static lq_status build_ptrs(lq_ctx *ctx, const ptr_jobs *js, const attn_dims *d, int64_t cp, const char ***out) {
+    int64_t total = (int64_t)js->n * d->np;
+    const char **a = (const char **)lq_ctx_dalloc(ctx, (size_t)total * sizeof(char *));
+    if (!a) return ctx->err.status;
+    k_head_ptrs<<<lq_cuda_blocks(total), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(*js, a, d->np, d->Hq,
+                                                                                                 d->g, d->U, cp);
+    LQ_CUDA_LAUNCHED(ctx, "attention pointers");
+    *out = a;
+    return LQ_OK;
+}
+
+/* Units per chunk: as many whole units as keep a chunk's T x T blocks under SCRATCH_FLOATS. */
+static int64_t units_per_chunk(const attn_dims *d) {
+    int64_t per_unit = d->g * d->T * d->T, cu = per_unit > 0 ? SCRATCH_FLOATS / per_unit : d->U;
+    if (cu < 1) cu = 1;
+    return cu > d->U ? d->U : cu;
 }
 
 static unsigned row_blocks(int64_t rows) { return (unsigned)(rows < 1 ? 1 : rows > ROWS_CAP ? ROWS_CAP : rows); }
 
-/* Per query head h (kv head kh = h / group), batched over b by cuBLAS:
- * S = scale Q_h K_kh^T (T, T), P = masked row softmax of S, O_h = P V_kh. Recorded: P lands in the
- * kept (B, Hq, T, T) buffer; otherwise one (B, T, T) scratch serves every head in turn (the stream
- * orders the reuse). */
-extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n) {
-    attn_dims d = dims_of(n);
-    n->saved[0] = NULL;
-    if (lq_numel(n->out) == 0) return LQ_OK;
-    const float *q = (const float *)n->in[0]->data, *k = (const float *)n->in[1]->data;
-    const float *v = (const float *)n->in[2]->data;
-    float *o = (float *)n->out->data, scale = n->fp[0];
-    int64_t T = d.T, D = d.D, tt = T * T;
-    const int32_t *doc = NULL;
-    if (n->n_in > 3) {
-        doc = lq_cuda_upload_i32(ctx, n->in[3]);
-        if (!doc) return ctx->err.status;
-    }
-    bool keep = n->recorded;
-    float *P = (float *)lq_ctx_dalloc(ctx, (size_t)((keep ? d.B * d.Hq : d.B) * tt) * sizeof(float));
-    if (!P) return ctx->err.status;
-    if (keep) n->saved[0] = P;
-    int64_t pb = keep ? d.Hq * tt : tt; /* batch stride of one head's P */
-    int64_t ldq = d.Hq * D, ldk = d.Hkv * D, sq = T * ldq, sk = T * ldk;
-    for (int64_t h = 0; h < d.Hq; h++) {
-        int64_t kh = h / d.group;
-        float *Ph = keep ? P + h * tt : P;
-        LQ_TRY(lq_cuda_gemm(ctx, false, true, T, T, D, scale, q + h * D, ldq, sq, k + kh * D, ldk, sk, 0.0f, Ph, T,
-                            pb, d.B));
-        k_masked_softmax<<<row_blocks(d.B * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(
-            Ph, pb, d.B, T, doc, n->ip[0] != 0 ? 1 : 0);
+static bool use_v1(void) {
+    const char *e = getenv("LOQUAT_CUDA_ATTN");
+    return e && strcmp(e, "v1") == 0;
+}
+
+/* --- forward ---------------------------------------------------------------------------------- */
+
+/* Per chunk of pairs [p0, p0 + np): S_p = scale Q_h K_kh^T (T, T) for every pair in one call, the
+ * masked softmax of every row (L kept), O_h = P_p V_kh in one call. */
+static lq_status fwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *L, const int32_t *doc) {
+    head_view q, k, v, o;
+    LQ_TRY(view_of(ctx, n->in[0], &q));
+    LQ_TRY(view_of(ctx, n->in[1], &k));
+    LQ_TRY(view_of(ctx, n->in[2], &v));
+    LQ_TRY(view_of(ctx, n->out, &o));
+    int64_t T = d->T, tt = T * T, cu = units_per_chunk(d), cp = cu * d->g;
+    float *S = (float *)lq_ctx_dalloc(ctx, (size_t)(cp * tt) * sizeof(float));
+    if (!S) return ctx->err.status;
+    ptr_jobs js;
+    js.n = 0;
+    int jq = add_job(&js, q.data, q.sb, q.sh, 0, false, false), jk = add_job(&js, k.data, k.sb, k.sh, 0, false, true);
+    int jv = add_job(&js, v.data, v.sb, v.sh, 0, false, true), jo = add_job(&js, o.data, o.sb, o.sh, 0, false, false);
+    int js_ = add_job(&js, S, 0, 0, tt * (int64_t)sizeof(float), false, false);
+    const char **a;
+    LQ_TRY(build_ptrs(ctx, &js, d, cp, &a));
+    const char **Qp = a + jq * d->np, **Kp = a + jk * d->np, **Vp = a + jv * d->np, **Op = a + jo * d->np;
+    const char **Sp = a + js_ * d->np;
+    int causal = n->ip[0] != 0 ? 1 : 0;
+    for (int64_t u0 = 0; u0 < d->U; u0 += cu) {
+        int64_t nu = d->U - u0 < cu ? d->U - u0 : cu, p0 = u0 * d->g, np = nu * d->g;
+        LQ_TRY(bgemm(ctx, false, true, T, T, d->D, n->fp[0], Qp + p0, q.ld, Kp + p0, k.ld, 0.0f, Sp + p0, T, np));
+        k_softmax_fwd<<<row_blocks(np * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(S, L, np * T, T,
+                                                                                                    p0, d->Hq, doc,
+                                                                                                    causal);
         LQ_CUDA_LAUNCHED(ctx, "attention softmax");
-        LQ_TRY(lq_cuda_gemm(ctx, false, false, T, D, T, 1.0f, Ph, T, pb, v + kh * D, ldk, sk, 0.0f, o + h * D, ldq,
-                            sq, d.B));
+        LQ_TRY(bgemm(ctx, false, false, T, d->D, T, 1.0f, Sp + p0, T, Vp + p0, v.ld, 0.0f, Op + p0, o.ld, np));
     }
     return LQ_OK;
 }
 
-/* Per query head h, kv head kh, batched over b (op_attention.c's derivation):
- *   dV_kh += P^T dO_h,  dP = dO_h V_kh^T,  dS = P (dP - rowsum(dP P)),
- *   dQ_h += scale dS K_kh,  dK_kh += scale dS^T Q_h.
- * The q heads of one group add into the same dK / dV head by successive gemms with beta = 1, in
- * order on the one stream. dS: one (B, T, T) scratch reused per head. */
+extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n) {
+    n->saved[0] = n->saved[1] = n->saved[2] = NULL;
+    if (use_v1()) return lq_cuda_attention_v1_fwd(ctx, n);
+    if (lq_numel(n->out) == 0) return LQ_OK;
+    attn_dims d = dims_of(n);
+    /* kept for the backward, so allocated before the mark: L and the device doc ids */
+    float *L = NULL;
+    const int32_t *doc = NULL;
+    if (n->recorded) {
+        L = (float *)lq_ctx_dalloc(ctx, (size_t)(d.np * d.T) * sizeof(float));
+        if (!L) return ctx->err.status;
+        if (n->n_in > 3 && !(doc = lq_cuda_upload_i32(ctx, n->in[3]))) return ctx->err.status;
+    }
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    if (!n->recorded && n->n_in > 3 && !(doc = lq_cuda_upload_i32(ctx, n->in[3]))) return ctx->err.status;
+    lq_status s = fwd_body(ctx, n, &d, L, doc);
+    lq_ctx_reset_to(ctx, mark); /* scores, pointers: every kernel reading them is queued */
+    if (s != LQ_OK) return s;
+    n->saved[1] = L;
+    n->saved[2] = (void *)doc; /* NULL unless recorded with doc ids */
+    if (!n->recorded) n->saved[2] = NULL;
+    return LQ_OK;
+}
+
+/* --- backward --------------------------------------------------------------------------------- */
+
+/* Per chunk (op_attention.c's derivation), P recomputed as exp(scale Q K^T - L):
+ *   dP_p = dO_h V_kh^T,  dS_p = P (dP - rowsum(P dP))        (all pairs, one call each)
+ *   dQ_h += scale dS_p K_kh                                    (all pairs, one call)
+ *   dV_kh += P_p^T dO_h,  dK_kh += scale dS_p^T Q_h            (g calls each, with beta = 1)
+ * The GQA sums over the g query heads of a kv head: call r (group order) covers the r-th query
+ * head of every unit, so no two entries of one call write the same dK / dV matrix, and the calls
+ * follow each other on the one stream. */
+static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq, float *gk, float *gv) {
+    head_view q, k, v, o;
+    LQ_TRY(view_of(ctx, n->in[0], &q));
+    LQ_TRY(view_of(ctx, n->in[1], &k));
+    LQ_TRY(view_of(ctx, n->in[2], &v));
+    head_view dO = grad_view((const float *)n->out->grad->data, n->out);
+    (void)o;
+    const float *L = (const float *)n->saved[1];
+    const int32_t *doc = (const int32_t *)n->saved[2];
+    if (!doc && n->n_in > 3 && !(doc = lq_cuda_upload_i32(ctx, n->in[3]))) return ctx->err.status;
+    int64_t T = d->T, tt = T * T, cu = units_per_chunk(d), cp = cu * d->g, U = d->U, g = d->g;
+    bool need_ds = gq || gk;
+    float *S = (float *)lq_ctx_dalloc(ctx, (size_t)(cp * tt) * sizeof(float)), *G = NULL;
+    if (!S) return ctx->err.status;
+    if (need_ds && !(G = (float *)lq_ctx_dalloc(ctx, (size_t)(cp * tt) * sizeof(float)))) return ctx->err.status;
+    head_view dq = grad_view(gq, n->in[0]), dk = grad_view(gk, n->in[1]), dv = grad_view(gv, n->in[2]);
+    int64_t sp = tt * (int64_t)sizeof(float);
+    ptr_jobs js;
+    js.n = 0;
+    /* pair order */
+    int jq = add_job(&js, q.data, q.sb, q.sh, 0, false, false), jk = add_job(&js, k.data, k.sb, k.sh, 0, false, true);
+    int jv = add_job(&js, v.data, v.sb, v.sh, 0, false, true);
+    int jdo = add_job(&js, dO.data, dO.sb, dO.sh, 0, false, false), js_ = add_job(&js, S, 0, 0, sp, false, false);
+    int jg = G ? add_job(&js, G, 0, 0, sp, false, false) : -1;
+    int jdq = gq ? add_job(&js, dq.data, dq.sb, dq.sh, 0, false, false) : -1;
+    /* group order */
+    int jsr = gv ? add_job(&js, S, 0, 0, sp, true, false) : -1;
+    int jdor = gv ? add_job(&js, dO.data, dO.sb, dO.sh, 0, true, false) : -1;
+    int jdv = gv ? add_job(&js, dv.data, dv.sb, dv.sh, 0, true, true) : -1;
+    int jgr = gk ? add_job(&js, G, 0, 0, sp, true, false) : -1;
+    int jqr = gk ? add_job(&js, q.data, q.sb, q.sh, 0, true, false) : -1;
+    int jdk = gk ? add_job(&js, dk.data, dk.sb, dk.sh, 0, true, true) : -1;
+    const char **a;
+    LQ_TRY(build_ptrs(ctx, &js, d, cp, &a));
+#define ARR(j) (a + (int64_t)(j) * d->np)
+    float scale = n->fp[0];
+    int causal = n->ip[0] != 0 ? 1 : 0;
+    for (int64_t u0 = 0; u0 < U; u0 += cu) {
+        int64_t nu = U - u0 < cu ? U - u0 : cu, p0 = u0 * g, np = nu * g;
+        /* S (T, T) = scale Q K^T, then (when needed) dP (T, T) = dO V^T into G */
+        LQ_TRY(bgemm(ctx, false, true, T, T, d->D, scale, ARR(jq) + p0, q.ld, ARR(jk) + p0, k.ld, 0.0f,
+                     ARR(js_) + p0, T, np));
+        if (need_ds)
+            LQ_TRY(bgemm(ctx, false, true, T, T, d->D, 1.0f, ARR(jdo) + p0, dO.ld, ARR(jv) + p0, v.ld, 0.0f,
+                         ARR(jg) + p0, T, np));
+        k_softmax_bwd<<<row_blocks(np * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(
+            S, G, L, np * T, T, p0, d->Hq, doc, causal);
+        LQ_CUDA_LAUNCHED(ctx, "attention softmax backward");
+        if (gq) /* (T, D) += scale dS (T, T) K (T, D) */
+            LQ_TRY(bgemm(ctx, false, false, T, d->D, T, scale, ARR(jg) + p0, T, ARR(jk) + p0, k.ld, 1.0f,
+                         ARR(jdq) + p0, dq.ld, np));
+        for (int64_t r = 0; r < g; r++) {
+            int64_t e0 = r * U + u0; /* the r-th query head of units u0 .. u0 + nu */
+            if (gv) /* (T, D) += P^T (T, T) dO (T, D) */
+                LQ_TRY(bgemm(ctx, true, false, T, d->D, T, 1.0f, ARR(jsr) + e0, T, ARR(jdor) + e0, dO.ld, 1.0f,
+                             ARR(jdv) + e0, dv.ld, nu));
+            if (gk) /* (T, D) += scale dS^T (T, T) Q (T, D) */
+                LQ_TRY(bgemm(ctx, true, false, T, d->D, T, scale, ARR(jgr) + e0, T, ARR(jqr) + e0, q.ld, 1.0f,
+                             ARR(jdk) + e0, dk.ld, nu));
+        }
+    }
+#undef ARR
+    return LQ_OK;
+}
+
 extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n) {
     float *gq, *gk, *gv;
+    /* the gradients first: a first-use buffer comes from the arena and must outlive the mark */
     LQ_TRY(lq_grad_get(ctx, n->in[0], &gq));
     LQ_TRY(lq_grad_get(ctx, n->in[1], &gk));
     LQ_TRY(lq_grad_get(ctx, n->in[2], &gv));
-    attn_dims d = dims_of(n);
     if (lq_numel(n->out) == 0 || (!gq && !gk && !gv)) return LQ_OK;
-    const float *q = (const float *)n->in[0]->data, *k = (const float *)n->in[1]->data;
-    const float *v = (const float *)n->in[2]->data;
-    const float *dO = (const float *)n->out->grad->data, *P = (const float *)n->saved[0];
-    if (!P) return LQ_ERR(&ctx->err, LQ_ERR_STATE, "attention: backward without the saved probabilities");
-    float scale = n->fp[0];
-    int64_t T = d.T, D = d.D, tt = T * T, pb = d.Hq * tt;
-    int64_t ldq = d.Hq * D, ldk = d.Hkv * D, sq = T * ldq, sk = T * ldk;
-    float *dS = NULL;
-    if (gq || gk) {
-        dS = (float *)lq_ctx_dalloc(ctx, (size_t)(d.B * tt) * sizeof(float));
-        if (!dS) return ctx->err.status;
+    if (!n->saved[1]) {
+        if (n->saved[0]) return lq_cuda_attention_v1_bwd(ctx, n); /* the forward ran v1 */
+        return LQ_ERR(&ctx->err, LQ_ERR_STATE, "attention: backward without the saved row logsumexp");
     }
-    for (int64_t h = 0; h < d.Hq; h++) {
-        int64_t kh = h / d.group;
-        const float *Ph = P + h * tt, *dOh = dO + h * D;
-        if (gv) /* (T, D) += P^T (T, T) dO (T, D) */
-            LQ_TRY(lq_cuda_gemm(ctx, true, false, T, D, T, 1.0f, Ph, T, pb, dOh, ldq, sq, 1.0f, gv + kh * D, ldk, sk,
-                                d.B));
-        if (!dS) continue;
-        /* dP (T, T) = dO (T, D) V^T */
-        LQ_TRY(lq_cuda_gemm(ctx, false, true, T, T, D, 1.0f, dOh, ldq, sq, v + kh * D, ldk, sk, 0.0f, dS, T, tt, d.B));
-        k_softmax_back<<<row_blocks(d.B * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(Ph, pb, dS, tt,
-                                                                                                       d.B, T);
-        LQ_CUDA_LAUNCHED(ctx, "attention softmax backward");
-        if (gq) /* (T, D) += scale dS (T, T) K (T, D) */
-            LQ_TRY(lq_cuda_gemm(ctx, false, false, T, D, T, scale, dS, T, tt, k + kh * D, ldk, sk, 1.0f, gq + h * D,
-                                ldq, sq, d.B));
-        if (gk) /* (T, D) += scale dS^T Q (T, D) */
-            LQ_TRY(lq_cuda_gemm(ctx, true, false, T, D, T, scale, dS, T, tt, q + h * D, ldq, sq, 1.0f, gk + kh * D,
-                                ldk, sk, d.B));
-    }
-    return LQ_OK;
+    attn_dims d = dims_of(n);
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    lq_status s = bwd_body(ctx, n, &d, gq, gk, gv);
+    lq_ctx_reset_to(ctx, mark); /* scores, dS, pointers: every kernel reading them is queued */
+    return s;
 }
