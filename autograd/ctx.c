@@ -105,6 +105,7 @@ void lq_ctx_step_reset(lq_ctx *ctx) {
     lq_arena_reset(&ctx->main);
     lq_arena_reset(&ctx->scratch);
     if (ctx->device == LQ_DEVICE_CUDA) {
+        (void)lq_cuda_step_reset(ctx);
         ctx->darena = &ctx->dmain;
         lq_arena_reset(&ctx->dmain);
         lq_arena_reset(&ctx->dscratch);

@@ -10,10 +10,18 @@
 #include "core/cuda.h"
 #include "core/cuda_check.h"
 
+/* Uploads of small host inputs (ids, positions, labels, pointer arrays) go through a pinned staging
+ * buffer so that they are asynchronous: a synchronous copy would stall the host until the device
+ * has drained its queue, dozens of times a step. The buffer is reused from the start at each step
+ * reset, after the stream has finished every copy from it. */
+#define PIN_BYTES ((size_t)8 << 20)
+
 struct lq_cuda_state {
     cudaStream_t stream;
     cublasHandle_t blas;
     lq_op_fn *fwd, *bwd; /* indexed like lq_op_table */
+    char *pinned;        /* PIN_BYTES of page-locked host memory (NULL: uploads are synchronous) */
+    size_t pin_used;
 };
 
 static const lq_cuda_op *const groups[] = {lq_cuda_ops_shape, lq_cuda_ops_elementwise, lq_cuda_ops_nn,
@@ -50,6 +58,20 @@ extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
     LQ_CU(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamDefault));
     LQ_CUBLAS(err, cublasCreate(&c->blas));
     LQ_CUBLAS(err, cublasSetStream(c->blas, c->stream));
+    if (cudaHostAlloc((void **)&c->pinned, PIN_BYTES, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no pinned memory: uploads stay synchronous, nothing else changes */
+        c->pinned = NULL;
+    }
+    return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_step_reset(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    if (!c) return LQ_OK;
+    if (c->pin_used) {
+        LQ_CU(&ctx->err, cudaStreamSynchronize(c->stream)); /* every copy from the buffer is done */
+        c->pin_used = 0;
+    }
     return LQ_OK;
 }
 
@@ -57,6 +79,7 @@ extern "C" void lq_cuda_ctx_free(lq_ctx *ctx) {
     lq_cuda_state *c = ctx->cuda;
     if (!c) return;
     if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->pinned) cudaFreeHost(c->pinned);
     if (c->blas) cublasDestroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->fwd);
@@ -144,8 +167,23 @@ extern "C" void *lq_cuda_upload(lq_ctx *ctx, const void *host, size_t bytes) {
     void *d = lq_ctx_dalloc(ctx, bytes ? bytes : 1);
     if (!d) return NULL;
     if (!bytes) return d;
-    /* the host buffer may be reused by the caller at once: a synchronous copy on the stream */
-    if (lq_cuda_copy(d, host, bytes, LQ_COPY_H2D, ctx->cuda->stream, &ctx->err) != LQ_OK) return NULL;
+    lq_cuda_state *c = ctx->cuda;
+    size_t need = (bytes + 255) & ~(size_t)255;
+    if (c->pinned && c->pin_used + need <= PIN_BYTES) {
+        /* the caller may reuse its buffer at once: the bytes are staged, the copy queued */
+        char *stage = c->pinned + c->pin_used;
+        memcpy(stage, host, bytes);
+        c->pin_used += need;
+        cudaError_t e = cudaMemcpyAsync(d, stage, bytes, cudaMemcpyHostToDevice, c->stream);
+        if (e != cudaSuccess) {
+            lq_err_set(&ctx->err, LQ_ERR_INTERNAL, __FILE__, __LINE__, "cudaMemcpyAsync of %zu bytes failed: %s", bytes,
+                       cudaGetErrorString(e));
+            return NULL;
+        }
+        return d;
+    }
+    /* the staging buffer is full until the next step reset: a synchronous copy on the stream */
+    if (lq_cuda_copy(d, host, bytes, LQ_COPY_H2D, c->stream, &ctx->err) != LQ_OK) return NULL;
     return d;
 }
 

@@ -8,6 +8,10 @@ lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
                                            "(rebuild with make CUDA=1)");
 }
 void lq_cuda_ctx_free(lq_ctx *ctx) { (void)ctx; }
+lq_status lq_cuda_step_reset(lq_ctx *ctx) {
+    (void)ctx;
+    return LQ_OK;
+}
 void *lq_cuda_stream(lq_ctx *ctx) {
     (void)ctx;
     return NULL;

@@ -33,6 +33,8 @@ extern const lq_cuda_op lq_cuda_ops_conv[];       /* conv2d max_pool2d avg_pool2
 /* Context set-up (stream, cuBLAS handle, the resolved kernel table) and teardown. */
 lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err);
 void lq_cuda_ctx_free(lq_ctx *ctx);
+/* Start of a step (lq_ctx_step_reset): the upload staging buffer is reused from its start. */
+lq_status lq_cuda_step_reset(lq_ctx *ctx);
 
 /* The context's cudaStream_t and cublasHandle_t (as void *, so C files can hold them). Every
  * kernel of a context goes on its stream. */

@@ -3,6 +3,7 @@
  * softmax kernel that keeps only the rows' logsumexp, the probabilities recomputed in the backward.
  * LOQUAT_CUDA_ATTN=v1 runs the first version (cuda_attention_v1.cu). Registered in cuda_nn.cu. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,7 +193,7 @@ static lq_status view_of(lq_ctx *ctx, const lq_tensor *t, head_view *v) {
     v->sb = t->ne[0] > 1 ? (int64_t)t->nb[0] : 0;
     v->sh = t->ne[2] > 1 ? (int64_t)t->nb[2] : 0;
     v->ld = t->ne[1] > 1 ? (int64_t)(t->nb[1] / sizeof(float)) : t->ne[3];
-    if (v->ld < t->ne[3] || t->nb[1] % sizeof(float) != 0)
+    if (v->ld < t->ne[3] || (t->ne[1] > 1 && t->nb[1] % sizeof(float) != 0))
         return LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "attention: CUDA needs rows that do not overlap");
     return LQ_OK;
 }
@@ -204,15 +205,22 @@ static head_view grad_view(const float *g, const lq_tensor *t) {
     return v;
 }
 
+/* cuBLAS's fast math modes (tf32, bf16) in a pointer-array batched gemm need the matrices 16-byte
+ * aligned (the library cannot check device pointer arrays): true when every head matrix of v and
+ * each of its rows starts on 16 bytes. */
+static bool hv_aligned(const head_view *v) {
+    return (uintptr_t)v->data % 16 == 0 && v->sb % 16 == 0 && v->sh % 16 == 0 && v->ld % 4 == 0;
+}
+
 /* Row-major C_e = alpha op(A_e) op(B_e) + beta C_e for the batch entries e (pointer arrays on the
  * device), lq_cuda_gemm's conventions: op(A) (M, K), op(B) (K, N), C (M, N), ld* the row strides
  * in elements of the stored matrices. cuda_math picks the compute type (bf16: cuBLAS rounds the
- * fp32 inputs itself). */
-static lq_status bgemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const char **A,
+ * fp32 inputs itself) when the operands are aligned (fast), plain fp32 otherwise. */
+static lq_status bgemm(lq_ctx *ctx, bool fast, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const char **A,
                        int64_t lda, const char **B, int64_t ldb, float beta, const char **C, int64_t ldc,
                        int64_t batch) {
     if (M <= 0 || N <= 0 || K <= 0 || batch <= 0) return LQ_OK; /* K >= 1 here: T, D >= 1 */
-    cublasComputeType_t ct = ctx->cuda_math == LQ_CUDA_MATH_FP32   ? CUBLAS_COMPUTE_32F
+    cublasComputeType_t ct = !fast || ctx->cuda_math == LQ_CUDA_MATH_FP32 ? CUBLAS_COMPUTE_32F
                              : ctx->cuda_math == LQ_CUDA_MATH_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
                                                                    : CUBLAS_COMPUTE_32F_FAST_TF32;
     /* row-major C (M, N) = op(A) op(B) is column-major C^T (N, M) = op(B)^T op(A)^T */
@@ -265,7 +273,7 @@ static lq_status fwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *L,
     float *S = (float *)lq_ctx_dalloc(ctx, (size_t)(cp * tt) * sizeof(float));
     if (!S) return ctx->err.status;
     ptr_jobs js;
-    js.n = 0;
+    memset(&js, 0, sizeof js);
     int jq = add_job(&js, q.data, q.sb, q.sh, 0, false, false), jk = add_job(&js, k.data, k.sb, k.sh, 0, false, true);
     int jv = add_job(&js, v.data, v.sb, v.sh, 0, false, true), jo = add_job(&js, o.data, o.sb, o.sh, 0, false, false);
     int js_ = add_job(&js, S, 0, 0, tt * (int64_t)sizeof(float), false, false);
@@ -274,14 +282,16 @@ static lq_status fwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *L,
     const char **Qp = a + jq * d->np, **Kp = a + jk * d->np, **Vp = a + jv * d->np, **Op = a + jo * d->np;
     const char **Sp = a + js_ * d->np;
     int causal = n->ip[0] != 0 ? 1 : 0;
+    /* scratch blocks start on 64 bytes, their rows on 16 when T % 4 == 0 */
+    bool fast = T % 4 == 0 && hv_aligned(&q) && hv_aligned(&k) && hv_aligned(&v) && hv_aligned(&o);
     for (int64_t u0 = 0; u0 < d->U; u0 += cu) {
         int64_t nu = d->U - u0 < cu ? d->U - u0 : cu, p0 = u0 * d->g, np = nu * d->g;
-        LQ_TRY(bgemm(ctx, false, true, T, T, d->D, n->fp[0], Qp + p0, q.ld, Kp + p0, k.ld, 0.0f, Sp + p0, T, np));
+        LQ_TRY(bgemm(ctx, fast, false, true, T, T, d->D, n->fp[0], Qp + p0, q.ld, Kp + p0, k.ld, 0.0f, Sp + p0, T, np));
         k_softmax_fwd<<<row_blocks(np * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(S, L, np * T, T,
                                                                                                     p0, d->Hq, doc,
                                                                                                     causal);
         LQ_CUDA_LAUNCHED(ctx, "attention softmax");
-        LQ_TRY(bgemm(ctx, false, false, T, d->D, T, 1.0f, Sp + p0, T, Vp + p0, v.ld, 0.0f, Op + p0, o.ld, np));
+        LQ_TRY(bgemm(ctx, fast, false, false, T, d->D, T, 1.0f, Sp + p0, T, Vp + p0, v.ld, 0.0f, Op + p0, o.ld, np));
     }
     return LQ_OK;
 }
@@ -304,9 +314,10 @@ extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n) {
     lq_status s = fwd_body(ctx, n, &d, L, doc);
     lq_ctx_reset_to(ctx, mark); /* scores, pointers: every kernel reading them is queued */
     if (s != LQ_OK) return s;
-    n->saved[1] = L;
-    n->saved[2] = (void *)doc; /* NULL unless recorded with doc ids */
-    if (!n->recorded) n->saved[2] = NULL;
+    if (n->recorded) { /* a no-grad forward's doc copy was scratch */
+        n->saved[1] = L;
+        n->saved[2] = (void *)doc;
+    }
     return LQ_OK;
 }
 
@@ -320,12 +331,11 @@ extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n) {
  * head of every unit, so no two entries of one call write the same dK / dV matrix, and the calls
  * follow each other on the one stream. */
 static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq, float *gk, float *gv) {
-    head_view q, k, v, o;
+    head_view q, k, v;
     LQ_TRY(view_of(ctx, n->in[0], &q));
     LQ_TRY(view_of(ctx, n->in[1], &k));
     LQ_TRY(view_of(ctx, n->in[2], &v));
     head_view dO = grad_view((const float *)n->out->grad->data, n->out);
-    (void)o;
     const float *L = (const float *)n->saved[1];
     const int32_t *doc = (const int32_t *)n->saved[2];
     if (!doc && n->n_in > 3 && !(doc = lq_cuda_upload_i32(ctx, n->in[3]))) return ctx->err.status;
@@ -337,7 +347,7 @@ static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq
     head_view dq = grad_view(gq, n->in[0]), dk = grad_view(gk, n->in[1]), dv = grad_view(gv, n->in[2]);
     int64_t sp = tt * (int64_t)sizeof(float);
     ptr_jobs js;
-    js.n = 0;
+    memset(&js, 0, sizeof js);
     /* pair order */
     int jq = add_job(&js, q.data, q.sb, q.sh, 0, false, false), jk = add_job(&js, k.data, k.sb, k.sh, 0, false, true);
     int jv = add_job(&js, v.data, v.sb, v.sh, 0, false, true);
@@ -356,27 +366,29 @@ static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq
 #define ARR(j) (a + (int64_t)(j) * d->np)
     float scale = n->fp[0];
     int causal = n->ip[0] != 0 ? 1 : 0;
+    bool fast = T % 4 == 0 && hv_aligned(&q) && hv_aligned(&k) && hv_aligned(&v) && hv_aligned(&dO) &&
+                (!gq || hv_aligned(&dq)) && (!gk || hv_aligned(&dk)) && (!gv || hv_aligned(&dv));
     for (int64_t u0 = 0; u0 < U; u0 += cu) {
         int64_t nu = U - u0 < cu ? U - u0 : cu, p0 = u0 * g, np = nu * g;
         /* S (T, T) = scale Q K^T, then (when needed) dP (T, T) = dO V^T into G */
-        LQ_TRY(bgemm(ctx, false, true, T, T, d->D, scale, ARR(jq) + p0, q.ld, ARR(jk) + p0, k.ld, 0.0f,
+        LQ_TRY(bgemm(ctx, fast, false, true, T, T, d->D, scale, ARR(jq) + p0, q.ld, ARR(jk) + p0, k.ld, 0.0f,
                      ARR(js_) + p0, T, np));
         if (need_ds)
-            LQ_TRY(bgemm(ctx, false, true, T, T, d->D, 1.0f, ARR(jdo) + p0, dO.ld, ARR(jv) + p0, v.ld, 0.0f,
+            LQ_TRY(bgemm(ctx, fast, false, true, T, T, d->D, 1.0f, ARR(jdo) + p0, dO.ld, ARR(jv) + p0, v.ld, 0.0f,
                          ARR(jg) + p0, T, np));
         k_softmax_bwd<<<row_blocks(np * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(
             S, G, L, np * T, T, p0, d->Hq, doc, causal);
         LQ_CUDA_LAUNCHED(ctx, "attention softmax backward");
         if (gq) /* (T, D) += scale dS (T, T) K (T, D) */
-            LQ_TRY(bgemm(ctx, false, false, T, d->D, T, scale, ARR(jg) + p0, T, ARR(jk) + p0, k.ld, 1.0f,
+            LQ_TRY(bgemm(ctx, fast, false, false, T, d->D, T, scale, ARR(jg) + p0, T, ARR(jk) + p0, k.ld, 1.0f,
                          ARR(jdq) + p0, dq.ld, np));
         for (int64_t r = 0; r < g; r++) {
             int64_t e0 = r * U + u0; /* the r-th query head of units u0 .. u0 + nu */
             if (gv) /* (T, D) += P^T (T, T) dO (T, D) */
-                LQ_TRY(bgemm(ctx, true, false, T, d->D, T, 1.0f, ARR(jsr) + e0, T, ARR(jdor) + e0, dO.ld, 1.0f,
+                LQ_TRY(bgemm(ctx, fast, true, false, T, d->D, T, 1.0f, ARR(jsr) + e0, T, ARR(jdor) + e0, dO.ld, 1.0f,
                              ARR(jdv) + e0, dv.ld, nu));
             if (gk) /* (T, D) += scale dS^T (T, T) Q (T, D) */
-                LQ_TRY(bgemm(ctx, true, false, T, d->D, T, scale, ARR(jgr) + e0, T, ARR(jqr) + e0, q.ld, 1.0f,
+                LQ_TRY(bgemm(ctx, fast, true, false, T, d->D, T, scale, ARR(jgr) + e0, T, ARR(jqr) + e0, q.ld, 1.0f,
                              ARR(jdk) + e0, dk.ld, nu));
         }
     }
