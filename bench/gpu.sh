@@ -3,7 +3,7 @@
 # benchmark, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a short table.
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 2] [--steps 8] [--warmup 3]
-#                [--math tf32[,bf16][,bf16fused]] [--checkpoint 0|1] [--only parity,cli,dequant,135m,1b] [--dry-run]
+#                [--math tf32[,bf16][,bf16fused]] [--checkpoint 0[,1]] [--only parity,cli,dequant,135m,1b] [--dry-run]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
 # Default: unpacks the bundle tools/gpu_bundle.sh made (binaries + the shared libraries a bare GPU
@@ -209,16 +209,23 @@ peer_step() { # name config batch limit
     part "$1" "$4" "$py" bench/peer_qlora_gpu.py --config "bench/$2" --batch "$3" --seq 512 --steps "$steps" \
         --warmup "$warmup" --r 16 --alpha 32 --checkpoint "$ckpt" --label "$1"
 }
+# --checkpoint 0,1: both sides without and with gradient checkpointing (the part names say which)
+ckpts=$ckpt
 for ((i = 1; i <= rounds; i++)); do
-    if want 135m; then
-        for m in ${maths//,/ }; do loquat_step "135m-loquat-$m-r$i" smollm2-135m.json 8 "$m" 75; done
-        peer_step "135m-peer-bf16-r$i" smollm2-135m.json 8 90
-    fi
-    if want 1b; then
-        for m in ${maths//,/ }; do loquat_step "1b-loquat-$m-r$i" llama-1b.json 4 "$m" 120; done
-        peer_step "1b-peer-bf16-r$i" llama-1b.json 4 90
-    fi
+    for ckpt in ${ckpts//,/ }; do
+        c=""
+        [ "$ckpt" = 1 ] && c="-ckpt"
+        if want 135m; then
+            for m in ${maths//,/ }; do loquat_step "135m-loquat-$m$c-r$i" smollm2-135m.json 8 "$m" 75; done
+            peer_step "135m-peer-bf16$c-r$i" smollm2-135m.json 8 90
+        fi
+        if want 1b; then
+            for m in ${maths//,/ }; do loquat_step "1b-loquat-$m$c-r$i" llama-1b.json 4 "$m" 120; done
+            peer_step "1b-peer-bf16$c-r$i" llama-1b.json 4 90
+        fi
+    done
 done
+ckpt=${ckpts%%,*}
 
 # --- 4. where a step's time goes: every op timed on its own (LOQUAT_PROFILE=1) -----------------------
 if want profile; then

@@ -37,6 +37,8 @@ for r in steps:
     math = r.get("cuda_math", r.get("base"))
     if r["impl"] == "loquat" and "bf16fused" in r.get("part", ""):
         math = "bf16+fused"  # LOQUAT_FUSED_QLINEAR=1: the fused NF4 kernel
+    if r.get("checkpoint"):
+        math += " ckpt"
     key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], math)
     groups.setdefault(key, []).append(r)
 if steps:
@@ -53,8 +55,10 @@ for (model, impl, math), v in groups.items():
 for (model, impl, math), (tps, pk) in med.items():
     if impl != "loquat":
         continue
-    peer = next((val for (m2, i2, _), val in med.items() if m2 == model and i2 != "loquat"), None)
+    ck = math.endswith(" ckpt")  # compare like with like: checkpointing on both sides or on neither
+    peer = next((val for (m2, i2, m3), val in med.items() if m2 == model and i2 != "loquat" and m3.endswith(" ckpt") == ck),
+                None)
     if peer:
-        print(f"ratio {model} loquat({math}) / pytorch+peft(bf16): tokens/s {tps / peer[0]:.2f}x, peak memory {pk / peer[1]:.2f}x")
+        print(f"ratio {model} loquat({math}) / pytorch+peft(bf16{' ckpt' if ck else ''}): tokens/s {tps / peer[0]:.2f}x, peak memory {pk / peer[1]:.2f}x")
 bad = [p for p in parts if p[1] not in ("0", "dry")]
 print("parts not ok: " + (", ".join(f"{p[0]} ({'budget' if p[1] == 'budget' else 'timeout' if p[1] in ('124', '137') else 'skipped' if p[1] == '77' else 'exit ' + p[1]})" for p in bad) if bad else "none"))
