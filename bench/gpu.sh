@@ -38,6 +38,7 @@ while [ $# -gt 0 ]; do
     shift 2
 done
 py=${PYTHON:-python3}
+LOQUAT_DQ_KERNELS=${LOQUAT_DQ_KERNELS:-x16}
 out=${OUT:-/tmp/loquat-gpu-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out/logs"
 results=$out/results.jsonl parity=$out/parity.txt status=$out/parts.txt
@@ -195,7 +196,11 @@ fi
 
 # --- 2. dequant bandwidth -------------------------------------------------------------------------------
 if want dequant; then
-    part dequant 60 "${lqenv[@]}" "$bench_bin" dequant --shape 8192x8192 --shape 4096x14336 --reps 20 --warmup 3
+    # LOQUAT_DQ_KERNELS=x4,x16: the NF4 kernel variants side by side (x16, the default, alone otherwise)
+    for kv in ${LOQUAT_DQ_KERNELS//,/ }; do
+        part "dequant-$kv" 60 "${lqenv[@]}" LOQUAT_DQ_KERNEL="$kv" "$bench_bin" dequant --shape 8192x8192 \
+            --shape 4096x14336 --reps 20 --warmup 3
+    done
 fi
 
 # --- 3. training steps, A B A B ---------------------------------------------------------------------
@@ -229,12 +234,13 @@ ckpt=${ckpts%%,*}
 
 # --- 4. where a step's time goes: every op timed on its own (LOQUAT_PROFILE=1) -----------------------
 if want profile; then
-    for mdl in 135m:smollm2-135m.json:8 1b:llama-1b.json:4; do
-        IFS=: read -r tag cfg bsz <<<"$mdl"
+    for mdl in ${LOQUAT_PROFILES:-135m:smollm2-135m.json:8:tf32 1b:llama-1b.json:4:tf32}; do
+        IFS=: read -r tag cfg bsz pm <<<"$mdl"
+        tag=$tag-$pm
         part "profile-$tag" 60 "${lqenv[@]}" LOQUAT_PROFILE=1 "$bench_bin" step --config "$cfg_dir/$cfg" --batch "$bsz" \
-            --seq 512 --steps 2 --warmup 2 --r 16 --alpha 32 --math tf32 --checkpoint "$ckpt" --label "profile-$tag"
+            --seq 512 --steps 2 --warmup 2 --r 16 --alpha 32 --math "$pm" --checkpoint "$ckpt" --label "profile-$tag"
         if [ "$dry" = 0 ] && [ -f "$out/logs/profile-$tag.err" ]; then
-            echo "--- per-op time, $tag, tf32 (top 14)"
+            echo "--- per-op time, $tag (top 14)"
             sed -n '/per-op time/,$p' "$out/logs/profile-$tag.err" | sed -n '2,16p'
             grep -E '^all ops' "$out/logs/profile-$tag.err" || true
         fi

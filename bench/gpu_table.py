@@ -24,7 +24,7 @@ else:
 for r in rows:
     if r.get("bench") != "dequant":
         continue
-    s = (f"dequant nf4-dq64 {r['rows']}x{r['cols']}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
+    s = (f"{r.get('part', 'dequant')} nf4-dq64 {r['rows']}x{r['cols']}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
          f" = {r['ratio']:.2f} of copy (goal 0.85: {'met' if r['ratio'] >= 0.85 else 'NOT met'}; {r['dequant_ms']:.3f} vs"
          f" {r['copy_ms']:.3f} ms), mismatches {r['mismatches']}")
     if "bf16_ratio" in r:
