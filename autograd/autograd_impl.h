@@ -197,6 +197,10 @@ void lq_strided_copy(float *dst, const size_t *dst_nb, const float *src, const s
                      const int64_t *ne, int n_threads);
 void lq_strided_add(float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
                     const int64_t *ne, int n_threads);
+/* The same on the context's device (the CUDA kernel for a CUDA context): what the view ops, concat
+ * and checkpoint use, so their one implementation serves both devices. */
+lq_status lq_strided_to(lq_ctx *ctx, float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
+                        const int64_t *ne, bool accumulate);
 /* Backward of a view that permutes x's dims (out dim d is x dim perm[d]); transpose uses it. */
 lq_status lq_permute_backward(lq_ctx *ctx, lq_node *n, const int *perm);
 /* Contiguous byte strides for a shape, written into nb. */

@@ -20,9 +20,7 @@ static lq_status ckpt_forward(lq_ctx *ctx, lq_node *n) {
     size_t dnb[4], snb[4];
     lq_pad4(n->out, ne4, dnb);
     lq_pad4(sg->result, ne4, snb);
-    if (ctx->device == LQ_DEVICE_CUDA) return lq_cuda_strided(ctx, n->out->data, dnb, sg->result->data, snb, ne4, false);
-    lq_strided_copy(n->out->data, dnb, sg->result->data, snb, ne4, ctx->n_threads);
-    return LQ_OK;
+    return lq_strided_to(ctx, n->out->data, dnb, sg->result->data, snb, ne4, false);
 }
 
 /* Backward: y = f(x1..xn; params). Re-run f with the tape on, in scratch, on leaf aliases of the

@@ -1,5 +1,5 @@
 /* autograd/strided.c: copy and accumulate between f32 layouts of one logical shape. */
-#include "autograd/autograd_impl.h"
+#include "autograd/cuda_impl.h"
 
 /* ne, dst_nb and src_nb are padded to 4 dims. Parallel over the outer two dims: every output
  * element is written by exactly one iteration, so the result does not depend on thread count. */
@@ -38,4 +38,11 @@ void lq_strided_copy(float *dst, const size_t *dst_nb, const float *src, const s
 void lq_strided_add(float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb, const int64_t *ne,
                     int n_threads) {
     strided_apply(dst, dst_nb, src, src_nb, ne, n_threads, true);
+}
+
+lq_status lq_strided_to(lq_ctx *ctx, float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
+                        const int64_t *ne, bool accumulate) {
+    if (ctx->device == LQ_DEVICE_CUDA) return lq_cuda_strided(ctx, dst, dst_nb, src, src_nb, ne, accumulate);
+    strided_apply(dst, dst_nb, src, src_nb, ne, ctx->n_threads, accumulate);
+    return LQ_OK;
 }

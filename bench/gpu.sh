@@ -173,14 +173,6 @@ if want parity && [ -n "${LOQUAT_REPLAY:-}" ]; then
             LOQUAT_CUDA_SEED="$seed" "$test_dir/$suite"
     done
 fi
-# the attention kernel: if the default one failed its parity checks, the benchmarks use the first
-# version (LOQUAT_CUDA_ATTN=v1), and say so
-if want parity && grep -qE '^\[  FAILED  \] attention' "$out/logs/parity-test_cuda_ops.out" "$out/logs/parity-test_cuda_ops.err" 2>/dev/null; then
-    export LOQUAT_CUDA_ATTN=v1
-    log "attention failed its parity checks: the benchmarks below use LOQUAT_CUDA_ATTN=v1"
-    echo "attention-v1-fallback 1 0" >>"$status"
-fi
-
 # --- 1b. `loquat train` / `loquat eval` with device: cuda against the CPU (tests/test_cli_cuda.sh) -------
 if want cli; then
     if [ "$mode" = build ]; then clibuild=$build

@@ -1,7 +1,8 @@
 /* autograd/ops/cuda_attention.cu: CUDA forward and backward of attention (op_attention.c) over every
  * (batch, head) pair at once: batched cuBLAS products through device pointer arrays, one masked
  * softmax kernel that keeps only the rows' logsumexp, the probabilities recomputed in the backward.
- * LOQUAT_CUDA_ATTN=v1 runs the first version (cuda_attention_v1.cu). Registered in cuda_nn.cu. */
+ * Registered in cuda_nn.cu. (The first version looped over heads and kept P: 3x slower per layer
+ * at 32 heads and 256 MiB per layer of saved P at the 1B model's shapes, bench/RESULTS.md.) */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,8 +13,6 @@
 
 extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n);
 extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
-extern "C" lq_status lq_cuda_attention_v1_fwd(lq_ctx *ctx, lq_node *n);
-extern "C" lq_status lq_cuda_attention_v1_bwd(lq_ctx *ctx, lq_node *n);
 
 /* Layout (op_attention.c): q (B, T, Hq, D), k / v (B, T, Hkv, D) (contiguous from the entry, but
  * read through their byte strides nb[]), out like q; in[3] doc ids (B, T) i32 on the host when
@@ -26,7 +25,7 @@ extern "C" lq_status lq_cuda_attention_v1_bwd(lq_ctx *ctx, lq_node *n);
  *
  * saved[1] = L (B, Hq, T): per row, max + log(sum of exp) of the masked scaled scores, +INF for a
  * row that sees nothing (P = 0 there, the CPU's rule); saved[2] = the doc ids on the device (or
- * NULL). saved[0] stays NULL (v1 keeps P there; the backward picks the version by which is set).
+ * NULL). saved[0] stays NULL.
  * Both live in the node's arena; the scores, pointer arrays and doc copy of each call are scratch
  * released (lq_ctx_reset_to) once their last kernel is queued: one stream orders the reuse. */
 
@@ -254,10 +253,6 @@ static int64_t units_per_chunk(const attn_dims *d) {
 
 static unsigned row_blocks(int64_t rows) { return (unsigned)(rows < 1 ? 1 : rows > ROWS_CAP ? ROWS_CAP : rows); }
 
-static bool use_v1(void) {
-    const char *e = getenv("LOQUAT_CUDA_ATTN");
-    return e && strcmp(e, "v1") == 0;
-}
 
 /* --- forward ---------------------------------------------------------------------------------- */
 
@@ -298,7 +293,6 @@ static lq_status fwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *L,
 
 extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n) {
     n->saved[0] = n->saved[1] = n->saved[2] = NULL;
-    if (use_v1()) return lq_cuda_attention_v1_fwd(ctx, n);
     if (lq_numel(n->out) == 0) return LQ_OK;
     attn_dims d = dims_of(n);
     /* kept for the backward, so allocated before the mark: L and the device doc ids */
@@ -403,10 +397,7 @@ extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n) {
     LQ_TRY(lq_grad_get(ctx, n->in[1], &gk));
     LQ_TRY(lq_grad_get(ctx, n->in[2], &gv));
     if (lq_numel(n->out) == 0 || (!gq && !gk && !gv)) return LQ_OK;
-    if (!n->saved[1]) {
-        if (n->saved[0]) return lq_cuda_attention_v1_bwd(ctx, n); /* the forward ran v1 */
-        return LQ_ERR(&ctx->err, LQ_ERR_STATE, "attention: backward without the saved row logsumexp");
-    }
+    if (!n->saved[1]) return LQ_ERR(&ctx->err, LQ_ERR_STATE, "attention: backward without the saved row logsumexp");
     attn_dims d = dims_of(n);
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     lq_status s = bwd_body(ctx, n, &d, gq, gk, gv);

@@ -22,7 +22,7 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
         size_t onb4[4], xnb4[4], bo;
         slice_layout(n->out, n->in[i], axis, off, ne4, onb4, &bo);
         lq_pad4(n->in[i], ne4, xnb4);
-        lq_strided_copy((float *)((char *)n->out->data + bo), onb4, n->in[i]->data, xnb4, ne4, ctx->n_threads);
+        LQ_TRY(lq_strided_to(ctx, (float *)((char *)n->out->data + bo), onb4, n->in[i]->data, xnb4, ne4, false));
         off += n->in[i]->ne[axis];
     }
     return LQ_OK;
@@ -41,7 +41,7 @@ static lq_status bwd(lq_ctx *ctx, lq_node *n) {
             size_t onb4[4], xnb4[4], bo;
             slice_layout(gy, n->in[i], axis, off, ne4, onb4, &bo);
             lq_pad4(n->in[i]->grad, ne4, xnb4);
-            lq_strided_add(gx, xnb4, (const float *)((const char *)gy->data + bo), onb4, ne4, ctx->n_threads);
+            LQ_TRY(lq_strided_to(ctx, gx, xnb4, (const float *)((const char *)gy->data + bo), onb4, ne4, true));
         }
         off += n->in[i]->ne[axis];
     }

@@ -8,8 +8,7 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
     size_t dnb[4], snb[4];
     lq_pad4(n->out, ne4, dnb);
     lq_pad4(n->in[0], ne4, snb);
-    lq_strided_copy(n->out->data, dnb, n->in[0]->data, snb, ne4, ctx->n_threads);
-    return LQ_OK;
+    return lq_strided_to(ctx, n->out->data, dnb, n->in[0]->data, snb, ne4, false);
 }
 
 /* y = x element for element (only the layout changes), so dx += dy; both grads use the logical

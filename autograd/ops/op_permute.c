@@ -28,8 +28,7 @@ lq_status lq_permute_backward(lq_ctx *ctx, lq_node *n, const int *perm) {
         vs4[d] = d < pad ? 0 : vs[d - pad];
         ys4[d] = d < pad ? 0 : ys[d - pad];
     }
-    lq_strided_add(gx, vs4, y->grad->data, ys4, ne4, ctx->n_threads);
-    return LQ_OK;
+    return lq_strided_to(ctx, gx, vs4, y->grad->data, ys4, ne4, true);
 }
 
 static lq_status bwd(lq_ctx *ctx, lq_node *n) {

@@ -31,7 +31,7 @@ static lq_status bwd(lq_ctx *ctx, lq_node *n) {
         ys4[d] = d < pad ? 0 : ys[d - pad];
     }
     float *dst = (float *)((char *)gx + (size_t)start * cs[axis]);
-    lq_strided_add(dst, cs4, y->grad->data, ys4, ne4, ctx->n_threads);
+    LQ_TRY(lq_strided_to(ctx, dst, cs4, y->grad->data, ys4, ne4, true));
     return LQ_OK;
 }
 
