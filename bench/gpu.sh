@@ -38,7 +38,6 @@ while [ $# -gt 0 ]; do
     shift 2
 done
 py=${PYTHON:-python3}
-LOQUAT_DQ_KERNELS=${LOQUAT_DQ_KERNELS:-x16}
 out=${OUT:-/tmp/loquat-gpu-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out/logs"
 results=$out/results.jsonl parity=$out/parity.txt status=$out/parts.txt
@@ -188,11 +187,7 @@ fi
 
 # --- 2. dequant bandwidth -------------------------------------------------------------------------------
 if want dequant; then
-    # LOQUAT_DQ_KERNELS=x4,x16: the NF4 kernel variants side by side (x16, the default, alone otherwise)
-    for kv in ${LOQUAT_DQ_KERNELS//,/ }; do
-        part "dequant-$kv" 60 "${lqenv[@]}" LOQUAT_DQ_KERNEL="$kv" "$bench_bin" dequant --shape 8192x8192 \
-            --shape 4096x14336 --reps 20 --warmup 3
-    done
+    part dequant 60 "${lqenv[@]}" "$bench_bin" dequant --shape 8192x8192 --shape 4096x14336 --reps 20 --warmup 3
 fi
 
 # --- 3. training steps, A B A B ---------------------------------------------------------------------

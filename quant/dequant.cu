@@ -2,8 +2,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 extern "C" {
 #include "quant/dequant_cuda.h"
@@ -185,7 +183,9 @@ static lq_status launched(const char *what, lq_err *err) {
  * elements: four bytes in, one 16-byte store) with single wide instructions, four independent
  * groups per thread in flight. The same per-byte function and block absmax as above, so the values
  * are the same bits. Taken when the groups cannot straddle a block (block and start multiples of
- * the group) and the pointers are aligned for the wide accesses; the tail goes to the kernels above. */
+ * the group) and the pointers are aligned for the wide accesses; the tail goes to the kernels above.
+ * (A thread per 16 elements with streaming stores measured 0.42 of copy bandwidth against this
+ * kernel's 0.77 on the H200, bench/RESULTS.md.) */
 #define DQ_VEC_UNROLL 4
 
 /* dq_absmax with the block and nested-block divisions as shifts (both powers of two, as bnb's 64
@@ -251,38 +251,6 @@ __global__ static void k_bnb4_bf16x8(const uint32_t *src, uint4 *dst, int64_t gr
     }
 }
 
-/* The wider variant: a thread per 16 elements (8 packed bytes, one 8-byte load), the block absmax
- * found once for them, four 16-byte (f32) or two 16-byte (bf16) streaming stores (__stcs: the
- * output is not read again soon, so it should not push the codes out of L2). Fewer, longer threads
- * than the float4 kernel; which is faster is measured (bench/gpu.sh: LOQUAT_DQ_KERNEL=x4 / x16). */
-__global__ static void k_bnb4_x16(const uint2 *src, void *dst, int64_t groups, int64_t start, dq_state q, int fp4,
-                                  int bs, int b2s, int bf16) {
-    __shared__ float code[16];
-    if (threadIdx.x < 16) code[threadIdx.x] = fp4 ? c_fp4_code[threadIdx.x] : c_nf4_code[threadIdx.x];
-    __syncthreads();
-    const int64_t step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < groups; i += step) {
-        uint2 v = src[i];
-        float a = dq_absmax_pow2(q, start + 16 * i, bs, b2s), o[16];
-        for (int b = 0; b < 4; b++) {
-            lq_bnb4_dequant_byte(code, (uint8_t)(v.x >> (8 * b)), a, o + 2 * b);
-            lq_bnb4_dequant_byte(code, (uint8_t)(v.y >> (8 * b)), a, o + 8 + 2 * b);
-        }
-        if (bf16) {
-            uint32_t w[8];
-            for (int b = 0; b < 8; b++)
-                w[b] = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(o[2 * b])) |
-                       ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(o[2 * b + 1])) << 16);
-            uint4 *d = (uint4 *)dst + 2 * i;
-            __stcs(d, make_uint4(w[0], w[1], w[2], w[3]));
-            __stcs(d + 1, make_uint4(w[4], w[5], w[6], w[7]));
-        } else {
-            float4 *d = (float4 *)dst + 4 * i;
-            for (int b = 0; b < 4; b++) __stcs(d + b, make_float4(o[4 * b], o[4 * b + 1], o[4 * b + 2], o[4 * b + 3]));
-        }
-    }
-}
-
 static int dq_vec_blocks(int64_t groups) {
     int64_t b = (groups + DQ_THREADS * DQ_VEC_UNROLL - 1) / (DQ_THREADS * DQ_VEC_UNROLL);
     return (int)(b < DQ_MAX_BLOCKS ? (b > 0 ? b : 1) : DQ_MAX_BLOCKS);
@@ -300,21 +268,13 @@ static int pow2_shift(int64_t v) {
  * applies, the per-byte kernel over the rest. */
 static lq_status bnb4_launch(const void *d_src, void *d_dst, bool bf16, int64_t n, int64_t start, const dq_state &q,
                              int fp4, cudaStream_t s, lq_err *err) {
-    /* LOQUAT_DQ_KERNEL=x4 picks the float4 kernel, anything else the 16-element one when it fits */
-    const char *kv = getenv("LOQUAT_DQ_KERNEL");
-    const bool wide = !(kv && strcmp(kv, "x4") == 0);
-    const int64_t g = wide ? 16 : bf16 ? 8 : 4;
+    const int64_t g = bf16 ? 8 : 4;
     const uintptr_t sa = (uintptr_t)d_src, da = (uintptr_t)d_dst;
     int64_t groups = 0;
     int bs = pow2_shift(q.block), b2s = q.absmax ? 0 : pow2_shift(q.block2);
     if (q.block % g == 0 && start % g == 0 && sa % (size_t)(g / 2) == 0 && da % 16 == 0 && bs >= 0 && b2s >= 0)
         groups = n / g;
-    if (groups > 0 && wide) {
-        int64_t b = (groups + DQ_THREADS - 1) / DQ_THREADS;
-        k_bnb4_x16<<<(int)(b < DQ_MAX_BLOCKS ? b : DQ_MAX_BLOCKS), DQ_THREADS, 0, s>>>((const uint2 *)d_src, d_dst, groups,
-                                                                                      start, q, fp4, bs, b2s, bf16);
-        LQ_TRY(launched("k_bnb4_x16", err));
-    } else if (groups > 0) {
+    if (groups > 0) {
         if (bf16)
             k_bnb4_bf16x8<<<dq_vec_blocks(groups), DQ_THREADS, 0, s>>>((const uint32_t *)d_src, (uint4 *)d_dst, groups,
                                                                       start, q, fp4, bs, b2s);
