@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/gpu.sh: the one script a lent GPU machine runs: the CUDA parity suites, the NF4 dequant
+# bench/gpu.sh: the one script a GPU machine runs: the CUDA parity suites, the NF4 dequant
 # benchmark, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a short table.
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 2] [--steps 8] [--warmup 3]
@@ -241,7 +241,7 @@ if [ "$dry" = 1 ]; then
     echo "(dry run: nothing was executed)"
     exit 0
 fi
-# a lent machine sends back a few files only: the logs travel as one archive
+# with OUT (a results folder to collect) set, the logs go there as one archive
 if [ -n "${OUT:-}" ] && tar -czf "$out/logs.tgz" -C "$out" logs 2>/dev/null; then rm -rf "$out/logs"; fi
 "$py" bench/gpu_table.py "$results" "$parity" "$status" "$manifest" ||
     { echo "(table failed; raw results:)"; cat "$results" "$parity" "$status"; }
