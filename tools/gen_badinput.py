@@ -46,6 +46,17 @@ def st_bytes(header, data=b"", raw_header=None, hlen=None):
     return struct.pack("<Q", len(h) if hlen is None else hlen) + h + data
 
 
+def patched(base, kv):
+    """A copy of the dict base with kv applied: a value None removes the key."""
+    c = dict(base)
+    for k, v in kv.items():
+        if v is None:
+            c.pop(k, None)
+        else:
+            c[k] = v
+    return c
+
+
 def f32(n, v=0.5):
     return struct.pack("<%df" % n, *([v] * n))
 
@@ -173,13 +184,7 @@ def gen_hf(out):
             link(os.path.join(p, f), os.path.join(FX, f))
 
     def with_(**kv):
-        c = dict(cfg)
-        for k, v in kv.items():
-            if v is None:
-                c.pop(k, None)
-            else:
-                c[k] = v
-        return c
+        return patched(cfg, kv)
 
     folder("config_not_json", raw_config="{\"hidden_size\": 64,, }\n")
     folder("config_empty", raw_config="")
@@ -240,13 +245,7 @@ def gen_peft(out):
             write(os.path.join(p, "adapter_model.safetensors"), weights)
 
     def with_(**kv):
-        c = dict(acfg)
-        for k, v in kv.items():
-            if v is None:
-                c.pop(k, None)
-            else:
-                c[k] = v
-        return c
+        return patched(acfg, kv)
 
     folder("config_not_json", raw_config="{\"r\": 4, \"lora_alpha\": }")
     folder("r_string", with_(r="4"))
