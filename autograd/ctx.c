@@ -23,7 +23,7 @@ lq_status lq_ctx_init(lq_ctx **out, const lq_ctx_opts *opts, lq_err *err) {
         return LQ_ERR(err, LQ_ERR_OOM, "out of memory allocating a %zu-byte activation arena", o.arena_bytes);
     }
     ctx->arena = &ctx->main;
-    ctx->darena = &ctx->main;
+    ctx->darena = NULL; /* a CUDA context points it at dmain below; nothing else reads it */
     ctx->device = o.device;
     ctx->cuda_math = o.cuda_math;
     ctx->poison = o.poison;
