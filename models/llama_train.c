@@ -4,7 +4,6 @@
 #include <string.h>
 
 #include "autograd/autograd_impl.h"
-#include "autograd/cuda_impl.h"
 #include "models/models_impl.h"
 
 /* Most logits floats one loss chunk holds: 8M floats = 32 MB (SmolLM2's V = 49152 -> 170 rows). */
@@ -68,15 +67,11 @@ static lq_tensor *hidden(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, const l
             lq_ctx_mark mk = lq_ctx_get_mark(ctx);
             lq_tensor *y = lq_contiguous(ctx, lq_llama_layer_forward(ctx, m, l, h, pos, doc, NULL));
             if (!y) return NULL;
-            if (ctx->device == LQ_DEVICE_CUDA) { /* queued on the stream before anything reuses y */
-                int64_t ne4[4];
-                size_t bnb[4], ynb[4];
-                lq_pad4(buf[l & 1], ne4, bnb);
-                lq_pad4(y, ne4, ynb);
-                if (lq_cuda_strided(ctx, buf[l & 1]->data, bnb, y->data, ynb, ne4, false) != LQ_OK) return NULL;
-            } else {
-                memcpy(buf[l & 1]->data, y->data, lq_nbytes(buf[l & 1]));
-            }
+            int64_t ne4[4]; /* on a device, queued on the stream before anything reuses y */
+            size_t bnb[4], ynb[4];
+            lq_pad4(buf[l & 1], ne4, bnb);
+            lq_pad4(y, ne4, ynb);
+            if (lq_strided_to(ctx, buf[l & 1]->data, bnb, y->data, ynb, ne4, false) != LQ_OK) return NULL;
             lq_ctx_reset_to(ctx, mk);
             h = buf[l & 1];
         }
@@ -156,13 +151,9 @@ lq_tensor *lq_llama_loss(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, lq_tens
         if (nograd) {
             lq_tensor *part = chunk_segment(ctx, &xs, 1, u);
             if (!part) return NULL;
-            if (ctx->device == LQ_DEVICE_CUDA) { /* the scalar comes back to the host */
-                float pv = lq_tensor_get_f32(ctx, part, 0);
-                if (lq_ctx_status(ctx) != LQ_OK) return NULL;
-                acc = r0 == 0 ? pv : acc + pv;
-            } else {
-                acc = r0 == 0 ? *(const float *)part->data : acc + *(const float *)part->data;
-            }
+            float pv = lq_tensor_get_f32(ctx, part, 0); /* from the device, if there */
+            if (lq_ctx_status(ctx) != LQ_OK) return NULL;
+            acc = r0 == 0 ? pv : acc + pv;
             lq_ctx_reset_to(ctx, mk);
             continue;
         }
@@ -173,11 +164,7 @@ lq_tensor *lq_llama_loss(lq_ctx *ctx, lq_llama_model *m, lq_tensor *ids, lq_tens
     if (nograd && x) {
         total = lq_new(ctx, LQ_DTYPE_F32, 0, NULL);
         if (!total) return NULL;
-        if (ctx->device == LQ_DEVICE_CUDA) {
-            if (lq_tensor_upload(ctx, total, &acc) != LQ_OK) return NULL;
-        } else {
-            *(float *)total->data = acc;
-        }
+        if (lq_tensor_upload(ctx, total, &acc) != LQ_OK) return NULL;
     }
     if (total && n_counted) *n_counted = counted;
     return total;

@@ -157,7 +157,7 @@ static lq_status one_step(lq_trainer *t, lq_trn_pos *pos, lq_step_info *info, bo
         int64_t nc = 0;
         lq_tensor *l = lq_llama_loss(t->ctx, t->model, ids, labels, &fo, &nc);
         if (!l) return ctx_fail(t->ctx, "forward", err);
-        float lv = lq_ctx_device(t->ctx) == LQ_DEVICE_CUDA ? lq_tensor_get_f32(t->ctx, l, 0) : *(const float *)l->data;
+        float lv = lq_tensor_get_f32(t->ctx, l, 0); /* from the device, if there */
         if (lq_ctx_status(t->ctx) != LQ_OK) return ctx_fail(t->ctx, "forward", err);
         if (n_step > 0) {
             lq_tensor *scaled = lq_scale(t->ctx, l, (float)(1.0 / (double)n_step));
