@@ -1,7 +1,6 @@
 /* models/llama_train.c: the Llama training forward (packed rows, document mask, gradient checkpointing
  * per decoder layer) and the chunked summed cross-entropy loss. */
 #include <stdio.h>
-#include <string.h>
 
 #include "autograd/autograd_impl.h"
 #include "models/models_impl.h"
