@@ -64,6 +64,8 @@ typedef struct lq_grad_pool {
 /* A zeroed contiguous f32 gradient of like's logical shape from the pool (flagged
  * LQ_TENSOR_POOLED_GRAD); NULL with an error in ctx if out of memory. */
 lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like);
+/* Gives a pool gradient like's logical shape (the same number of elements; data unchanged). */
+void lq_pool_reshape(lq_tensor *grad, const lq_tensor *like);
 /* Hands a pool gradient back; the tensor (header included) must not be used after. */
 void lq_pool_release(lq_grad_pool *p, lq_tensor *grad);
 /* End of a step: takes back every block still out and trims classes the step did not need. */
@@ -141,6 +143,10 @@ struct lq_node {
 
 extern const lq_op_def *const lq_op_table[];
 extern const int lq_op_table_len;
+/* Whether op's one forward and backward serve every device (it only makes views or moves data
+ * through device-aware calls: lq_strided_to, lq_grad_add); else a CUDA context runs the op's
+ * kernels from the CUDA tables (autograd/cuda_ctx.cu). */
+bool lq_op_any_device(const lq_op_def *op);
 
 /* Starts an op: NULL (and an error in ctx, unless one is already there) if the context has
  * failed or an input is NULL. Records when grad mode is on and an input requires a grad. */
@@ -161,6 +167,12 @@ lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n);
 lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g);
 /* t's gradient += src (contiguous, t's logical shape); nothing when t needs no gradient. */
 lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src);
+/* For a backward whose dx is dy itself (x holds out's elements in out's order: a reshape, an
+ * add's unbroadcast input): when x has no gradient yet and both gradients live in the pool
+ * (release mode), x takes over out's gradient block, which out would hand back right after this
+ * backward anyway: no zeroed block, no copy. Then out->grad is NULL and the result true; false
+ * (nothing changed) when that does not apply, and the caller adds as usual. */
+bool lq_grad_adopt(lq_ctx *ctx, lq_tensor *x, lq_tensor *out);
 /* Walks the tape from its newest node back to stop (exclusive), running each backward. */
 lq_status lq_tape_walk(lq_ctx *ctx, lq_node *stop);
 /* Scratch memory in the current arena; NULL with an error in ctx if out of memory. */

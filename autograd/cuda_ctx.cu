@@ -27,10 +27,6 @@ struct lq_cuda_state {
 static const lq_cuda_op *const groups[] = {lq_cuda_ops_elementwise, lq_cuda_ops_nn, lq_cuda_ops_linear,
                                            lq_cuda_ops_quant, lq_cuda_ops_conv};
 
-/* Ops whose one implementation serves both devices: they only move data, through lq_strided_to /
- * lq_grad_add (device-aware), or make views. */
-static const char *const shared_ops[] = {"checkpoint", "contiguous", "reshape", "transpose", "permute", "slice", "concat"};
-
 extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -45,11 +41,10 @@ extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
     if (!c->fwd || !c->bwd) return LQ_ERR(err, LQ_ERR_OOM, "out of memory for the CUDA op table");
     for (int i = 0; i < lq_op_table_len; i++) {
         const char *name = lq_op_table[i]->name;
-        for (size_t k = 0; k < sizeof shared_ops / sizeof shared_ops[0]; k++)
-            if (strcmp(name, shared_ops[k]) == 0) {
-                c->fwd[i] = lq_op_table[i]->forward;
-                c->bwd[i] = lq_op_table[i]->backward;
-            }
+        if (lq_op_any_device(lq_op_table[i])) { /* one implementation for both devices */
+            c->fwd[i] = lq_op_table[i]->forward;
+            c->bwd[i] = lq_op_table[i]->backward;
+        }
         for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
             for (const lq_cuda_op *o = groups[g]; o->name; o++)
                 if (strcmp(o->name, name) == 0) {

@@ -106,6 +106,16 @@ lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like) {
     return &b->t;
 }
 
+void lq_pool_reshape(lq_tensor *grad, const lq_tensor *like) {
+    lq_tensor t = *grad;
+    lq_err err = {0};
+    /* like has grad's element count: the same bytes, so init cannot fail on size */
+    if (lq_tensor_init(&t, LQ_DTYPE_F32, like->ndim, like->ne, grad->data, &err) != LQ_OK) return;
+    t.flags = grad->flags;
+    t.device = grad->device;
+    *grad = t;
+}
+
 void lq_pool_release(lq_grad_pool *p, lq_tensor *grad) {
     lq_pool_block *b = block_of(grad);
     lq_pool_class *c = &p->cls[b->cls];

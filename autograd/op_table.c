@@ -35,6 +35,17 @@ LQ_OP_LIST(LQ_DECLARE_OP)
 const lq_op_def *const lq_op_table[] = {LQ_OP_LIST(LQ_OP_ENTRY)};
 const int lq_op_table_len = (int)(sizeof lq_op_table / sizeof lq_op_table[0]);
 
+/* The ops whose one implementation serves both devices (lq_op_any_device): views, data movement
+ * through lq_strided_to / lq_grad_add, and the checkpoint, which re-runs other ops. */
+#define LQ_OP_ANY_DEVICE_LIST(X) X(contiguous) X(reshape) X(transpose) X(permute) X(slice) X(concat) X(checkpoint)
+
+bool lq_op_any_device(const lq_op_def *op) {
+#define LQ_OP_IS(name) if (op == &lq_op_##name) return true;
+    LQ_OP_ANY_DEVICE_LIST(LQ_OP_IS)
+#undef LQ_OP_IS
+    return false;
+}
+
 int lq_op_count(void) { return lq_op_table_len; }
 
 const char *lq_op_name(int i) { return (i >= 0 && i < lq_op_table_len) ? lq_op_table[i]->name : NULL; }

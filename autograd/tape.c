@@ -101,14 +101,17 @@ lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n) {
     return n->out;
 }
 
+/* Whether t's gradient comes from the pool: an intermediate (a recorded node's output, not a
+ * parameter) in release mode, a block that walk() hands back after the node's backward. */
+static bool pooled_grad(const lq_ctx *ctx, const lq_tensor *t) {
+    return ctx->release_grads && t->node && t->node->recorded && !(t->flags & LQ_TENSOR_PARAM);
+}
+
 lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
     *g = NULL;
     if (!lq_requires_grad(t)) return LQ_OK;
     if (!t->grad) {
-        /* an intermediate (a recorded node's output, not a parameter) in release mode: a pool
-         * block that walk() hands back after the node's backward */
-        bool pooled = ctx->release_grads && t->node && t->node->recorded && !(t->flags & LQ_TENSOR_PARAM);
-        lq_tensor *gt = pooled ? lq_pool_grad(ctx, t) : lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
+        lq_tensor *gt = pooled_grad(ctx, t) ? lq_pool_grad(ctx, t) : lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
         if (!gt) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
         t->grad = gt;
     }
@@ -127,6 +130,21 @@ lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src) {
     return LQ_OK;
 }
 
+/* Every consumer of out was recorded after out's node, so when that node's backward runs, out's
+ * gradient is complete and nothing reads it again (walk hands a pool block back just after). x
+ * without a gradient yet starts from zero, so zero + dy is dy: the block itself. Later
+ * contributions to x (its consumers recorded before out's node) add into it as usual. */
+bool lq_grad_adopt(lq_ctx *ctx, lq_tensor *x, lq_tensor *out) {
+    lq_tensor *gy = out->grad;
+    if (!gy || !(gy->flags & LQ_TENSOR_POOLED_GRAD) || x->grad || !lq_requires_grad(x) || !pooled_grad(ctx, x) ||
+        lq_numel(x) != lq_numel(out))
+        return false;
+    lq_pool_reshape(gy, x);
+    x->grad = gy;
+    out->grad = NULL;
+    return true;
+}
+
 /* Walks the tape from its newest node back to stop, calling each backward whose output got a
  * gradient. Nodes whose output never received one (not on the loss's path) are skipped. Every
  * consumer of a node's output was recorded after it, so once the node's backward has run nothing
@@ -143,7 +161,7 @@ static lq_status walk(lq_ctx *ctx, lq_node *stop) {
             if (ctx->err.status == LQ_OK) LQ_ERR(&ctx->err, s, "%s: backward failed", n->op->name);
             return s;
         }
-        if (n->out->grad->flags & LQ_TENSOR_POOLED_GRAD) {
+        if (n->out->grad && (n->out->grad->flags & LQ_TENSOR_POOLED_GRAD)) { /* NULL: adopted */
             lq_pool_release(&ctx->pool, n->out->grad);
             n->out->grad = NULL;
         }

@@ -307,6 +307,69 @@ static void test_release_llama(void **state) {
     lq_lora_set_free(set);
 }
 
+/* silu(x) through k reshapes; with from_grad the backward starts there from a gradient of ones,
+ * else it goes on: x + x, then x - x + x / 2 (each uses its input twice, so an adopted block is read
+ * and added to by the same op), loss = sum of squares. Returns x's gradient; *pool_hw the pool's
+ * high water. */
+static float *adopt_case(int k, bool release, bool from_grad, size_t *pool_hw) {
+    lq_ctx *ctx = lq_test_ctx(1);
+    lq_ctx_set_release_grads(ctx, release);
+    lq_tensor *x = lq_new_leaf(ctx, 2, (int64_t[]){6, 10}, true);
+    lq_rng rng;
+    lq_rng_seed(&rng, 11);
+    lq_fill_uniform(x, &rng, -1, 1);
+    lq_tensor *h = lq_silu(ctx, x);
+    for (int i = 0; i < k; i++)
+        h = lq_reshape(ctx, h, 2, i % 2 ? (int64_t[]){6, 10} : (int64_t[]){12, 5});
+    if (from_grad) {
+        lq_tensor *go = lq_new(ctx, LQ_DTYPE_F32, h->ndim, h->ne);
+        for (int i = 0; i < 60; i++) ((float *)go->data)[i] = 1.0f;
+        assert_int_equal(lq_backward_from(ctx, h, go), LQ_OK);
+    } else {
+        h = lq_add(ctx, h, h);
+        h = lq_add(ctx, lq_sub(ctx, h, h), lq_scale(ctx, h, 0.5f));
+        assert_int_equal(lq_backward(ctx, lq_sum(ctx, lq_mul(ctx, h, h), LQ_AXIS_ALL, false)), LQ_OK);
+    }
+    float *g = malloc(60 * sizeof(float));
+    memcpy(g, x->grad->data, 60 * sizeof(float));
+    lq_arena_stats st = lq_ctx_arena_stats(ctx);
+    assert_int_equal(st.pool_in_use, 0);
+    *pool_hw = st.pool_high_water;
+    lq_ctx_free(ctx);
+    return g;
+}
+
+/* A reshape's or an unbroadcast add's input takes the output's gradient block instead of a copy
+ * (lq_grad_adopt): the gradients are the plain mode's bit for bit and match a hand-derived value;
+ * a backward through five reshapes holds one block at a time, as one with none does (copying,
+ * each reshape's backward would hold two). */
+static void test_adopt_views_and_adds(void **state) {
+    (void)state;
+    size_t hw, hw0, hw5;
+    float *plain = adopt_case(5, false, false, &hw), *l = adopt_case(5, true, false, &hw);
+    assert_memory_equal(plain, l, 60 * sizeof(float));
+    /* h = 2 silu(x), then (h - h) + h / 2 = silu(x): loss = sum silu(x)^2, dx = 2 silu(x) silu'(x) */
+    lq_ctx *ctx = lq_test_ctx(1);
+    lq_tensor *x = lq_new_leaf(ctx, 2, (int64_t[]){6, 10}, false);
+    lq_rng rng;
+    lq_rng_seed(&rng, 11);
+    lq_fill_uniform(x, &rng, -1, 1);
+    for (int i = 0; i < 60; i++) {
+        double v = ((float *)x->data)[i], sg = 1 / (1 + exp(-v)), si = v * sg, d = sg * (1 + v * (1 - sg));
+        assert_true(fabs(l[i] - 2 * si * d) <= 1e-5 * (1 + fabs(2 * si * d)));
+    }
+    lq_ctx_free(ctx);
+    free(plain);
+    free(l);
+    float *g0 = adopt_case(0, true, true, &hw0), *g5 = adopt_case(5, true, true, &hw5);
+    assert_memory_equal(g0, g5, 60 * sizeof(float)); /* reshapes change no value */
+    printf("adopt: pool high water %zu bytes through 5 reshapes, %zu through none\n", hw5, hw0);
+    assert_true(hw0 > 0);
+    assert_int_equal(hw5, hw0);
+    free(g0);
+    free(g5);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_release_bit_identical),
@@ -314,6 +377,7 @@ int main(void) {
         cmocka_unit_test(test_release_semantics),
         cmocka_unit_test(test_release_llama),
         cmocka_unit_test(test_pool_step_reset),
+        cmocka_unit_test(test_adopt_views_and_adds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

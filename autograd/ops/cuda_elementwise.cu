@@ -234,12 +234,15 @@ static lq_status add_fwd(lq_ctx *ctx, lq_node *n) { return bcast_fwd(ctx, n, 0);
 static lq_status sub_fwd(lq_ctx *ctx, lq_node *n) { return bcast_fwd(ctx, n, 1); }
 static lq_status mul_fwd(lq_ctx *ctx, lq_node *n) { return bcast_fwd(ctx, n, 2); }
 
-/* add: da += dy, db += dy; sub: da += dy, db -= dy (each summed over its broadcast dims). */
+/* add: da += dy, db += dy; sub: da += dy, db -= dy (each summed over its broadcast dims). An
+ * unbroadcast a may take dy's block itself, as on the CPU (op_add.c, lq_grad_adopt). */
 static lq_status addsub_bwd(lq_ctx *ctx, lq_node *n, float sign_b) {
+    const float *gy = (const float *)n->out->grad->data;
     for (int i = 0; i < 2; i++) {
+        if (i == 0 && lq_same_shape(n->in[0], n->out) && lq_grad_adopt(ctx, n->in[0], n->out)) continue;
         float *g;
         LQ_TRY(lq_grad_get(ctx, n->in[i], &g));
-        if (g) LQ_TRY(bcast_acc(ctx, g, n->in[i], n->out, (const float *)n->out->grad->data, NULL, i == 0 ? 1.0f : sign_b));
+        if (g) LQ_TRY(bcast_acc(ctx, g, n->in[i], n->out, gy, NULL, i == 0 ? 1.0f : sign_b));
     }
     return LQ_OK;
 }

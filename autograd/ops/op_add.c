@@ -7,12 +7,15 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
 }
 
 /* y = a + b: dy/da = dy/db = 1, so da += dy and db += dy, each summed over the dims along which
- * that input was broadcast. */
+ * that input was broadcast. An unbroadcast a may take dy's block itself (lq_grad_adopt); b then
+ * reads dy from it before anything else adds to it (b == a: the block doubles, 2 dy, right). */
 static lq_status bwd(lq_ctx *ctx, lq_node *n) {
+    const float *gy = n->out->grad->data;
     for (int i = 0; i < 2; i++) {
+        if (i == 0 && lq_same_shape(n->in[0], n->out) && lq_grad_adopt(ctx, n->in[0], n->out)) continue;
         float *g;
         LQ_TRY(lq_grad_get(ctx, n->in[i], &g));
-        if (g) lq_bcast_accumulate(ctx, g, n->in[i], n->out, n->out->grad->data, NULL, 1.0f);
+        if (g) lq_bcast_accumulate(ctx, g, n->in[i], n->out, gy, NULL, 1.0f);
     }
     return LQ_OK;
 }

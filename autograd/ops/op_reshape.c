@@ -10,8 +10,11 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
 }
 
 /* Reshape keeps the row-major order of elements, so element i of y is element i of x:
- * dx[i] += dy[i]. */
-static lq_status bwd(lq_ctx *ctx, lq_node *n) { return lq_grad_add(ctx, n->in[0], n->out->grad->data); }
+ * dx[i] += dy[i]; in release mode x usually just takes dy's block (lq_grad_adopt). */
+static lq_status bwd(lq_ctx *ctx, lq_node *n) {
+    if (lq_grad_adopt(ctx, n->in[0], n->out)) return LQ_OK;
+    return lq_grad_add(ctx, n->in[0], n->out->grad->data);
+}
 
 static lq_tensor *gc_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
     (void)n_in;

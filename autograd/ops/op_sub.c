@@ -6,12 +6,16 @@ static lq_status fwd(lq_ctx *ctx, lq_node *n) {
     return LQ_OK;
 }
 
-/* y = a - b: da += dy and db -= dy, each summed over the dims along which it was broadcast. */
+/* y = a - b: da += dy and db -= dy, each summed over the dims along which it was broadcast. An
+ * unbroadcast a may take dy's block itself (lq_grad_adopt, as in op_add.c; b == a: the block
+ * then goes to dy - dy = 0, right). */
 static lq_status bwd(lq_ctx *ctx, lq_node *n) {
+    const float *gy = n->out->grad->data;
     for (int i = 0; i < 2; i++) {
+        if (i == 0 && lq_same_shape(n->in[0], n->out) && lq_grad_adopt(ctx, n->in[0], n->out)) continue;
         float *g;
         LQ_TRY(lq_grad_get(ctx, n->in[i], &g));
-        if (g) lq_bcast_accumulate(ctx, g, n->in[i], n->out, n->out->grad->data, NULL, i == 0 ? 1.0f : -1.0f);
+        if (g) lq_bcast_accumulate(ctx, g, n->in[i], n->out, gy, NULL, i == 0 ? 1.0f : -1.0f);
     }
     return LQ_OK;
 }
