@@ -80,7 +80,8 @@ static lq_status finish(const char *what, lq_err *err) {
 extern "C" lq_status lq_adamw_step_cuda(float *x, const float *g, float *m, float *v, int64_t n, int64_t nd,
                                         const lq_adamw_scalars *s, lq_err *err) {
     if (n <= 0) return LQ_OK;
-    LQ_CU(err, cudaDeviceSynchronize()); /* the backward that wrote g, on the context's stream */
+    /* no wait before the launch: the legacy default stream (0) waits for the context's blocking
+     * stream, where the backward that wrote g was queued (autograd/cuda_ctx.cu) */
     k_adamw<<<blocks_for(n), THREADS, 0, 0>>>(x, g, m, v, n, nd, *s);
     return finish("adamw", err);
 }
@@ -88,14 +89,12 @@ extern "C" lq_status lq_adamw_step_cuda(float *x, const float *g, float *m, floa
 extern "C" lq_status lq_sgd_step_cuda(float *x, const float *g, float *buf, int64_t n, int64_t nd,
                                       const lq_sgd_scalars *s, lq_err *err) {
     if (n <= 0) return LQ_OK;
-    LQ_CU(err, cudaDeviceSynchronize());
     k_sgd<<<blocks_for(n), THREADS, 0, 0>>>(x, g, buf, n, nd, *s);
     return finish("sgd", err);
 }
 
 extern "C" lq_status lq_sumsq_cuda(const float *g, int64_t n, int chunks, double *part, lq_err *err) {
     LQ_CHECK(err, chunks >= 1 && chunks <= 1024, LQ_ERR_ARG, "sumsq: %d chunks (1..1024)", chunks);
-    LQ_CU(err, cudaDeviceSynchronize());
     double *d = (double *)lq_cuda_malloc((size_t)chunks * sizeof(double), err);
     if (!d) return err->status ? err->status : LQ_ERR_OOM;
     k_sumsq<<<(unsigned)chunks, THREADS, 0, 0>>>(g, n, chunks, d);
@@ -107,7 +106,6 @@ extern "C" lq_status lq_sumsq_cuda(const float *g, int64_t n, int chunks, double
 
 extern "C" lq_status lq_scale_cuda(float *g, int64_t n, float s, lq_err *err) {
     if (n <= 0) return LQ_OK;
-    LQ_CU(err, cudaDeviceSynchronize());
     k_scale<<<blocks_for(n), THREADS, 0, 0>>>(g, n, s);
     return finish("grad scale", err);
 }

@@ -10,6 +10,7 @@
  * The gemm-based ops run again in the tf32 and bf16 modes, checked elementwise against the
  * rounding-error bound of a product of rounded operands (matmul_mode: the magnitude reference).
  * Seeds come from the clock each run (printed); LOQUAT_CUDA_SEED=<n> replays a run. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "autograd/cuda_impl.h"
@@ -457,13 +458,13 @@ static void test_op(void **state) {
 #define TOL_BF16 (4.0 / 256.0)  /* 4 * 2^-8 */
 #define TOL_TF32 (8.0 / 2048.0) /* 8 * 2^-11 */
 
-static void matmul_mode(lq_cuda_math math, double tol, double fallback, const char *mode, int mode_id) {
+static void matmul_mode(lq_cuda_math math, double tol, double fallback, const char *mode, int mode_id,
+                        const char *const *ops, size_t n_ops) {
     lq_ctx *cu = make_ctx(LQ_DEVICE_CUDA, math);
     assert_non_null(cu);
-    static const char *const ops[] = {"matmul", "qmatmul", "lora_linear"};
     int fails = 0;
     g_mag_cases = g_mag_fallbacks = 0;
-    for (size_t j = 0; j < sizeof ops / sizeof ops[0]; j++) {
+    for (size_t j = 0; j < n_ops; j++) {
         int op = lq_op_find(ops[j]);
         if (op < 0) {
             print_error("%s: not in the op table\n", ops[j]);
@@ -484,14 +485,65 @@ static void matmul_mode(lq_cuda_math math, double tol, double fallback, const ch
     if (fails) fail_msg("%s mode: %d comparison(s) failed (tol %.3g x magnitude)", mode, fails, tol);
 }
 
+static const char *const gemm_ops[] = {"matmul", "qmatmul", "lora_linear"};
+
 static void test_matmul_tf32(void **state) {
     (void)state;
-    matmul_mode(LQ_CUDA_MATH_TF32, TOL_TF32, 1e-5, "tf32", 1);
+    matmul_mode(LQ_CUDA_MATH_TF32, TOL_TF32, 1e-5, "tf32", 1, gemm_ops, 3);
 }
 
 static void test_matmul_bf16(void **state) {
     (void)state;
-    matmul_mode(LQ_CUDA_MATH_BF16, TOL_BF16, 1e-3, "bf16", 2);
+    matmul_mode(LQ_CUDA_MATH_BF16, TOL_BF16, 1e-3, "bf16", 2, gemm_ops, 3);
+}
+
+
+/* A seed from which qmatmul's gc_make draws an NF4 or FP4 weight (2 of its 8 formats), the first
+ * after seed0; 0 if 200 draws give none (they do not: 200 misses have probability (3/4)^200). */
+static uint64_t bnb4_case_seed(int op, uint64_t seed0) {
+    for (uint64_t j = 0; j < 200; j++) {
+        lq_ctx_clear_error(g_cpu);
+        lq_ctx_step_reset(g_cpu);
+        lq_rng rng;
+        lq_rng_seed(&rng, seed0 + j);
+        lq_gc_case c;
+        memset(&c, 0, sizeof c);
+        if (lq_op_table[op]->gc_make(g_cpu, &rng, &c) != LQ_OK || c.n_in < 2 || !c.in[1]) continue;
+        if (c.in[1]->dtype == LQ_DTYPE_NF4 || c.in[1]->dtype == LQ_DTYPE_FP4) return seed0 + j;
+    }
+    return 0;
+}
+
+/* The fused NF4 / FP4 linear (cuda_qlinear_fused.cu, LOQUAT_FUSED_QLINEAR=1 in bf16 math: W's
+ * tile dequantized to bf16 in shared memory, WMMA products with fp32 accumulation, forward and
+ * dX) on qmatmul cases whose weight is NF4 or FP4 (small, partial 64 x 64 tiles), against the
+ * bf16 mode's bound: its operands are rounded to bf16 once, as there. */
+static void test_qlinear_fused_bf16(void **state) {
+    (void)state;
+    const char *prev = getenv("LOQUAT_FUSED_QLINEAR");
+    char *keep = prev ? strdup(prev) : NULL;
+    setenv("LOQUAT_FUSED_QLINEAR", "1", 1);
+    lq_ctx *cu = make_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_BF16);
+    assert_non_null(cu);
+    int op = lq_op_find("qmatmul"), fails = 0;
+    assert_true(op >= 0);
+    g_mag_cases = g_mag_fallbacks = 0;
+    for (int k = 0; k < N_CASES; k++) {
+        uint64_t seed = bnb4_case_seed(op, case_seed(op, k, 3));
+        if (!seed) {
+            print_error("qmatmul [bf16 fused] case %d: no NF4 / FP4 draw\n", k);
+            fails++;
+            continue;
+        }
+        fails += run_case(g_cpu, cu, op, k, seed, 1e-3, TOL_BF16, "bf16 fused");
+    }
+    lq_ctx_free(cu);
+    if (keep) setenv("LOQUAT_FUSED_QLINEAR", keep, 1);
+    else unsetenv("LOQUAT_FUSED_QLINEAR");
+    free(keep);
+    print_message("bf16 fused: %d case(s), %d held to the nmse bound 1e-3 for want of a magnitude reference\n",
+                  g_mag_cases, g_mag_fallbacks);
+    if (fails) fail_msg("bf16 fused: %d comparison(s) failed (tol %.3g x magnitude)", fails, TOL_BF16);
 }
 
 static int group_setup(void **state) {
@@ -517,7 +569,7 @@ int main(void) {
         printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
         return 1;
     }
-    struct CMUnitTest tests[64 + 2];
+    struct CMUnitTest tests[64 + 3];
     int n = 0;
     for (int i = 0; i < n_ops; i++) {
         g_op_index[i] = i;
@@ -525,5 +577,6 @@ int main(void) {
     }
     tests[n++] = (struct CMUnitTest){"matmul_tf32", test_matmul_tf32, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"matmul_bf16", test_matmul_bf16, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"qlinear_fused_bf16", test_qlinear_fused_bf16, NULL, NULL, NULL};
     return _cmocka_run_group_tests("test_cuda_ops", tests, (size_t)n, group_setup, group_teardown);
 }
