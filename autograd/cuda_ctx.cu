@@ -216,6 +216,32 @@ __global__ static void k_to_bf16_2d(__nv_bfloat16 *d, const float *s, int64_t ro
     }
 }
 
+/* d (rows, cols), row stride ldd = bf16 of s (rows, cols), row stride lds: a row per blockIdx.y
+ * step, its columns over x */
+__global__ static void k_rows_to_bf16(__nv_bfloat16 *d, int64_t ldd, const float *s, int64_t lds, int64_t rows,
+                                      int64_t cols) {
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x)
+            d[r * ldd + c] = __float2bfloat16_rn(s[r * lds + c]);
+}
+
+extern "C" lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                                     int64_t cols) {
+    if (rows <= 0 || cols <= 0) return LQ_OK;
+    LQ_CHECK(&ctx->err, ldd >= cols && lds >= cols, LQ_ERR_ARG, "to bf16: row strides %lld / %lld under %lld columns",
+             (long long)ldd, (long long)lds, (long long)cols);
+    __nv_bfloat16 *d = (__nv_bfloat16 *)dst;
+    if (ldd == cols && lds == cols) {
+        int64_t n = rows * cols;
+        k_to_bf16<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(d, src, n);
+    } else {
+        dim3 grid(lq_cuda_blocks(cols), (unsigned)(rows < 65535 ? rows : 65535));
+        k_rows_to_bf16<<<grid, LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(d, ldd, src, lds, rows, cols);
+    }
+    LQ_CUDA_LAUNCHED(ctx, "to bf16");
+    return LQ_OK;
+}
+
 static lq_status to_bf16(lq_ctx *ctx, const float *src, int64_t rows, int64_t cols, int64_t ld, int64_t st,
                          int64_t batch, __nv_bfloat16 **out) {
     int64_t nb = st ? batch : 1;

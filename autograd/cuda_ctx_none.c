@@ -39,6 +39,11 @@ lq_status lq_cuda_accumulate(lq_ctx *ctx, float *dst, const float *src, int64_t 
     (void)dst, (void)src, (void)n;
     return NO_CUDA_OP("accumulate");
 }
+lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                          int64_t cols) {
+    (void)dst, (void)ldd, (void)src, (void)lds, (void)rows, (void)cols;
+    return NO_CUDA_OP("to bf16");
+}
 lq_status lq_cuda_strided(lq_ctx *ctx, float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
                           const int64_t *ne, bool accumulate) {
     (void)dst, (void)dst_nb, (void)src, (void)src_nb, (void)ne, (void)accumulate;

@@ -43,6 +43,10 @@ void *lq_cuda_blas(lq_ctx *ctx);
 /* Device helpers on the context's stream; errors go into ctx->err and come back as the status. */
 lq_status lq_cuda_fill_f32(lq_ctx *ctx, float *d, float v, int64_t n);
 lq_status lq_cuda_accumulate(lq_ctx *ctx, float *dst, const float *src, int64_t n); /* dst += src */
+/* dst (rows, cols) bf16, row stride ldd = src (rows, cols) f32, row stride lds (elements), each
+ * rounded to nearest even: the operand a product in bf16 math reads. */
+lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                          int64_t cols);
 /* dst = src (or dst += src) between f32 layouts of one logical shape ne (4 dims, padded left),
  * strides in bytes: the device twin of lq_strided_copy / lq_strided_add. */
 lq_status lq_cuda_strided(lq_ctx *ctx, float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,

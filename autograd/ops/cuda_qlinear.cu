@@ -26,10 +26,6 @@ static cudaStream_t stream_of(lq_ctx *ctx) { return (cudaStream_t)lq_cuda_stream
 
 /* --- kernels ----------------------------------------------------------------------------------- */
 
-__global__ static void k_to_bf16(__nv_bfloat16 *d, const float *s, int64_t n) {
-    FOR_EACH(i, n) d[i] = __float2bfloat16_rn(s[i]);
-}
-
 /* y (M, N) += bias (N) on every row: one writer per element */
 __global__ static void k_add_bias(float *y, const float *b, int64_t N, int64_t n) {
     FOR_EACH(i, n) y[i] += b[i % N];
@@ -70,18 +66,11 @@ static lq_status dropout_apply(lq_ctx *ctx, bool bwd, uint64_t seed, uint64_t st
     return LQ_OK;
 }
 
-/* A bf16 copy of n floats in the device arena. */
+/* A bf16 copy of n floats in the device arena; NULL with an error in ctx. */
 static __nv_bfloat16 *to_bf16(lq_ctx *ctx, const float *src, int64_t n) {
     __nv_bfloat16 *d = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n > 0 ? n : 1) * sizeof(__nv_bfloat16));
     if (!d || n <= 0) return d;
-    k_to_bf16<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(d, src, n);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) {
-        lq_err_set(&ctx->err, LQ_ERR_INTERNAL, __FILE__, __LINE__, "CUDA kernel to bf16 failed to launch: %s",
-                   cudaGetErrorString(e));
-        return NULL;
-    }
-    return d;
+    return lq_cuda_to_bf16(ctx, d, n, src, n, 1, n) == LQ_OK ? d : NULL;
 }
 
 /* Row-major C (m, n) = alpha op(A) op(B) + beta C with bf16 A and B (row strides lda, ldb as
@@ -280,6 +269,144 @@ static const float *dropped(lq_ctx *ctx, const lq_node *n, float *dst, int64_t m
     return dst;
 }
 
+/* --- lora_linear in bf16 math -------------------------------------------------------------------
+ * With W's tiles in bf16 (w_bf16: NF4 / FP4 dequantized straight to bf16, or a bf16 W), each f32
+ * operand is converted to bf16 once per call and shared by every product that reads it: x by the
+ * base product and u = s h A^T, dY by dX, dB and du (lq_cuda_gemm converts its operands per
+ * product: dY three times over). Each product sees the values lq_cuda_gemm's own conversion gives
+ * (round to nearest even); only the grouping changes. Without dropout, with W in one tile, the
+ * adapter's share of dX rides in the base product, one gemm over N + r:
+ *   dX (M, K) += [dY | du] (M, N + r) [deq(W) ; A] (N + r, K)
+ * so gx is read and written once instead of twice. */
+
+static bool lora_bf16_path(lq_ctx *ctx, const lq_node *n) {
+    const lq_tensor *w = n->in[1];
+    return w_bf16(ctx, w->dtype) && !lq_cuda_fused_qlinear_wanted(ctx, w->dtype) && n->ip[5] >= 1 && n->ip[1] >= 1;
+}
+
+/* The forward of the bf16 path; u (M, r) f32 is where u goes (the saved buffer, or NULL: scratch). */
+static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
+    const lq_tensor *w = n->in[1];
+    int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
+    float s = n->fp[0], *y = (float *)n->out->data;
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    if (!u && !(u = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)))) return ctx->err.status;
+    lq_qstate tmp;
+    const lq_qstate *qs;
+    LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
+    const __nv_bfloat16 *x16 = to_bf16(ctx, (const float *)n->in[0]->data, M * K);
+    if (!x16) return ctx->err.status;
+    int64_t tr = tile_rows(ctx, w, N, K);
+    void *scratch;
+    LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
+    for (int64_t n0 = 0; n0 < N; n0 += tr) { /* y = x deq(W)^T */
+        int64_t rows = N - n0 < tr ? N - n0 : tr;
+        const void *tile;
+        LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
+        LQ_TRY(gemm_bf16(ctx, false, true, M, rows, K, 1.0f, x16, K, (const __nv_bfloat16 *)tile, K, 0.0f, y + n0, N));
+    }
+    if (n->n_in == 5) {
+        k_add_bias<<<lq_cuda_blocks(M * N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+            y, (const float *)n->in[4]->data, N, M * N);
+        LQ_CUDA_LAUNCHED(ctx, "lora_linear bias");
+    }
+    const __nv_bfloat16 *h16 = x16;
+    if (n->fp[1] > 0.0f) { /* h = drop(x) */
+        float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
+        const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
+        if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
+    }
+    const __nv_bfloat16 *A16 = to_bf16(ctx, (const float *)n->in[2]->data, r * K);
+    const __nv_bfloat16 *B16 = to_bf16(ctx, (const float *)n->in[3]->data, N * r);
+    if (!A16 || !B16) return ctx->err.status;
+    LQ_TRY(gemm_bf16(ctx, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u, r)); /* u = s h A^T */
+    const __nv_bfloat16 *u16 = to_bf16(ctx, u, M * r);
+    if (!u16) return ctx->err.status;
+    LQ_TRY(gemm_bf16(ctx, false, true, M, N, r, 1.0f, u16, r, B16, r, 1.0f, y, N)); /* y += u B^T */
+    lq_ctx_reset_to(ctx, mark);
+    return LQ_OK;
+}
+
+/* The backward of the bf16 path (the gradient buffers fetched by the caller). */
+static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB) {
+    const lq_tensor *w = n->in[1];
+    int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
+    float s = n->fp[0], p = n->fp[1];
+    const float *gy = (const float *)n->out->grad->data, *u = (const float *)n->saved[0];
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    /* the adapter's dX in the base product: no dropout mask to apply, W in one tile of scratch */
+    bool cat = gx && p <= 0.0f && !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N;
+    int64_t ld = cat ? N + r : N; /* dY16's row stride: [dY | du] when cat */
+    __nv_bfloat16 *gy16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * ld) * sizeof(__nv_bfloat16));
+    if (!gy16) return ctx->err.status;
+    LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));
+    if (gB) { /* dB (N, r) += dY^T u */
+        const __nv_bfloat16 *u16 = to_bf16(ctx, u, M * r);
+        if (!u16) return ctx->err.status;
+        LQ_TRY(gemm_bf16(ctx, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r));
+    }
+    if (!gA && !gx) {
+        lq_ctx_reset_to(ctx, mark);
+        return LQ_OK;
+    }
+    /* du (M, r) = s dY B, then its bf16 copy: beside dY when cat */
+    const __nv_bfloat16 *B16 = to_bf16(ctx, (const float *)n->in[3]->data, N * r);
+    float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float));
+    if (!B16 || !du) return ctx->err.status;
+    LQ_TRY(gemm_bf16(ctx, false, false, M, r, N, s, gy16, ld, B16, r, 0.0f, du, r));
+    const __nv_bfloat16 *du16 = cat ? gy16 + N : to_bf16(ctx, du, M * r);
+    int64_t lddu = cat ? ld : r;
+    if (!du16) return ctx->err.status;
+    if (cat) LQ_TRY(lq_cuda_to_bf16(ctx, gy16 + N, ld, du, r, M, r));
+    if (gA) { /* dA (r, K) += du^T h, h = drop(x) */
+        const float *h = (const float *)n->in[0]->data;
+        if (p > 0.0f) {
+            float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
+            if (!hbuf || !(h = dropped(ctx, n, hbuf, M * K))) return ctx->err.status;
+        }
+        const __nv_bfloat16 *h16 = to_bf16(ctx, h, M * K);
+        if (!h16) return ctx->err.status;
+        LQ_TRY(gemm_bf16(ctx, true, false, r, K, M, 1.0f, du16, lddu, h16, K, 1.0f, gA, K));
+    }
+    if (gx) {
+        lq_qstate tmp;
+        const lq_qstate *qs;
+        LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
+        const float *Ad = (const float *)n->in[2]->data;
+        if (cat) { /* W' (N + r, K) = [deq(W) ; A] in one scratch, then one product */
+            __nv_bfloat16 *wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)((N + r) * K) * sizeof(__nv_bfloat16));
+            const void *tile;
+            if (!wc) return ctx->err.status;
+            LQ_TRY(w_rows(ctx, w, qs, 0, N, wc, &tile));
+            LQ_TRY(lq_cuda_to_bf16(ctx, wc + N * K, K, Ad, K, r, K));
+            LQ_TRY(gemm_bf16(ctx, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, 1.0f, gx, K));
+        } else {
+            int64_t tr = tile_rows(ctx, w, N, K);
+            void *scratch;
+            LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
+            for (int64_t n0 = 0; n0 < N; n0 += tr) { /* dX += dY[:, n0:n0+rows] tile */
+                int64_t rows = N - n0 < tr ? N - n0 : tr;
+                const void *tile;
+                LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
+                LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, gy16 + n0, ld, (const __nv_bfloat16 *)tile, K,
+                                 1.0f, gx, K));
+            }
+            const __nv_bfloat16 *A16 = to_bf16(ctx, Ad, r * K);
+            if (!A16) return ctx->err.status;
+            if (p > 0.0f) { /* dX += m (du A) / q */
+                float *buf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
+                if (!buf) return ctx->err.status;
+                LQ_TRY(gemm_bf16(ctx, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 0.0f, buf, K));
+                LQ_TRY(dropout_apply(ctx, true, (uint64_t)n->ip[7], (uint64_t)n->ip[6], p, buf, gx, M * K));
+            } else {
+                LQ_TRY(gemm_bf16(ctx, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 1.0f, gx, K));
+            }
+        }
+    }
+    lq_ctx_reset_to(ctx, mark);
+    return LQ_OK;
+}
+
 /* y = x deq(W)^T (+ b), then u (M, r) = s h A^T with h = drop(x), then y += u B^T: the CPU's
  * order. s is the gemm's alpha (the CPU scales the product after the sgemm: one rounding apart). */
 extern "C" lq_status lq_cuda_lora_linear_fwd(lq_ctx *ctx, lq_node *n) {
@@ -288,6 +415,12 @@ extern "C" lq_status lq_cuda_lora_linear_fwd(lq_ctx *ctx, lq_node *n) {
     float s = n->fp[0], *y = (float *)n->out->data;
     const float *xd = (const float *)x->data;
     if (M == 0 || N == 0) return LQ_OK;
+    if (lora_bf16_path(ctx, n)) {
+        float *us = NULL;
+        if (n->recorded && !(us = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)))) return ctx->err.status;
+        n->saved[0] = us;
+        return lora_fwd_bf16(ctx, n, us);
+    }
     LQ_TRY(qmm_forward(ctx, w, xd, y, M, N, K)); /* an f32 W is used in place: no copy */
     if (n->n_in == 5) {
         k_add_bias<<<lq_cuda_blocks(M * N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
@@ -335,6 +468,7 @@ extern "C" lq_status lq_cuda_lora_linear_bwd(lq_ctx *ctx, lq_node *n) {
         k_colsum_add<<<lq_cuda_blocks(N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(gb, gy, M, N);
         LQ_CUDA_LAUNCHED(ctx, "lora_linear bias grad");
     }
+    if (lora_bf16_path(ctx, n)) return lora_bwd_bf16(ctx, n, gx, gA, gB);
     if (gB) LQ_TRY(lq_cuda_gemm(ctx, true, false, N, r, M, 1.0f, gy, N, 0, u, r, 0, 1.0f, gB, r, 0, 1));
     if (gx && K > 0) LQ_TRY(qmm_backward_x(ctx, w, gy, gx, M, N, K));
     if ((!gA && !gx) || K == 0) return LQ_OK;

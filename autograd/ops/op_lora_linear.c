@@ -131,7 +131,8 @@ static lq_status bwd(lq_ctx *ctx, lq_node *n) {
 
 /* Formats a case may draw for W (those that need no quant state, so the case can encode them
  * with from_f32 alone; qmatmul's own case covers the stateful ones through the same kernels). */
-static const lq_dtype gc_dtypes[] = {LQ_DTYPE_F32, LQ_DTYPE_F16, LQ_DTYPE_BF16, LQ_DTYPE_Q8_0, LQ_DTYPE_Q4_0};
+static const lq_dtype gc_dtypes[] = {LQ_DTYPE_F32,  LQ_DTYPE_F16, LQ_DTYPE_BF16, LQ_DTYPE_Q8_0,
+                                     LQ_DTYPE_Q4_0, LQ_DTYPE_NF4, LQ_DTYPE_FP4};
 
 /* Each evaluation restarts the streams at the case's seed (all see one mask), in training mode. */
 static lq_tensor *gc_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
@@ -148,28 +149,28 @@ static lq_tensor *gc_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *use
     return y;
 }
 
-/* x (B, T, K), A (r, K), B (N, r) and sometimes a bias require grad; W frozen of a random format;
- * dropout p 0 or in [0.1, 0.6]; random tiles as qmatmul's case. */
+/* x (B, T, K), A (r, K), B (N, r) and sometimes a bias require grad; W frozen of a random format
+ * (NF4 / FP4 with a scale per 32 elements: the QLoRA base); dropout p 0 or in [0.1, 0.6]; random
+ * tiles as qmatmul's case. */
 static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
     lq_dtype avail[sizeof gc_dtypes / sizeof gc_dtypes[0]];
     int n_avail = 0;
     for (size_t i = 0; i < sizeof gc_dtypes / sizeof gc_dtypes[0]; i++) {
         const lq_dtype_traits *tr = lq_dtype_info(gc_dtypes[i]);
-        if (tr && tr->to_f32 && (gc_dtypes[i] == LQ_DTYPE_F32 || tr->from_f32) && !tr->needs_qstate)
-            avail[n_avail++] = gc_dtypes[i];
+        if (tr && tr->to_f32 && (gc_dtypes[i] == LQ_DTYPE_F32 || tr->from_f32)) avail[n_avail++] = gc_dtypes[i];
     }
     lq_dtype t = avail[lq_rng_int(rng, 0, n_avail - 1)];
     const lq_dtype_traits *tr = lq_dtype_info(t);
-    int64_t unit = tr->block_size > 8 ? tr->block_size : 8;
+    int64_t unit = tr->needs_qstate ? 32 : tr->block_size > 8 ? tr->block_size : 8;
     int64_t Bt = lq_rng_int(rng, 1, 2), T = lq_rng_int(rng, 1, 3), N = lq_rng_int(rng, 3, 9);
     int64_t K = unit * lq_rng_int(rng, 1, 2), r = lq_rng_int(rng, 1, 4);
     bool bias = lq_rng_int(rng, 0, 1) == 1;
-    lq_tensor *w = lq_new(ctx, t, 2, (int64_t[]){N, K});
     float *wf = lq_ctx_alloc(ctx, (size_t)(N * K) * sizeof(float));
-    if (!w || !wf) return ctx->err.status;
+    if (!wf) return ctx->err.status;
     for (int64_t i = 0; i < N * K; i++) wf[i] = 2.0f * lq_rng_uniform(rng) - 1.0f;
+    lq_tensor *w = t == LQ_DTYPE_F32 ? lq_new(ctx, t, 2, (int64_t[]){N, K}) : lq_gc_quantize(ctx, t, wf, N, K, 32);
+    if (!w) return ctx->err.status;
     if (t == LQ_DTYPE_F32) memcpy(w->data, wf, (size_t)(N * K) * sizeof(float));
-    else if (tr->from_f32(wf, w->data, N * K, NULL, 0, &ctx->err) != LQ_OK) return ctx->err.status;
     c->n_in = bias ? 5 : 4;
     c->in[0] = lq_gc_input(ctx, rng, 3, (int64_t[]){Bt, T, K}, -1, 1);
     c->in[1] = w;

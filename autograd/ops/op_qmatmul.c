@@ -153,9 +153,7 @@ static lq_status bwd(lq_ctx *ctx, lq_node *n) {
 static const lq_dtype gc_dtypes[] = {LQ_DTYPE_F16,  LQ_DTYPE_BF16, LQ_DTYPE_NF4, LQ_DTYPE_FP4,
                                      LQ_DTYPE_Q8_0, LQ_DTYPE_Q4_0, LQ_DTYPE_I8,  LQ_DTYPE_I4};
 
-/* Quantizes src (rows x k floats) into an arena tensor of dtype t with an arena state: one
- * scale per block of `block` elements (bnb absmax or a symmetric affine scale). */
-static lq_tensor *gc_quantize(lq_ctx *ctx, lq_dtype t, const float *src, int64_t rows, int64_t k, int64_t block) {
+lq_tensor *lq_gc_quantize(lq_ctx *ctx, lq_dtype t, const float *src, int64_t rows, int64_t k, int64_t block) {
     const lq_dtype_traits *tr = lq_dtype_info(t);
     lq_tensor *w = lq_new(ctx, t, 2, (int64_t[]){rows, k});
     if (!w) return NULL;
@@ -210,7 +208,7 @@ static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
     for (int64_t i = 0; i < N * K; i++) wf[i] = 2.0f * lq_rng_uniform(rng) - 1.0f;
     c->n_in = 2;
     c->in[0] = lq_gc_input(ctx, rng, 3, (int64_t[]){B, T, K}, -1, 1);
-    c->in[1] = gc_quantize(ctx, t, wf, N, K, block);
+    c->in[1] = lq_gc_quantize(ctx, t, wf, N, K, block);
     c->ip[0] = lq_rng_int(rng, 1, N);
     c->ip[1] = col_unit * lq_rng_int(rng, 1, K / col_unit);
     c->ip[2] = lq_rng_int(rng, 1, N);

@@ -19,4 +19,9 @@ lq_status lq_qmm_backward_x(lq_ctx *ctx, const lq_tensor *w, const float *gy, fl
 void lq_dropout_apply(lq_ctx *ctx, bool bwd, uint64_t seed, uint64_t stream, float p, const float *x, float *y,
                       int64_t m);
 
+/* Gradcheck cases: src (rows x k floats) quantized into an arena tensor of dtype t (a format with
+ * an encoder), with an arena quant state where the format needs one: one scale per block of
+ * `block` elements (bnb absmax, or a symmetric affine scale). NULL with an error in ctx. */
+lq_tensor *lq_gc_quantize(lq_ctx *ctx, lq_dtype t, const float *src, int64_t rows, int64_t k, int64_t block);
+
 #endif

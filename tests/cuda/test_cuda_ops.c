@@ -8,7 +8,9 @@
  * input gradient are compared by normalized MSE, sum((gpu - cpu)^2) / sum(cpu^2), against the
  * op's threshold below. NaN / Inf anywhere fails. An op without a CUDA kernel fails, never skips.
  * The gemm-based ops run again in the tf32 and bf16 modes, checked elementwise against the
- * rounding-error bound of a product of rounded operands (matmul_mode: the magnitude reference).
+ * rounding-error bound of a product of rounded operands (matmul_mode: the magnitude reference);
+ * so do lora_linear cases with an NF4 / FP4 base (the training configuration, bnb4_mode) and the
+ * fused NF4 / FP4 linear (LOQUAT_FUSED_QLINEAR=1).
  * Seeds come from the clock each run (printed); LOQUAT_CUDA_SEED=<n> replays a run. */
 #include <stdlib.h>
 #include <string.h>
@@ -514,36 +516,54 @@ static uint64_t bnb4_case_seed(int op, uint64_t seed0) {
     return 0;
 }
 
+/* N_CASES cases of op (qmatmul or lora_linear) whose weight is NF4 or FP4, in the given math,
+ * each element within tol times its magnitude reference (matmul_mode's bound). */
+static void bnb4_mode(const char *name, lq_cuda_math math, double tol, double fallback, const char *mode, int mode_id) {
+    lq_ctx *cu = make_ctx(LQ_DEVICE_CUDA, math);
+    assert_non_null(cu);
+    int op = lq_op_find(name), fails = 0;
+    assert_true(op >= 0);
+    g_mag_cases = g_mag_fallbacks = 0;
+    for (int k = 0; k < N_CASES; k++) {
+        uint64_t seed = bnb4_case_seed(op, case_seed(op, k, mode_id));
+        if (!seed) {
+            print_error("%s [%s] case %d: no NF4 / FP4 draw\n", name, mode, k);
+            fails++;
+            continue;
+        }
+        fails += run_case(g_cpu, cu, op, k, seed, fallback, tol, mode);
+    }
+    lq_ctx_free(cu);
+    print_message("%s %s: %d case(s), %d held to the nmse bound %.0e for want of a magnitude reference\n", name, mode,
+                  g_mag_cases, g_mag_fallbacks, fallback);
+    if (fails) fail_msg("%s %s: %d comparison(s) failed (tol %.3g x magnitude)", name, mode, fails, tol);
+}
+
+/* The QLoRA linear as training runs it: an NF4 / FP4 base. bf16 math takes cuda_qlinear.cu's bf16
+ * path (each operand converted once; without dropout the adapter's dX inside the base product). */
+static void test_lora_bnb4_tf32(void **state) {
+    (void)state;
+    bnb4_mode("lora_linear", LQ_CUDA_MATH_TF32, TOL_TF32, 1e-5, "tf32 nf4/fp4", 4);
+}
+
+static void test_lora_bnb4_bf16(void **state) {
+    (void)state;
+    bnb4_mode("lora_linear", LQ_CUDA_MATH_BF16, TOL_BF16, 1e-3, "bf16 nf4/fp4", 5);
+}
+
 /* The fused NF4 / FP4 linear (cuda_qlinear_fused.cu, LOQUAT_FUSED_QLINEAR=1 in bf16 math: W's
  * tile dequantized to bf16 in shared memory, WMMA products with fp32 accumulation, forward and
- * dX) on qmatmul cases whose weight is NF4 or FP4 (small, partial 64 x 64 tiles), against the
- * bf16 mode's bound: its operands are rounded to bf16 once, as there. */
+ * dX) on qmatmul cases with an NF4 / FP4 weight (small: partial 64 x 64 tiles), against the bf16
+ * mode's bound: its operands are rounded to bf16 once, as there. */
 static void test_qlinear_fused_bf16(void **state) {
     (void)state;
     const char *prev = getenv("LOQUAT_FUSED_QLINEAR");
     char *keep = prev ? strdup(prev) : NULL;
     setenv("LOQUAT_FUSED_QLINEAR", "1", 1);
-    lq_ctx *cu = make_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_BF16);
-    assert_non_null(cu);
-    int op = lq_op_find("qmatmul"), fails = 0;
-    assert_true(op >= 0);
-    g_mag_cases = g_mag_fallbacks = 0;
-    for (int k = 0; k < N_CASES; k++) {
-        uint64_t seed = bnb4_case_seed(op, case_seed(op, k, 3));
-        if (!seed) {
-            print_error("qmatmul [bf16 fused] case %d: no NF4 / FP4 draw\n", k);
-            fails++;
-            continue;
-        }
-        fails += run_case(g_cpu, cu, op, k, seed, 1e-3, TOL_BF16, "bf16 fused");
-    }
-    lq_ctx_free(cu);
+    bnb4_mode("qmatmul", LQ_CUDA_MATH_BF16, TOL_BF16, 1e-3, "bf16 fused", 3);
     if (keep) setenv("LOQUAT_FUSED_QLINEAR", keep, 1);
     else unsetenv("LOQUAT_FUSED_QLINEAR");
     free(keep);
-    print_message("bf16 fused: %d case(s), %d held to the nmse bound 1e-3 for want of a magnitude reference\n",
-                  g_mag_cases, g_mag_fallbacks);
-    if (fails) fail_msg("bf16 fused: %d comparison(s) failed (tol %.3g x magnitude)", fails, TOL_BF16);
 }
 
 static int group_setup(void **state) {
@@ -569,7 +589,7 @@ int main(void) {
         printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
         return 1;
     }
-    struct CMUnitTest tests[64 + 3];
+    struct CMUnitTest tests[64 + 5];
     int n = 0;
     for (int i = 0; i < n_ops; i++) {
         g_op_index[i] = i;
@@ -577,6 +597,8 @@ int main(void) {
     }
     tests[n++] = (struct CMUnitTest){"matmul_tf32", test_matmul_tf32, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"matmul_bf16", test_matmul_bf16, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"lora_bnb4_tf32", test_lora_bnb4_tf32, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"lora_bnb4_bf16", test_lora_bnb4_bf16, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"qlinear_fused_bf16", test_qlinear_fused_bf16, NULL, NULL, NULL};
     return _cmocka_run_group_tests("test_cuda_ops", tests, (size_t)n, group_setup, group_teardown);
 }
