@@ -28,6 +28,7 @@ int main(void) {
 #include "train/train.h"
 
 /*   bench_gpu dequant [--shape 8192x8192 --shape 4096x14336] [--reps 20] [--warmup 3] [--check 1]
+ *                     [--variant all|<index>|<name>]
  *   bench_gpu step --config bench/smollm2-135m.json [--batch 8] [--seq 512] [--steps 10] [--warmup 3]
  *                  [--r 16] [--alpha 32] [--math tf32|fp32|bf16] [--checkpoint 0|1] [--seed 1] [--label s]
  *                  [--device cuda|cpu]   (cpu: the same step on the CPU, a dry run of this code)
@@ -41,6 +42,11 @@ int main(void) {
  * floats + 4n out; copy 4n + 4n. With --check 1 the f32 result is compared bit for bit with the CPU
  * dequant (lq_bnb4_dequantize) over the whole weight. lq_cuda_dequant_bf16 (bf16 output, 2n bytes
  * written) is timed too where this build has it, and checked against the CPU result rounded to bf16.
+ * Every kernel variant (lq_cuda_dequant_variants; --variant picks one) is timed and checked in turn,
+ * a JSON line each with its name as "variant"; the checks run on an output first poisoned with NaN.
+ * Before them, one "dequant_ceiling" line per shape: a cudaMemsetAsync of the same output bytes
+ * timed against the copy (A B A B), the write-only limit; its ceiling_ratio is the ratio a dequant
+ * would show if it took no longer than that memset (the goal's denominator stays the copy).
  *
  * step: what a trainer does per micro-batch on the GPU: zero the adapter grads, mean next-token
  * cross-entropy (lq_llama_loss / counted), backward, AdamW; the context's arena is reset between
@@ -108,6 +114,7 @@ static double device_used_mb(double *total_mb) {
 typedef struct dq_opts {
     int64_t rows[MAX_SHAPES], cols[MAX_SHAPES];
     int n_shapes, reps, warmup;
+    int variant; /* -1: every kernel variant of lq_cuda_dequant_variants, else that one */
     bool check;
     uint64_t seed;
 } dq_opts;
@@ -156,21 +163,34 @@ static int dq_weight_make(dq_weight *w, int64_t n, uint64_t seed, lq_err *err) {
     return 0;
 }
 
-/* Times `reps` launches of dequant (bf16 output when bf16) interleaved with as many copies of the
- * output bytes; medians into *dq_ms, *cp_ms. */
-static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d_copy, bool bf16, int warmup,
-                   int reps, double *dq_ms, double *cp_ms) {
+/* What dq_time times against the copy: the dequant (f32 or bf16 output), or a memset of the same
+ * output bytes (the write-only ceiling). */
+typedef enum dq_what { DQ_F32, DQ_BF16, DQ_SET_F32, DQ_SET_BF16 } dq_what;
+
+static int dq_run(const dq_weight *w, const lq_qstate *qs, void *d_out, dq_what what) {
     lq_err err;
     lq_err_clear(&err);
-    size_t out_bytes = (size_t)w->n * (bf16 ? 2 : 4);
+    lq_status st = LQ_OK;
+    switch (what) {
+    case DQ_F32: st = lq_cuda_dequant(LQ_DTYPE_NF4, w->d_codes, d_out, w->n, 0, qs, NULL, &err); break;
+    case DQ_BF16: st = lq_cuda_dequant_bf16(LQ_DTYPE_NF4, w->d_codes, d_out, w->n, 0, qs, NULL, &err); break;
+    case DQ_SET_F32: CK(cudaMemsetAsync(d_out, 0, (size_t)w->n * 4, 0)); break;
+    case DQ_SET_BF16: CK(cudaMemsetAsync(d_out, 0, (size_t)w->n * 2, 0)); break;
+    }
+    return st == LQ_OK ? 0 : fail("dequant", err.msg);
+}
+
+/* Times `reps` runs of `what` interleaved with as many copies of the output bytes (A B A B), after
+ * `warmup` of each; medians into *dq_ms, *cp_ms. */
+static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d_copy, dq_what what, int warmup,
+                   int reps, double *dq_ms, double *cp_ms) {
+    size_t out_bytes = (size_t)w->n * (what == DQ_F32 || what == DQ_SET_F32 ? 4 : 2);
     cudaEvent_t ev[4];
     for (int i = 0; i < 4; i++) CK(cudaEventCreate(&ev[i]));
     double tdq[MAX_REPS], tcp[MAX_REPS];
     for (int r = 0; r < warmup + reps; r++) {
         CK(cudaEventRecord(ev[0], 0));
-        lq_status st = bf16 ? lq_cuda_dequant_bf16(LQ_DTYPE_NF4, w->d_codes, d_out, w->n, 0, qs, NULL, &err)
-                            : lq_cuda_dequant(LQ_DTYPE_NF4, w->d_codes, d_out, w->n, 0, qs, NULL, &err);
-        if (st != LQ_OK) return fail("dequant", err.msg);
+        if (dq_run(w, qs, d_out, what)) return 1;
         CK(cudaEventRecord(ev[1], 0));
         CK(cudaEventRecord(ev[2], 0));
         CK(cudaMemcpyAsync(d_copy, d_out, out_bytes, cudaMemcpyDeviceToDevice, 0));
@@ -187,64 +207,115 @@ static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d
     return 0;
 }
 
+/* Mismatches of a fresh dequant (`what` DQ_F32 or DQ_BF16) with the CPU's: the output is poisoned
+ * (0xff bytes, NaN) first, so an element the kernel never writes counts too; ref is the CPU's f32
+ * result, ref16 its bf16 rounding; got: host room for n floats. -1 on failure. */
+static int64_t dq_mismatches(const dq_weight *w, const lq_qstate *qs, void *d_out, dq_what what, const float *ref,
+                             const uint16_t *ref16, void *got) {
+    lq_err err;
+    lq_err_clear(&err);
+    const int64_t n = w->n;
+    const size_t bytes = (size_t)n * (what == DQ_F32 ? 4 : 2);
+    if (lq_cuda_memset(d_out, 0xff, bytes, NULL, &err) != LQ_OK || dq_run(w, qs, d_out, what) ||
+        lq_cuda_sync(NULL, &err) != LQ_OK || lq_cuda_copy(got, d_out, bytes, LQ_COPY_D2H, NULL, &err) != LQ_OK) {
+        if (err.msg[0]) fail("dequant: check", err.msg);
+        return -1;
+    }
+    int64_t bad = 0;
+    if (what == DQ_F32)
+        for (int64_t i = 0; i < n; i++) bad += memcmp(&ref[i], (const float *)got + i, 4) != 0;
+    else
+        for (int64_t i = 0; i < n; i++) bad += ((const uint16_t *)got)[i] != ref16[i];
+    return bad;
+}
+
+/* Per shape: the write-only ceiling (a memset of the output bytes against the copy), then each
+ * kernel variant: f32 and bf16 output against the copy, each checked against the CPU. */
 static int bench_dequant(const dq_opts *o) {
     char dev[256];
     device_name(dev, sizeof dev);
     bool have_bf16 = lq_cuda_dequant_bf16_supported(LQ_DTYPE_NF4);
-    for (int s = 0; s < o->n_shapes; s++) {
+    const char *vname[LQ_CUDA_DEQUANT_MAX_VARIANTS];
+    int n_var = lq_cuda_dequant_variants(vname);
+    if (n_var < 1 || n_var > LQ_CUDA_DEQUANT_MAX_VARIANTS) return fail("dequant", "no kernel variants in this build");
+    if (o->variant >= n_var) {
+        fprintf(stderr, "bench_gpu: --variant %d: this build has variants 0..%d\n", o->variant, n_var - 1);
+        return 2;
+    }
+    int rc = 0;
+    for (int s = 0; s < o->n_shapes && !rc; s++) {
         int64_t R = o->rows[s], C = o->cols[s], n = R * C;
         lq_err err;
         lq_err_clear(&err);
         dq_weight w;
-        int rc = dq_weight_make(&w, n, o->seed + (uint64_t)s, &err);
+        rc = dq_weight_make(&w, n, o->seed + (uint64_t)s, &err);
         float *d_out = rc ? NULL : lq_cuda_malloc((size_t)n * 4, &err);
         float *d_copy = d_out ? lq_cuda_malloc((size_t)n * 4, &err) : NULL;
         if (!rc && !d_copy) rc = fail("dequant: device memory", err.msg);
         lq_qstate qs = {.block = 64, .absmax_q = w.d_aq, .absmax2 = w.d_a2, .code2 = w.d_code2,
                         .block2 = LQ_BNB_BLOCK2, .offset = w.offset, .device = true};
-        double dq_ms = 0, cp_ms = 0, bq_ms = 0, bc_ms = 0;
-        if (!rc) rc = dq_time(&w, &qs, d_out, d_copy, false, o->warmup, o->reps, &dq_ms, &cp_ms);
-        /* exactness: the device f32 result against the CPU dequant of the same bytes */
-        int64_t bad = -1, bad16 = -1;
-        float *ref = NULL, *got = NULL;
-        lq_qstate hqs = {.block = 64, .absmax_q = w.aq, .absmax2 = w.a2, .code2 = lq_bnb_dynamic_map(),
-                         .block2 = LQ_BNB_BLOCK2, .offset = w.offset};
-        if (!rc && o->check) {
-            ref = malloc((size_t)n * 4), got = malloc((size_t)n * 4);
-            if (!ref || !got) rc = fail("dequant", "out of host memory for the check");
-            else if (lq_cuda_copy(got, d_out, (size_t)n * 4, LQ_COPY_D2H, NULL, &err) != LQ_OK)
-                rc = fail("dequant: download", err.msg);
-            else {
-                lq_bnb4_dequantize(LQ_DTYPE_NF4, w.codes, n, &hqs, ref);
-                bad = 0;
-                for (int64_t i = 0; i < n; i++) bad += memcmp(&ref[i], &got[i], 4) != 0;
-            }
-        }
-        if (!rc && have_bf16) {
-            rc = dq_time(&w, &qs, d_out, d_copy, true, o->warmup, o->reps, &bq_ms, &bc_ms);
-            if (!rc && ref) {
-                uint16_t *g16 = (uint16_t *)got;
-                if (lq_cuda_copy(g16, d_out, (size_t)n * 2, LQ_COPY_D2H, NULL, &err) != LQ_OK)
-                    rc = fail("dequant bf16: download", err.msg);
-                else {
-                    bad16 = 0;
-                    for (int64_t i = 0; i < n; i++) bad16 += g16[i] != lq_f32_to_bf16(ref[i]);
-                }
-            }
-        }
+        /* bytes moved: read codes + absmax codes + nested scales, write the output */
+        const double in_b = (double)n / 2 + (double)w.nb + 4.0 * (double)w.nb2 + 256 * 4;
+        const double dq_b = in_b + 4.0 * (double)n, cp_b = 8.0 * (double)n, b_b = in_b + 2.0 * (double)n,
+                     bc_b = 4.0 * (double)n;
+        /* the write-only ceiling: how fast these output bytes can be written at all; ceiling_ratio =
+         * the ratio a dequant would reach if it took no longer than this memset */
+        double set_ms = 0, scp_ms = 0, set16_ms = 0, scp16_ms = 0;
+        if (!rc) rc = dq_time(&w, &qs, d_out, d_copy, DQ_SET_F32, o->warmup, o->reps, &set_ms, &scp_ms);
+        if (!rc && have_bf16)
+            rc = dq_time(&w, &qs, d_out, d_copy, DQ_SET_BF16, o->warmup, o->reps, &set16_ms, &scp16_ms);
         if (!rc) {
-            /* bytes moved: read codes + absmax codes + nested scales, write the output */
-            double in_b = (double)n / 2 + (double)w.nb + 4.0 * (double)w.nb2 + 256 * 4;
-            double dq_b = in_b + 4.0 * (double)n, cp_b = 8.0 * (double)n;
-            double dq_gbs = dq_b / (dq_ms * 1e-3) / 1e9, cp_gbs = cp_b / (cp_ms * 1e-3) / 1e9;
-            printf("{\"bench\": \"dequant\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", \"rows\": %lld, \"cols\": %lld, "
-                   "\"reps\": %d, \"out\": \"f32\", \"dequant_ms\": %.4f, \"copy_ms\": %.4f, \"dequant_bytes\": %.0f, "
-                   "\"copy_bytes\": %.0f, \"dequant_gbps\": %.1f, \"copy_gbps\": %.1f, \"ratio\": %.3f, "
-                   "\"mismatches\": %lld",
-                   dev, (long long)R, (long long)C, o->reps, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs, dq_gbs / cp_gbs,
-                   (long long)bad);
+            double cp_gbs = cp_b / (scp_ms * 1e-3) / 1e9;
+            printf("{\"bench\": \"dequant_ceiling\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", \"rows\": %lld, "
+                   "\"cols\": %lld, \"reps\": %d, \"memset_ms\": %.4f, \"memset_gbps\": %.1f, \"copy_ms\": %.4f, "
+                   "\"copy_gbps\": %.1f, \"ceiling_ratio\": %.3f",
+                   dev, (long long)R, (long long)C, o->reps, set_ms, 4.0 * (double)n / (set_ms * 1e-3) / 1e9, scp_ms,
+                   cp_gbs, dq_b / (set_ms * 1e-3) / 1e9 / cp_gbs);
             if (have_bf16) {
-                double b_b = in_b + 2.0 * (double)n, bc_b = 4.0 * (double)n;
+                double c16 = bc_b / (scp16_ms * 1e-3) / 1e9;
+                printf(", \"bf16_memset_ms\": %.4f, \"bf16_memset_gbps\": %.1f, \"bf16_copy_ms\": %.4f, "
+                       "\"bf16_copy_gbps\": %.1f, \"bf16_ceiling_ratio\": %.3f",
+                       set16_ms, 2.0 * (double)n / (set16_ms * 1e-3) / 1e9, scp16_ms, c16,
+                       b_b / (set16_ms * 1e-3) / 1e9 / c16);
+            }
+            printf("}\n");
+            fflush(stdout);
+        }
+        /* the CPU's result once per shape; each variant's output is compared with it */
+        float *ref = NULL;
+        uint16_t *ref16 = NULL;
+        void *got = NULL;
+        if (!rc && o->check) {
+            ref = malloc((size_t)n * 4), ref16 = malloc((size_t)n * 2), got = malloc((size_t)n * 4);
+            if (!ref || !ref16 || !got) rc = fail("dequant", "out of host memory for the check");
+            else {
+                lq_qstate hqs = {.block = 64, .absmax_q = w.aq, .absmax2 = w.a2, .code2 = lq_bnb_dynamic_map(),
+                                 .block2 = LQ_BNB_BLOCK2, .offset = w.offset};
+                lq_bnb4_dequantize(LQ_DTYPE_NF4, w.codes, n, &hqs, ref);
+                for (int64_t i = 0; i < n; i++) ref16[i] = lq_f32_to_bf16(ref[i]);
+            }
+        }
+        for (int v = o->variant < 0 ? 0 : o->variant; !rc && v < (o->variant < 0 ? n_var : o->variant + 1); v++) {
+            if (lq_cuda_dequant_set_variant(v, &err) != LQ_OK) {
+                rc = fail("dequant: variant", err.msg);
+                break;
+            }
+            double dq_ms = 0, cp_ms = 0, bq_ms = 0, bc_ms = 0;
+            int64_t bad = -1, bad16 = -1;
+            rc = dq_time(&w, &qs, d_out, d_copy, DQ_F32, o->warmup, o->reps, &dq_ms, &cp_ms);
+            if (!rc && ref && (bad = dq_mismatches(&w, &qs, d_out, DQ_F32, ref, ref16, got)) < 0) rc = 1;
+            if (!rc && have_bf16) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16, o->warmup, o->reps, &bq_ms, &bc_ms);
+            if (!rc && have_bf16 && ref && (bad16 = dq_mismatches(&w, &qs, d_out, DQ_BF16, ref, ref16, got)) < 0)
+                rc = 1;
+            if (rc) break;
+            double dq_gbs = dq_b / (dq_ms * 1e-3) / 1e9, cp_gbs = cp_b / (cp_ms * 1e-3) / 1e9;
+            printf("{\"bench\": \"dequant\", \"variant\": \"%s\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", "
+                   "\"rows\": %lld, \"cols\": %lld, \"reps\": %d, \"out\": \"f32\", \"dequant_ms\": %.4f, "
+                   "\"copy_ms\": %.4f, \"dequant_bytes\": %.0f, \"copy_bytes\": %.0f, \"dequant_gbps\": %.1f, "
+                   "\"copy_gbps\": %.1f, \"ratio\": %.3f, \"mismatches\": %lld",
+                   vname[v], dev, (long long)R, (long long)C, o->reps, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs,
+                   dq_gbs / cp_gbs, (long long)bad);
+            if (have_bf16) {
                 double b_gbs = b_b / (bq_ms * 1e-3) / 1e9, bc_gbs = bc_b / (bc_ms * 1e-3) / 1e9;
                 printf(", \"bf16_dequant_ms\": %.4f, \"bf16_copy_ms\": %.4f, \"bf16_dequant_gbps\": %.1f, "
                        "\"bf16_copy_gbps\": %.1f, \"bf16_ratio\": %.3f, \"bf16_mismatches\": %lld",
@@ -255,12 +326,14 @@ static int bench_dequant(const dq_opts *o) {
             printf("}\n");
             fflush(stdout);
         }
-        free(ref), free(got);
+        free(ref), free(ref16), free(got);
         lq_cuda_free(d_out), lq_cuda_free(d_copy);
         dq_weight_free(&w);
-        if (rc) return rc;
     }
-    return 0;
+    lq_err err;
+    lq_err_clear(&err);
+    if (lq_cuda_dequant_set_variant(0, &err) != LQ_OK && !rc) rc = fail("dequant: variant 0", err.msg);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -418,6 +491,7 @@ static bool have_device(void) {
 static int usage(void) {
     fprintf(stderr,
             "usage: bench_gpu dequant [--shape RxC]... [--reps 20] [--warmup 3] [--check 1] [--seed 1]\n"
+            "                         [--variant all|index|name]\n"
             "       bench_gpu step [--config bench/smollm2-135m.json] [--batch 8] [--seq 512] [--steps 10]\n"
             "                      [--warmup 3] [--r 16] [--alpha 32] [--math tf32|fp32|bf16] [--checkpoint 0|1]\n"
             "                      [--seed 1] [--label text] [--device cuda|cpu]\n");
@@ -425,7 +499,7 @@ static int usage(void) {
 }
 
 static int main_dequant(int argc, char **argv) {
-    dq_opts o = {.reps = 20, .warmup = 3, .check = true, .seed = 1};
+    dq_opts o = {.reps = 20, .warmup = 3, .variant = -1, .check = true, .seed = 1};
     for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long long r = 0, c = 0;
@@ -436,7 +510,23 @@ static int main_dequant(int argc, char **argv) {
         else if (!strcmp(a, "--warmup")) o.warmup = atoi(v);
         else if (!strcmp(a, "--check")) o.check = atoi(v) != 0;
         else if (!strcmp(a, "--seed")) o.seed = strtoull(v, NULL, 10);
-        else return usage();
+        else if (!strcmp(a, "--variant")) {
+            const char *names[LQ_CUDA_DEQUANT_MAX_VARIANTS];
+            int nv = lq_cuda_dequant_variants(names), k = -2;
+            char *end = NULL;
+            long x = strtol(v, &end, 10);
+            if (!strcmp(v, "all")) k = -1;
+            else if (end != v && *end == '\0' && x >= 0 && x < nv) k = (int)x;
+            for (int j = 0; j < nv && k == -2; j++)
+                if (!strcmp(v, names[j])) k = j;
+            if (k == -2) {
+                fprintf(stderr, "bench_gpu: --variant %s: not a dequant kernel variant; this build has:", v);
+                for (int j = 0; j < nv; j++) fprintf(stderr, " %d = %s", j, names[j]);
+                fprintf(stderr, " (or all)\n");
+                return 2;
+            }
+            o.variant = k;
+        } else return usage();
     }
     if (!o.n_shapes) {
         o.rows[0] = 8192, o.cols[0] = 8192;
