@@ -64,6 +64,8 @@ typedef struct lq_grad_pool {
 /* A zeroed contiguous f32 gradient of like's logical shape from the pool (flagged
  * LQ_TENSOR_POOLED_GRAD); NULL with an error in ctx if out of memory. */
 lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like);
+/* The same; zero false: the block's bytes as they are (NaN in a poison context). */
+lq_tensor *lq_pool_grad_ex(lq_ctx *ctx, const lq_tensor *like, bool zero);
 /* Gives a pool gradient like's logical shape (the same number of elements; data unchanged). */
 void lq_pool_reshape(lq_tensor *grad, const lq_tensor *like);
 /* Hands a pool gradient back; the tensor (header included) must not be used after. */
@@ -165,6 +167,11 @@ lq_tensor *lq_node_finish(lq_ctx *ctx, lq_node *n);
 /* The gradient buffer of t (contiguous f32, t's logical shape), allocated zeroed on first use.
  * *g = NULL when t needs no gradient. */
 lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g);
+/* lq_grad_get for a backward that can assign instead of add: when t's gradient is about to be
+ * made from the pool (release mode), it comes unzeroed and *fresh is true: the caller must write
+ * every element (=, or a product with beta 0) before anything adds to it; else as lq_grad_get,
+ * *fresh false (add as usual). Saves a fill and a read of the whole buffer. */
+lq_status lq_grad_get_fresh(lq_ctx *ctx, lq_tensor *t, float **g, bool *fresh);
 /* t's gradient += src (contiguous, t's logical shape); nothing when t needs no gradient. */
 lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src);
 /* For a backward whose dx is dy itself (x holds out's elements in out's order: a reshape, an

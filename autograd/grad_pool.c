@@ -49,7 +49,9 @@ static int class_of(lq_grad_pool *p, size_t bytes) {
     return p->n_cls++;
 }
 
-lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like) {
+lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like) { return lq_pool_grad_ex(ctx, like, true); }
+
+lq_tensor *lq_pool_grad_ex(lq_ctx *ctx, const lq_tensor *like, bool zero) {
     lq_grad_pool *p = &ctx->pool;
     lq_tensor tmp;
     if (lq_tensor_init(&tmp, LQ_DTYPE_F32, like->ndim, like->ne, NULL, &ctx->err) != LQ_OK) return NULL;
@@ -82,10 +84,13 @@ lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like) {
     }
     b->t = tmp;
     b->t.flags = LQ_TENSOR_POOLED_GRAD;
+    /* zeroed as lq_zeros (a gradient starts at zero), or left as it is for a caller that writes
+     * every element (NaN bytes in poison mode, so that an unwritten one shows) */
+    int fill = zero ? 0 : ctx->poison ? 0xff : -1;
     if (b->ddata) { /* stream-ordered: a block reused here was last read by kernels queued earlier */
         b->t.data = b->ddata;
         b->t.device = LQ_DEVICE_CUDA;
-        if (lq_cuda_memset(b->t.data, 0, lq_nbytes(&tmp), lq_cuda_stream(ctx), &ctx->err) != LQ_OK) {
+        if (fill >= 0 && lq_cuda_memset(b->t.data, fill, lq_nbytes(&tmp), lq_cuda_stream(ctx), &ctx->err) != LQ_OK) {
             b->next = c->free; /* back to the free list: the context has failed anyway */
             c->free = b;
             c->n_free++;
@@ -93,7 +98,7 @@ lq_tensor *lq_pool_grad(lq_ctx *ctx, const lq_tensor *like) {
         }
     } else {
         b->t.data = (char *)b + HDR;
-        memset(b->t.data, 0, lq_nbytes(&tmp)); /* as lq_zeros: a gradient starts at zero */
+        if (fill >= 0) memset(b->t.data, fill, lq_nbytes(&tmp));
     }
     b->prev = NULL;
     b->next = p->out;

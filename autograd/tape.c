@@ -119,6 +119,17 @@ lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
     return LQ_OK;
 }
 
+lq_status lq_grad_get_fresh(lq_ctx *ctx, lq_tensor *t, float **g, bool *fresh) {
+    *fresh = false;
+    if (t->grad || !lq_requires_grad(t) || !pooled_grad(ctx, t)) return lq_grad_get(ctx, t, g);
+    lq_tensor *gt = lq_pool_grad_ex(ctx, t, false);
+    if (!gt) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
+    t->grad = gt;
+    *g = gt->data;
+    *fresh = true;
+    return LQ_OK;
+}
+
 lq_status lq_grad_add(lq_ctx *ctx, lq_tensor *t, const float *src) {
     float *g;
     LQ_TRY(lq_grad_get(ctx, t, &g));

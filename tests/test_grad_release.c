@@ -370,6 +370,37 @@ static void test_adopt_views_and_adds(void **state) {
     free(g5);
 }
 
+/* lq_grad_get_fresh: an intermediate's first gradient in release mode comes from the pool
+ * unzeroed and flagged fresh (the CUDA backwards then assign instead of adding); a second request,
+ * a leaf, or a context without release gets the usual zeroed gradient, flagged not fresh. */
+static void test_grad_get_fresh(void **state) {
+    (void)state;
+    for (int release = 0; release < 2; release++) {
+        lq_ctx *ctx = lq_test_ctx(1);
+        lq_ctx_set_release_grads(ctx, release);
+        lq_tensor *x = lq_new_leaf(ctx, 1, (int64_t[]){40}, true);
+        lq_rng rng;
+        lq_rng_seed(&rng, 21);
+        lq_fill_uniform(x, &rng, -1, 1);
+        lq_tensor *y = lq_silu(ctx, x);
+        assert_non_null(y);
+        float *g, *g2, *gx;
+        bool fresh = !release, fresh2 = true, fx = true;
+        assert_int_equal(lq_grad_get_fresh(ctx, y, &g, &fresh), LQ_OK);
+        assert_non_null(g);
+        assert_true(fresh == (release == 1));
+        if (!fresh)
+            for (int i = 0; i < 40; i++) assert_true(g[i] == 0.0f);
+        assert_int_equal(lq_grad_get_fresh(ctx, y, &g2, &fresh2), LQ_OK);
+        assert_ptr_equal(g, g2);
+        assert_false(fresh2);
+        assert_int_equal(lq_grad_get_fresh(ctx, x, &gx, &fx), LQ_OK); /* a leaf: never pooled */
+        assert_false(fx);
+        for (int i = 0; i < 40; i++) assert_true(gx[i] == 0.0f);
+        lq_ctx_free(ctx);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_release_bit_identical),
@@ -378,6 +409,7 @@ int main(void) {
         cmocka_unit_test(test_release_llama),
         cmocka_unit_test(test_pool_step_reset),
         cmocka_unit_test(test_adopt_views_and_adds),
+        cmocka_unit_test(test_grad_get_fresh),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

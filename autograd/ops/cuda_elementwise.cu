@@ -437,12 +437,21 @@ __global__ static void k_swiglu(float *y, const float *g, const float *u, int64_
     FOR_EACH(i, m) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-/* dgate += dy u s (1 + g (1 - s)), dup += dy g s; either grad may be NULL (not needed) */
-__global__ static void k_swiglu_bwd(float *gg, float *gu, const float *g, const float *u, const float *gy, int64_t m) {
+/* dgate += dy u s (1 + g (1 - s)), dup += dy g s; either grad may be NULL (not needed). A fresh
+ * grad (lq_grad_get_fresh) is assigned instead (0 + v is v: the same bits). gg == gu (swiglu(x, x))
+ * has fg true and fu false: assigned, then added to, in order. */
+__global__ static void k_swiglu_bwd(float *gg, float *gu, const float *g, const float *u, const float *gy, int fg,
+                                    int fu, int64_t m) {
     FOR_EACH(i, m) {
         float s = 1.0f / (1.0f + expf(-g[i]));
-        if (gg) gg[i] += gy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-        if (gu) gu[i] += gy[i] * g[i] * s;
+        if (gg) {
+            float v = gy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+            gg[i] = fg ? v : gg[i] + v;
+        }
+        if (gu) {
+            float v = gy[i] * g[i] * s;
+            gu[i] = fu ? v : gu[i] + v;
+        }
     }
 }
 
@@ -503,12 +512,13 @@ static lq_status swiglu_fwd(lq_ctx *ctx, lq_node *n) {
 
 static lq_status swiglu_bwd(lq_ctx *ctx, lq_node *n) {
     float *gg, *gu;
-    LQ_TRY(lq_grad_get(ctx, n->in[0], &gg));
-    LQ_TRY(lq_grad_get(ctx, n->in[1], &gu));
+    bool fg, fu;
+    LQ_TRY(lq_grad_get_fresh(ctx, n->in[0], &gg, &fg));
+    LQ_TRY(lq_grad_get_fresh(ctx, n->in[1], &gu, &fu));
     if (!gg && !gu) return LQ_OK;
     int64_t m = lq_numel(n->out);
     LAUNCH(ctx, "swiglu backward", k_swiglu_bwd, m, gg, gu, (const float *)n->in[0]->data,
-           (const float *)n->in[1]->data, (const float *)n->out->grad->data, m);
+           (const float *)n->in[1]->data, (const float *)n->out->grad->data, fg ? 1 : 0, fu ? 1 : 0, m);
     return LQ_OK;
 }
 

@@ -90,26 +90,37 @@ static lq_status embedding_bwd(lq_ctx *ctx, lq_node *n) {
 
 /* --- rope: x (B, T, H, D), pos (T) or (B, T) ----------------------------------------------------- */
 
+/* cs[q half + i] = (cos, sin) of angle = (float)pos[q] * inv_freq[i] in float, op_rope.c's angle,
+ * for every position slot q (npos: T, or B T with per-batch positions) and pair i: each value is
+ * computed once, not once per head and member as it is read. */
+__global__ static void k_rope_table(const int32_t *pos, const float *inv_freq, int64_t npos, int64_t half, float2 *cs) {
+    FOR_EACH(e, npos * half) {
+        float angle = (float)pos[e / half] * inv_freq[e % half];
+        cs[e] = make_float2(cosf(angle), sinf(angle));
+    }
+}
+
 /* One thread per element of dst. Element d < rot of a row belongs to pair i as its first (a) or
  * second (b) member: interleaved pairs (2i, 2i+1), half pairs (i, i + rot/2). Both members are read
- * and the pair rotated exactly as op_rope.c's rotate(): angle = (float)pos * inv_freq[i] in float,
- * then (a, b) -> (a cos - b sign sin, b cos + a sign sin). Dims >= rot pass through. */
-__global__ static void k_rope(const float *src, float *dst, const int32_t *pos, const float *inv_freq, int64_t rows,
-                              int64_t T, int64_t H, int64_t D, int64_t rot, int interleaved, int per_batch,
-                              float sign, int acc) {
-    int64_t half = rot / 2;
-    FOR_EACH(e, rows * D) {
-        int64_t r = e / D, d = e % D;
-        const float *xr = src + r * D;
+ * and the pair rotated exactly as op_rope.c's rotate(): (a, b) -> (a cos - b sign sin,
+ * b cos + a sign sin), cos / sin from the table. Dims >= rot pass through. I: the index type, 32-bit
+ * when every index fits (integer division is the kernel's main cost after the table). */
+template <typename I>
+__global__ static void k_rope(const float *src, float *dst, const float2 *cs, I rows, I T, I H, I D, I rot,
+                              int interleaved, int per_batch, float sign, int acc) {
+    I half = rot / 2, n = rows * D;
+    for (I e = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; e < n; e += (I)gridDim.x * (I)blockDim.x) {
+        I r = e / D, d = e - r * D;
+        const float *xr = src + (int64_t)r * D;
         float v;
         if (d >= rot) {
             v = xr[d];
         } else {
-            int64_t i, ia, ib;
+            I i, ia, ib;
             bool second;
             if (interleaved) {
                 i = d / 2;
-                second = d % 2 != 0;
+                second = (d & 1) != 0;
                 ia = 2 * i;
                 ib = 2 * i + 1;
             } else {
@@ -118,49 +129,63 @@ __global__ static void k_rope(const float *src, float *dst, const int32_t *pos, 
                 ia = i;
                 ib = i + half;
             }
-            int64_t bt = r / H, t = bt % T;
-            int64_t p = per_batch ? bt : t;
-            float angle = (float)pos[p] * inv_freq[i];
-            float c = cosf(angle), s = sinf(angle);
-            float a = xr[ia], b = xr[ib], si = sign * s;
-            v = second ? b * c + a * si : a * c - b * si;
+            I bt = r / H, p = per_batch ? bt : bt % T;
+            float2 c = cs[(int64_t)p * half + i];
+            float a = xr[ia], b = xr[ib], si = sign * c.y;
+            v = second ? b * c.x + a * si : a * c.x - b * si;
         }
         dst[e] = acc ? dst[e] + v : v;
     }
 }
 
-/* saved[0] is the host inv_freq the entry built; the forward keeps its device copy in saved[1] and
- * the device positions in saved[2] for the backward (the CPU's cos / sin slots, unused here). */
+/* saved[0] is the host inv_freq the entry built; the forward keeps the device (cos, sin) table in
+ * saved[1] for the backward (the CPU keeps its own cos / sin there; a node runs on one device). */
 static lq_status rope_launch(lq_ctx *ctx, lq_node *n, const float *src, float *dst, float sign, bool acc) {
     const lq_tensor *x = n->in[0];
-    int64_t B = x->ne[0], T = x->ne[1], H = x->ne[2], D = x->ne[3], rot = n->ip[1];
+    int64_t B = x->ne[0], T = x->ne[1], H = x->ne[2], D = x->ne[3], rot = n->ip[1], half = rot / 2;
     int64_t rows = B * T * H;
+    int per_batch = n->ip[2] != 0 ? 1 : 0;
     if (rows * D == 0) return LQ_OK;
-    if (!n->saved[1] || !n->saved[2]) {
-        n->saved[1] = lq_cuda_upload(ctx, n->saved[0], (size_t)(rot / 2) * sizeof(float));
-        if (!n->saved[1]) return ctx->err.status;
-        const int32_t *pos = lq_cuda_upload_i32(ctx, n->in[1]);
-        if (!pos) return ctx->err.status;
-        n->saved[2] = (void *)pos;
+    if (!n->saved[1]) {
+        int64_t npos = lq_numel(n->in[1]); /* T, or B T: the CPU's P */
+        const float *inv = (const float *)lq_cuda_upload(ctx, n->saved[0], (size_t)(half > 0 ? half : 1) * sizeof(float));
+        const int32_t *pos = inv ? lq_cuda_upload_i32(ctx, n->in[1]) : NULL;
+        float2 *cs = pos ? (float2 *)lq_ctx_dalloc(ctx, (size_t)(npos * half > 0 ? npos * half : 1) * sizeof(float2))
+                         : NULL;
+        if (!cs) return ctx->err.status;
+        if (npos * half > 0) {
+            k_rope_table<<<lq_cuda_blocks(npos * half), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(pos, inv, npos, half, cs);
+            LQ_CUDA_LAUNCHED(ctx, "rope table");
+        }
+        n->saved[1] = cs;
     }
-    k_rope<<<lq_cuda_blocks(rows * D), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
-        src, dst, (const int32_t *)n->saved[2], (const float *)n->saved[1], rows, T, H, D, rot,
-        n->ip[0] == LQ_ROPE_INTERLEAVED ? 1 : 0, n->ip[2] != 0 ? 1 : 0, sign, acc ? 1 : 0);
+    const float2 *cs = (const float2 *)n->saved[1];
+    int il = n->ip[0] == LQ_ROPE_INTERLEAVED ? 1 : 0;
+    unsigned blocks = lq_cuda_blocks(rows * D);
+    /* 32-bit indices when the grid-stride loop cannot pass INT32_MAX either */
+    if (rows * D + (int64_t)blocks * LQ_CUDA_THREADS <= INT32_MAX)
+        k_rope<int32_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, (int32_t)rows, (int32_t)T,
+                                                                       (int32_t)H, (int32_t)D, (int32_t)rot, il,
+                                                                       per_batch, sign, acc ? 1 : 0);
+    else
+        k_rope<int64_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, rows, T, H, D, rot, il, per_batch,
+                                                                       sign, acc ? 1 : 0);
     LQ_CUDA_LAUNCHED(ctx, "rope");
     return LQ_OK;
 }
 
 static lq_status rope_fwd(lq_ctx *ctx, lq_node *n) {
-    n->saved[1] = n->saved[2] = NULL; /* a re-run forward (checkpointing) uploads afresh */
+    n->saved[1] = NULL; /* a re-run forward (checkpointing) builds its table afresh */
     return rope_launch(ctx, n, (const float *)n->in[0]->data, (float *)n->out->data, 1.0f, false);
 }
 
-/* dx = R(-theta) dy, accumulated */
+/* dx = R(-theta) dy, accumulated (assigned to a fresh gradient: every element is written) */
 static lq_status rope_bwd(lq_ctx *ctx, lq_node *n) {
     float *gx;
-    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    bool fresh;
+    LQ_TRY(lq_grad_get_fresh(ctx, n->in[0], &gx, &fresh));
     if (!gx) return LQ_OK;
-    return rope_launch(ctx, n, (const float *)n->out->grad->data, gx, -1.0f, true);
+    return rope_launch(ctx, n, (const float *)n->out->grad->data, gx, -1.0f, !fresh);
 }
 
 /* --- rmsnorm: x (R, C), w (C) or none; saved[0] rstd (R) on the device --------------------------- */

@@ -195,17 +195,18 @@ static lq_status qmm_forward(lq_ctx *ctx, const lq_tensor *w, const float *x, fl
     return LQ_OK;
 }
 
-/* gx (M, K) += gy (M, N) deq(w) (N, K): W is dequantized again rather than kept from the forward
- * (as bitsandbytes does), so the step holds no copy of it; the sum over n splits over row tiles:
- * gx += gy[:, n0:n0+rows] (ld N) tile (rows, K). */
+/* gx (M, K) = beta0 gx + gy (M, N) deq(w) (N, K), beta0 0 (a fresh gradient: lq_grad_get_fresh)
+ * or 1: W is dequantized again rather than kept from the forward (as bitsandbytes does), so the
+ * step holds no copy of it; the sum over n splits over row tiles: gx (+)= gy[:, n0:n0+rows] (ld N)
+ * tile (rows, K), the first tile with beta0. M, N, K >= 1. */
 static lq_status qmm_backward_x(lq_ctx *ctx, const lq_tensor *w, const float *gy, float *gx, int64_t M, int64_t N,
-                                int64_t K) {
-    if (M == 0 || N == 0 || K == 0) return LQ_OK;
+                                int64_t K, float beta0) {
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     lq_qstate tmp;
     const lq_qstate *qs;
     LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
-    if (lq_cuda_fused_qlinear_wanted(ctx, w->dtype)) {
+    if (lq_cuda_fused_qlinear_wanted(ctx, w->dtype)) { /* it adds: a fresh gx is zeroed first */
+        if (beta0 == 0.0f) LQ_TRY(lq_cuda_fill_f32(ctx, gx, 0.0f, M * K));
         LQ_TRY(lq_cuda_fused_qlinear(ctx, true, w, qs, gy, gx, M, N, K));
         lq_ctx_reset_to(ctx, mark);
         return LQ_OK;
@@ -220,11 +221,12 @@ static lq_status qmm_backward_x(lq_ctx *ctx, const lq_tensor *w, const float *gy
         int64_t rows = N - n0 < tr ? N - n0 : tr;
         const void *tile;
         LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
+        float beta = n0 == 0 ? beta0 : 1.0f;
         if (bf)
-            LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, gy16 + n0, N, (const __nv_bfloat16 *)tile, K, 1.0f,
+            LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, gy16 + n0, N, (const __nv_bfloat16 *)tile, K, beta,
                              gx, K));
         else
-            LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, rows, 1.0f, gy + n0, N, 0, (const float *)tile, K, 0, 1.0f, gx,
+            LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, rows, 1.0f, gy + n0, N, 0, (const float *)tile, K, 0, beta, gx,
                                 K, 0, 1));
     }
     lq_ctx_reset_to(ctx, mark);
@@ -248,7 +250,8 @@ extern "C" lq_status lq_cuda_qmatmul_bwd(lq_ctx *ctx, lq_node *n) {
     if (!gx) return LQ_OK;
     int64_t N = n->ip[0], K = n->ip[1];
     int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
-    return qmm_backward_x(ctx, n->in[1], (const float *)n->out->grad->data, gx, M, N, K);
+    if (M == 0 || N == 0 || K == 0) return LQ_OK;
+    return qmm_backward_x(ctx, n->in[1], (const float *)n->out->grad->data, gx, M, N, K, 1.0f);
 }
 
 /* --- lora_linear ------------------------------------------------------------------------------- */
@@ -328,7 +331,7 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
 }
 
 /* The backward of the bf16 path (the gradient buffers fetched by the caller). */
-static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB) {
+static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
     float s = n->fp[0], p = n->fp[1];
@@ -379,7 +382,7 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
             if (!wc) return ctx->err.status;
             LQ_TRY(w_rows(ctx, w, qs, 0, N, wc, &tile));
             LQ_TRY(lq_cuda_to_bf16(ctx, wc + N * K, K, Ad, K, r, K));
-            LQ_TRY(gemm_bf16(ctx, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, 1.0f, gx, K));
+            LQ_TRY(gemm_bf16(ctx, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K));
         } else {
             int64_t tr = tile_rows(ctx, w, N, K);
             void *scratch;
@@ -389,7 +392,7 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
                 const void *tile;
                 LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
                 LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, gy16 + n0, ld, (const __nv_bfloat16 *)tile, K,
-                                 1.0f, gx, K));
+                                 n0 == 0 ? beta0 : 1.0f, gx, K));
             }
             const __nv_bfloat16 *A16 = to_bf16(ctx, Ad, r * K);
             if (!A16) return ctx->err.status;
@@ -457,20 +460,23 @@ extern "C" lq_status lq_cuda_lora_linear_bwd(lq_ctx *ctx, lq_node *n) {
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
     float s = n->fp[0], p = n->fp[1];
     float *gx, *gA, *gB, *gb = NULL;
-    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    bool fx; /* gx fresh: the base product's first tile assigns (beta 0) */
+    LQ_TRY(lq_grad_get_fresh(ctx, n->in[0], &gx, &fx));
     LQ_TRY(lq_grad_get(ctx, n->in[2], &gA));
     LQ_TRY(lq_grad_get(ctx, n->in[3], &gB));
     if (n->n_in == 5) LQ_TRY(lq_grad_get(ctx, n->in[4], &gb));
+    if (fx && (M == 0 || N == 0 || K == 0)) LQ_TRY(lq_cuda_fill_f32(ctx, gx, 0.0f, lq_numel(n->in[0])));
     if (M == 0 || N == 0) return LQ_OK;
+    float beta0 = fx && K > 0 ? 0.0f : 1.0f;
     const float *gy = (const float *)n->out->grad->data, *u = (const float *)n->saved[0];
     const float *Ad = (const float *)n->in[2]->data, *Bd = (const float *)n->in[3]->data;
     if (gb) {
         k_colsum_add<<<lq_cuda_blocks(N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(gb, gy, M, N);
         LQ_CUDA_LAUNCHED(ctx, "lora_linear bias grad");
     }
-    if (lora_bf16_path(ctx, n)) return lora_bwd_bf16(ctx, n, gx, gA, gB);
+    if (lora_bf16_path(ctx, n)) return lora_bwd_bf16(ctx, n, gx, gA, gB, beta0);
     if (gB) LQ_TRY(lq_cuda_gemm(ctx, true, false, N, r, M, 1.0f, gy, N, 0, u, r, 0, 1.0f, gB, r, 0, 1));
-    if (gx && K > 0) LQ_TRY(qmm_backward_x(ctx, w, gy, gx, M, N, K));
+    if (gx && K > 0) LQ_TRY(qmm_backward_x(ctx, w, gy, gx, M, N, K, beta0));
     if ((!gA && !gx) || K == 0) return LQ_OK;
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)), *buf = NULL;

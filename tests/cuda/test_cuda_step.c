@@ -4,7 +4,8 @@
  * device. Compared: the loss (lq_llama_loss on a fixed batch), every adapter gradient after
  * backward (normalized MSE), and every adapter parameter after one lq_adamw_step; with and without
  * gradient checkpointing in fp32 mode, and once in bf16 mode (the loss only, loosely: it shows
- * the mode runs end to end, with finite gradients). Without CUDA it prints "SKIPPED: <reason>". */
+ * the mode runs end to end, with finite gradients); and, in tf32 and bf16 modes, the device step
+ * with gradient release against the same step without. Without CUDA it prints "SKIPPED: <reason>". */
 #include <string.h>
 
 #include "core/cuda.h"
@@ -221,6 +222,67 @@ static void test_step_bf16_loss(void **state) {
     run_step(false, LQ_CUDA_MATH_BF16, false, true);
 }
 
+/* The loss and the adapter gradient block of one device step in the given math, with or without
+ * gradient release (*grads malloc'd). */
+static double device_step(lq_cuda_math math, bool release, float **grads) {
+    lq_err err;
+    lq_err_clear(&err);
+    lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .dropout = 0.0f, .rslora = false, .targets = LQ_LORA_ALL_LINEAR};
+    side g;
+    if (side_init(&g, &lc, LQ_DEVICE_CUDA, math, &err) != LQ_OK) fail_msg("GPU side: %s", err.msg);
+    lq_ctx_set_release_grads(g.ctx, release);
+    lq_rng r;
+    lq_rng_seed(&r, g_seed ^ 0xb0b0u);
+    for (int i = 0; i < g.set->n; i++) lq_fill_normal(g.set->mods[i].B, &r, 0.05f); /* dA != 0 */
+    if (lq_llama_to_device(g.m, &err) != LQ_OK) fail_msg("lq_llama_to_device: %s", err.msg);
+    if (lq_params_to_device(g.set->params, &err) != LQ_OK) fail_msg("lq_params_to_device: %s", err.msg);
+    lq_tensor *ids, *lab;
+    make_batch(g.ctx, lq_llama_model_config(g.m)->vocab_size, &ids, &lab);
+    lq_llama_fwd_opts fo = {.checkpoint = false};
+    lq_tensor *loss = lq_llama_loss(g.ctx, g.m, ids, lab, &fo, NULL);
+    if (!loss || lq_backward(g.ctx, loss) != LQ_OK) fail_msg("GPU step: %s", lq_ctx_error(g.ctx)->msg);
+    double v = lq_tensor_get_f32(g.ctx, loss, 0);
+    *grads = block_of(&g, true);
+    side_free(&g);
+    return v;
+}
+
+/* Gradient release on the device changes where gradients live, not their values: a reshape's or
+ * an add's input takes the output's block (lq_grad_adopt), and swiglu, rope and the QLoRA linear
+ * assign into a fresh unzeroed block (lq_grad_get_fresh; NaN-poisoned here, so an element they
+ * skip shows) instead of adding into a zeroed one. In tf32 and bf16 math (the bf16 path with the
+ * adapter's dX inside the base product), the same step without release is the reference: equal
+ * up to a product's summation order (cuBLAS may pick another kernel for beta 0 than for beta 1). */
+static void release_same(lq_cuda_math math, const char *mode) {
+    float *off = NULL, *on = NULL;
+    double l_off = device_step(math, false, &off), l_on = device_step(math, true, &on);
+    lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .targets = LQ_LORA_ALL_LINEAR};
+    side c; /* the CPU side only for the parameter layout */
+    lq_err err;
+    lq_err_clear(&err);
+    if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
+    print_message("  %s loss: %.9g without release, %.9g with\n", mode, l_off, l_on);
+    int fails = compare_params("gradient (release against none)", &c, off, on, 1e-10);
+    double sum = 0;
+    for (int64_t i = 0; i < lq_params_numel(c.set->params); i++) sum += (double)off[i] * off[i];
+    side_free(&c);
+    free(off);
+    free(on);
+    if (!isfinite(l_on) || fabs(l_on - l_off) > 1e-6 * fabs(l_off)) fail_msg("%s loss %.9g vs %.9g", mode, l_on, l_off);
+    if (!(sum > 0)) fail_msg("%s: the gradients are all zero", mode);
+    if (fails) fail_msg("%s: %d tensor(s) differ with release", mode, fails);
+}
+
+static void test_release_same_tf32(void **state) {
+    (void)state;
+    release_same(LQ_CUDA_MATH_TF32, "tf32");
+}
+
+static void test_release_same_bf16(void **state) {
+    (void)state;
+    release_same(LQ_CUDA_MATH_BF16, "bf16");
+}
+
 int main(void) {
     int rc = 0;
     if (!lq_cuda_test_should_run(&rc)) return rc;
@@ -231,6 +293,8 @@ int main(void) {
         cmocka_unit_test(test_step_fp32_release),
         cmocka_unit_test(test_step_fp32_checkpoint_release),
         cmocka_unit_test(test_step_bf16_loss),
+        cmocka_unit_test(test_release_same_tf32),
+        cmocka_unit_test(test_release_same_bf16),
     };
     return cmocka_run_group_tests_name("test_cuda_step", tests, NULL, NULL);
 }
