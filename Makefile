@@ -47,6 +47,13 @@ override CUDA := 0
 endif
 endif
 OPENMP  ?= 1
+# EMU=1: the CUDA build's code on the CPU emulator (tools/cuda_emu/) instead of a GPU: each .cu goes
+# through tools/cuda_emu/cu2cpp.py and the host C++ compiler, and the emulator's runtime replaces
+# cudart and cuBLAS. It checks kernel logic only (never timing, races or the real hardware).
+EMU     ?= 0
+ifeq ($(EMU),1)
+override CUDA := 0
+endif
 
 # Missing build dependencies are installed before anything else is worked out.
 ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
@@ -66,6 +73,9 @@ CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 ifeq ($(CUDA),1)
 VARIANT := $(VARIANT)-cuda
 endif
+ifeq ($(EMU),1)
+VARIANT := $(VARIANT)-emu
+endif
 ifeq ($(VARIANT),release)
 BUILD   ?= build
 else
@@ -81,7 +91,22 @@ CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
 NVFLAGS := -O2 -std=c++17 -I. -MMD -MP -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
            -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
 CFLAGS  += -DLQ_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
+endif
+ifeq ($(EMU),1)
+# the CUDA headers only (cuda_runtime.h, cuda_bf16.h, cublas_v2.h work in host C++); the emulator's
+# include/ comes first for its own <mma.h>. -ffp-contract=off: __fmul_rn then __fadd_rn stay two
+# roundings, as on the GPU.
+CUDA_HOME ?= $(if $(filter 1,$(HAVE_NVCC)),$(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC)))),/usr/local/cuda)
+EMU_DIR := tools/cuda_emu
+EMU_CXXFLAGS := -std=c++17 -O1 -g -ffp-contract=off -pthread -I. -I$(EMU_DIR)/include -I$(EMU_DIR) \
+                -isystem $(CUDA_HOME)/include -DLQ_HAVE_CUDA=1 -MMD -MP -Wall -Wno-unused-function -Wno-unknown-pragmas
+CFLAGS  += -DLQ_HAVE_CUDA=1 -DLQ_CUDA_EMU=1 -isystem $(CUDA_HOME)/include
+LDLIBS  += -lstdc++
+ifeq ($(SANITIZE),1)
+# kernels under ASan: device buffers are heap blocks here, so a read past one is reported
+EMU_CXXFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
 endif
 ifeq ($(OPENMP),1)
 CFLAGS  += -fopenmp
@@ -97,7 +122,13 @@ ifeq ($(CUDA),1)
 CU_SRC  := $(wildcard core/*.cu quant/*.cu autograd/*.cu autograd/ops/*.cu train/*.cu)
 LIB_SRC := $(filter-out $(CU_SRC:%.cu=%_none.c),$(LIB_SRC))
 endif
-LIB_OBJ := $(LIB_SRC:%.c=$(OBJDIR)/%.o) $(CU_SRC:%.cu=$(OBJDIR)/%.cu.o)
+EMU_OBJ :=
+ifeq ($(EMU),1)
+CU_SRC  := $(wildcard core/*.cu quant/*.cu autograd/*.cu autograd/ops/*.cu train/*.cu)
+LIB_SRC := $(filter-out $(CU_SRC:%.cu=%_none.c),$(LIB_SRC))
+EMU_OBJ := $(OBJDIR)/$(EMU_DIR)/emu_runtime.o $(OBJDIR)/$(EMU_DIR)/emu_api.o
+endif
+LIB_OBJ := $(LIB_SRC:%.c=$(OBJDIR)/%.o) $(CU_SRC:%.cu=$(OBJDIR)/%.cu.o) $(EMU_OBJ)
 CLI_OBJ := $(OBJDIR)/train/main.o
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -113,11 +144,11 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 LIB     := $(BUILD)/libloquat.a
 CLI     := $(BUILD)/loquat
 
-.PHONY: all deps test test-cuda demo clean features bench
+.PHONY: all deps test test-cuda test-cuda-emu demo clean features bench
 all: features $(LIB) $(CLI)
 
 features:
-	@echo "loquat build: variant=$(VARIANT) openmp=$(OPENMP) blas=openblas-$(BLAS) cuda=$(CUDA) (nvcc found: $(HAVE_NVCC)) werror=$(if $(filter true,$(CI)),on,off)"
+	@echo "loquat build: variant=$(VARIANT) openmp=$(OPENMP) blas=openblas-$(BLAS) cuda=$(CUDA) (nvcc found: $(HAVE_NVCC)) emu=$(EMU) werror=$(if $(filter true,$(CI)),on,off)"
 
 # Installs the Debian packages the build needs (idempotent); other targets call it when needed.
 deps:
@@ -128,10 +159,24 @@ $(OBJDIR)/%.o: %.c
 	@echo "  CC  $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
+ifeq ($(EMU),1)
+# a .cu as host C++: launches and extern __shared__ rewritten, the rest by lq_cuda_emu.h's macros
+$(OBJDIR)/%.cu.o: %.cu $(EMU_DIR)/cu2cpp.py
+	@mkdir -p $(dir $@)
+	@echo "  EMU $<"
+	@python3 $(EMU_DIR)/cu2cpp.py $< $(OBJDIR)/$*.cu.cpp
+	@$(CXX) $(EMU_CXXFLAGS) -iquote $(dir $<) -include $(EMU_DIR)/lq_cuda_emu.h -c $(OBJDIR)/$*.cu.cpp -o $@
+
+$(OBJDIR)/$(EMU_DIR)/%.o: $(EMU_DIR)/%.cpp
+	@mkdir -p $(dir $@)
+	@echo "  CXX $<"
+	@$(CXX) $(EMU_CXXFLAGS) -Wextra $(filter -Werror,$(WARN)) -c $< -o $@
+else
 $(OBJDIR)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "  NVCC $<"
 	@$(NVCC) $(NVFLAGS) -c $< -o $@
+endif
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -163,6 +208,23 @@ test: features $(TEST_BIN) $(CLI)
 # failure: LOQUAT_CUDA_REQUIRED=1 makes a binary that finds no CUDA say FAILED and exit 1.
 test-cuda: features $(CUDA_TEST_BIN)
 	@LOQUAT_CUDA_REQUIRED=1 LQ_RUN_TESTS_NO_SCRIPTS=1 tools/run_tests.sh $(BUILD) $(CUDA_TEST_BIN)
+
+# The GPU parity suites and test_llama_random's device half on the CPU emulator (any machine; kernel
+# logic only, never a GPU result): `make test-cuda-emu` builds with EMU=1 (build/release-emu).
+ifeq ($(EMU),1)
+EMU_SELFTEST := $(BUILD)/$(EMU_DIR)/emu_selftest
+$(EMU_SELFTEST): $(OBJDIR)/$(EMU_DIR)/emu_selftest.cu.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD  $@"
+	@$(CC) $(LDFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS)
+
+test-cuda-emu: features $(EMU_SELFTEST) $(CUDA_TEST_BIN) $(BUILD)/tests/test_llama_random $(CLI)
+	@BUILD=$(BUILD) $(EMU_DIR)/run_emu_tests.sh $(EMU_SELFTEST) $(CUDA_TEST_BIN) $(BUILD)/tests/test_llama_random \
+		tests/test_cli_cuda.sh
+else
+test-cuda-emu:
+	@$(MAKE) --no-print-directory EMU=1 test-cuda-emu
+endif
 
 # The demo (tools/demo.sh): fetches SmolLM2-135M-Instruct (4-bit GGUF) and Jane Austen's novels
 # (cached), fine-tunes with QLoRA on the CPU (configs/smollm2-austen-qlora.yaml: validation

@@ -175,6 +175,10 @@ lq_status lq_gradcheck(lq_ctx *ctx, lq_gc_fn fn, void *user, int n_in, lq_tensor
     return s;
 }
 
+int64_t lq_gc_row_len(lq_rng *rng, int64_t lo, int64_t hi) {
+    return lq_rng_int(rng, 0, 1) == 0 ? lq_rng_int(rng, 257, 300) : lq_rng_int(rng, lo, hi);
+}
+
 lq_tensor *lq_gc_input(lq_ctx *ctx, lq_rng *rng, int ndim, const int64_t *shape, float lo, float hi) {
     lq_tensor *t = lq_new_leaf(ctx, ndim, shape, true);
     if (t) lq_fill_uniform(t, rng, lo, hi);

@@ -95,7 +95,7 @@ static lq_tensor *gc_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *use
 }
 
 static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
-    int64_t B = lq_rng_int(rng, 1, 3), T = lq_rng_int(rng, 1, 4), V = lq_rng_int(rng, 2, 7);
+    int64_t B = lq_rng_int(rng, 1, 3), T = lq_rng_int(rng, 1, 4), V = lq_gc_row_len(rng, 2, 7);
     bool three = lq_rng_int(rng, 0, 1);
     c->ip[1] = lq_rng_int(rng, 0, 1) ? LQ_REDUCE_SUM : LQ_REDUCE_MEAN;
     /* the ignore index is either the usual -100 or a real class, which then never counts */

@@ -147,7 +147,7 @@ static lq_tensor *gc_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *use
 }
 
 static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
-    int64_t a = lq_rng_int(rng, 1, 3), b = lq_rng_int(rng, 1, 4), C = lq_rng_int(rng, 3, 9);
+    int64_t a = lq_rng_int(rng, 1, 3), b = lq_rng_int(rng, 1, 4), C = lq_gc_row_len(rng, 3, 9);
     int64_t which = lq_rng_int(rng, 0, 3); /* bit 0: weight, bit 1: bias; mostly both */
     if (which == 0 && lq_rng_int(rng, 0, 1)) which = 3;
     c->fp[0] = 1e-5f;

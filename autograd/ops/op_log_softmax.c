@@ -73,6 +73,7 @@ static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
     int64_t s[3];
     for (int d = 0; d < 3; d++) s[d] = lq_rng_int(rng, 1, 5);
     c->ip[0] = lq_rng_int(rng, -3, 2); /* negative axes too */
+    s[c->ip[0] < 0 ? c->ip[0] + 3 : c->ip[0]] = lq_gc_row_len(rng, 1, 5);
     c->n_in = 1;
     c->in[0] = lq_gc_input(ctx, rng, 3, s, -2, 2);
     c->call = gc_call;

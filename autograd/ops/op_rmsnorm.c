@@ -108,7 +108,7 @@ static lq_tensor *gc_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *use
 }
 
 static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
-    int64_t a = lq_rng_int(rng, 1, 3), b = lq_rng_int(rng, 1, 4), C = lq_rng_int(rng, 3, 9);
+    int64_t a = lq_rng_int(rng, 1, 3), b = lq_rng_int(rng, 1, 4), C = lq_gc_row_len(rng, 3, 9);
     bool three = lq_rng_int(rng, 0, 1);
     c->ip[0] = lq_rng_int(rng, 0, 3) != 0; /* mostly with a weight */
     c->fp[0] = 1e-5f;
