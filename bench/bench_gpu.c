@@ -19,6 +19,8 @@ int main(void) {
 
 #include <cuda_runtime_api.h>
 
+#define BENCH_NAME "bench_gpu"
+#include "bench/bench_gpu_util.h"
 #include "core/cuda.h"
 #include "core/rng.h"
 #include "lora/lora.h"
@@ -59,31 +61,11 @@ int main(void) {
 #define MAX_REPS 1000
 #define MAX_SHAPES 8
 
-#define CK(call)                                                                                             \
-    do {                                                                                                     \
-        cudaError_t ck_e_ = (call);                                                                          \
-        if (ck_e_ != cudaSuccess) {                                                                          \
-            fprintf(stderr, "bench_gpu: %s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,             \
-                    cudaGetErrorName(ck_e_), cudaGetErrorString(ck_e_));                                     \
-            return 1;                                                                                        \
-        }                                                                                                    \
-    } while (0)
 
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Median of n values (sorts them). */
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof v[0], cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static int fail(const char *what, const char *msg) {
@@ -202,8 +184,8 @@ static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d
         }
     }
     for (int i = 0; i < 4; i++) CK(cudaEventDestroy(ev[i]));
-    *dq_ms = median(tdq, reps);
-    *cp_ms = median(tcp, reps);
+    *dq_ms = lq_bench_median(tdq, reps);
+    *cp_ms = lq_bench_median(tcp, reps);
     return 0;
 }
 
@@ -457,7 +439,7 @@ static int bench_step(const st_opts *o) {
     }
     lq_cuda_mem mem = lq_cuda_mem_stats();
     double total_mb = -1, used_mb = o->cpu ? -1 : device_used_mb(&total_mb);
-    double med = median(times, o->steps);
+    double med = lq_bench_median(times, o->steps);
     printf("{\"bench\": \"step\", \"impl\": \"loquat\", \"label\": \"%s\", \"device\": \"%s\", \"config\": \"%s\", "
            "\"params\": %lld, \"base\": \"nf4-dq64\", \"cuda_math\": \"%s\", \"checkpoint\": %s, \"batch\": %lld, "
            "\"seq\": %lld, \"r\": %d, \"alpha\": %.1f, \"trainable\": %lld, \"warmup\": %d, \"steps\": %d, "

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# bench/gpu.sh: the one script a GPU machine runs: the CUDA parity suites, the NF4 dequant
-# benchmark, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a short table.
+# bench/gpu.sh: the one script a GPU machine runs: the CUDA parity suites, the NF4 dequant and QLoRA
+# linear benchmarks, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a table.
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 2] [--steps 8] [--warmup 3]
-#                [--math tf32[,bf16][,bf16fused]] [--checkpoint 0[,1]] [--only parity,cli,dequant,135m,1b] [--dry-run]
+#                [--math tf32[,bf16][,bf16fused]] [--checkpoint 0[,1]] [--only parity,cli,dequant,linear,135m,1b] [--dry-run]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
 # Default: unpacks the bundle tools/gpu_bundle.sh made (binaries + the shared libraries a bare GPU
@@ -21,8 +21,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 t_start=$(date +%s)
 
-mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=2 steps=8 warmup=3 maths=tf32 ckpt=0 dry=0
-only=parity,cli,dequant,135m,1b,profile
+mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=2 steps=8 warmup=3 maths=tf32,bf16 ckpt=0 dry=0
+only=parity,cli,dequant,linear,135m,1b,profile
 usage() {
     sed -n '4,6p' "$0" | sed 's/^# *//' >&2
     exit 2
@@ -65,7 +65,7 @@ if [ "$mode" = build ]; then
                 log "WARNING: $src does not build"
         done
     fi
-    bench_bin=$build/bench/bench_gpu test_dir=$build/tests/cuda cfg_dir=bench
+    bench_bin=$build/bench/bench_gpu lin_bin=$build/bench/bench_gpu_linear test_dir=$build/tests/cuda cfg_dir=bench
     manifest="commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') (built in place)"
 else
     work=${LOQUAT_GPU_DIR:-/tmp/loquat-gpu-bundle}
@@ -75,7 +75,7 @@ else
         exit 1
     fi
     root=$work/loquat-gpu
-    bench_bin=$root/bin/bench_gpu test_dir=$root/tests/cuda cfg_dir=$root/bench
+    bench_bin=$root/bin/bench_gpu lin_bin=$root/bin/bench_gpu_linear test_dir=$root/tests/cuda cfg_dir=$root/bench
     lqenv=(env "LD_LIBRARY_PATH=$root/lib:${CUDA_HOME:-/usr/local/cuda}/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
     manifest=$(sed -n 's/^commit: /commit /p' "$root/MANIFEST")
     log "bundle $bundle unpacked into $root ($manifest)"
@@ -96,7 +96,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limi
 echo "host: $(nproc) cores, $(ldd --version 2>&1 | head -n 1), $(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-?}")"
 echo "settings: budget ${budget} s, rounds $rounds, $warmup warm-up + $steps timed steps, loquat cuda_math $maths, checkpoint $ckpt, logs in $out"
 # a library the loader cannot find shows here at once, not as a cryptic failure later
-for b in "$bench_bin" "${tests[@]}"; do
+for b in "$bench_bin" "$lin_bin" "${tests[@]}"; do
     [ -e "$b" ] || { log "MISSING: $b"; continue; }
     miss=$("${lqenv[@]}" ldd "$b" 2>&1 | grep -i 'not found' | tr -s ' \t' ' ')
     [ -z "$miss" ] || log "WARNING: $(basename "$b") cannot load:$miss"
@@ -188,6 +188,12 @@ fi
 # --- 2. dequant bandwidth -------------------------------------------------------------------------------
 if want dequant; then
     part dequant 60 "${lqenv[@]}" "$bench_bin" dequant --shape 8192x8192 --shape 4096x14336 --reps 20 --warmup 3
+fi
+
+# --- 2b. the QLoRA linear's parts: dequant, the base products in every math (cuBLAS, cuBLASLt), the
+# f32 -> bf16 cast, the whole op; the 1B and 135M projections (bench/bench_gpu_linear.c) -------------
+if want linear; then
+    part linear 60 "${lqenv[@]}" "$lin_bin" --reps 20 --warmup 3
 fi
 
 # --- 3. training steps, A B A B ---------------------------------------------------------------------

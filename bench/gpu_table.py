@@ -21,16 +21,67 @@ if pl:
     print(f"parity: {len(pl)} suite(s), {tp} passed, {tf} failed, {tk} skipped" + ("; FAILING: " + "; ".join(bad) if bad else "; all passed"))
 else:
     print("parity: not run")
+best = {}  # (shape, out) -> (ratio, variant): the fastest exact kernel variant
 for r in rows:
+    if r.get("bench") == "dequant_ceiling":  # a memset of the same output bytes: the write-only limit
+        s = (f"{r.get('part', 'dequant')} nf4-dq64 {r['rows']}x{r['cols']} write-only ceiling: memset {r['memset_gbps']:.0f} GB/s"
+             f" (f32 out; copy {r['copy_gbps']:.0f}): a dequant that fast = {r['ceiling_ratio']:.2f} of copy")
+        if "bf16_ceiling_ratio" in r:
+            s += f"; bf16 out {r['bf16_memset_gbps']:.0f} GB/s (copy {r['bf16_copy_gbps']:.0f}) = {r['bf16_ceiling_ratio']:.2f}"
+        print(s)
+        continue
     if r.get("bench") != "dequant":
         continue
-    s = (f"{r.get('part', 'dequant')} nf4-dq64 {r['rows']}x{r['cols']}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
+    v, shape = r.get("variant", "v0"), f"{r['rows']}x{r['cols']}"
+    s = (f"{r.get('part', 'dequant')} [{v}] nf4-dq64 {shape}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
          f" = {r['ratio']:.2f} of copy (goal 0.85: {'met' if r['ratio'] >= 0.85 else 'NOT met'}; {r['dequant_ms']:.3f} vs"
-         f" {r['copy_ms']:.3f} ms), mismatches {r['mismatches']}")
+         f" {r['copy_ms']:.3f} ms), mismatches {r['mismatches']}{' WRONG' if r['mismatches'] > 0 else ''}")
+    outs = [("f32", r["ratio"], r["mismatches"])]
     if "bf16_ratio" in r:
         s += (f"; bf16 out {r['bf16_dequant_gbps']:.0f} GB/s vs copy {r['bf16_copy_gbps']:.0f} = {r['bf16_ratio']:.2f}"
-              f", mismatches {r['bf16_mismatches']}")
+              f", mismatches {r['bf16_mismatches']}{' WRONG' if r['bf16_mismatches'] > 0 else ''}")
+        outs.append(("bf16", r["bf16_ratio"], r["bf16_mismatches"]))
+    for out, ratio, bad in outs:
+        if bad == 0 and ratio > best.get((shape, out), (-1.0, ""))[0]:
+            best[(shape, out)] = (ratio, v)
     print(s)
+if best:
+    print("dequant: fastest exact variant (0 mismatches): " + "; ".join(
+        f"{shape} {out} {v} {ratio:.2f}" for (shape, out), (ratio, v) in best.items()))
+# bench_gpu_linear (part linear): the QLoRA linear's parts per shape, one row per shape and a column per
+# variant: "ms rate" (TFLOPS for products and the op, GB/s for dequant and the cast; BAD = failed check),
+# and per model a row summing a layer's projections (q/o counts twice, ...): ms only.
+lin = [r for r in rows if r.get("bench") == "linear"]
+def lin_cell(r):
+    if r is None:
+        return "-"
+    if r.get("ms") is None:
+        return "n/a (" + str(r.get("skipped", "?"))[:40] + ")"
+    rate = r.get("tflops", r.get("gbps", 0.0))
+    unit = "TF" if "tflops" in r else "GB/s"
+    bad = ("nmse" in r and (r["nmse"] is None or r["nmse"] > 1e-3)) or (r.get("mismatches") or 0) != 0
+    return f"{r['ms']:.{3 if r['ms'] >= 0.1 else 4}f} {rate:.{0 if rate >= 100 else 1}f} {unit}" + (" BAD" if bad else "")
+lin_tables = [("fwd: y (M, N) = x W^T", ("fwd",)), ("bwd: dX (M, K) += dY W", ("bwd",)),
+              ("dequant of W, f32 -> bf16 cast of x, the whole op (lq_lora_linear r 16)", ("dequant", "conv", "op"))]
+for title, stages in lin_tables if lin else []:
+    cols = list(dict.fromkeys((r["stage"], r["variant"]) for r in lin if r["stage"] in stages))
+    shapes = list(dict.fromkeys((r["proj"], r["M"], r["N"], r["K"]) for r in lin))
+    by = {(r["proj"], r["M"], r["N"], r["K"], r["stage"], r["variant"]): r for r in lin}
+    many = len(stages) > 1
+    print(f"linear {title} (ms and rate per variant)")
+    print("| proj | M x N x K | " + " | ".join((f"{s} " if many else "") + v for s, v in cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for sh in shapes:
+        print(f"| {sh[0]} | {sh[1]}x{sh[2]}x{sh[3]} | " + " | ".join(lin_cell(by.get(sh + c)) for c in cols) + " |")
+    for model in dict.fromkeys(sh[0].split()[0] for sh in shapes if " " in sh[0]):
+        mine = [sh for sh in shapes if sh[0].startswith(model + " ")]
+        weight = [len(sh[0].split()[-1].split("/")) for sh in mine]
+        tot = []
+        for c in cols:  # a sum only where every projection of the model has the variant
+            ms = [(by.get(sh + c) or {}).get("ms") for sh in mine]
+            tot.append(f"{sum(m * w for m, w in zip(ms, weight)):.3f}" if None not in ms else "-")
+        n = sum(weight)
+        print(f"| {model} layer ({n} proj) | sum ms | " + " | ".join(tot) + " |")
 steps = [r for r in rows if r.get("bench") == "step" and not r.get("part", "").startswith("profile")]
 groups = {}
 for r in steps:

@@ -6,8 +6,8 @@
 #   tools/gpu_bundle.sh [DEST]          DEST defaults to .gpu (git-ignored); writes DEST/loquat-gpu.tar.xz
 #   BUILD=build/x JOBS=2 tools/gpu_bundle.sh
 #
-# The tarball holds bin/ (loquat, bench_gpu), tests/cuda/ (the parity suites), lib/ (the libraries,
-# named by their sonames), bench/ (the model configs bench_gpu reads), env.sh (sourced: sets
+# The tarball holds bin/ (loquat, bench_gpu, bench_gpu_linear), tests/cuda/ (the parity suites), lib/
+# (the libraries, named by their sonames), bench/ (the model configs bench_gpu reads), env.sh (sourced: sets
 # LOQUAT_GPU_BIN / LOQUAT_GPU_LIB and defines lq_gpu_run, which runs a command with lib/ first on
 # LD_LIBRARY_PATH without exporting it, so Python / torch never see these libraries) and MANIFEST
 # (commit, build host, glibc versions needed). It travels to the GPU machine inside the working
@@ -46,7 +46,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root=$stage/loquat-gpu
 mkdir -p "$root/bin" "$root/lib" "$root/tests/cuda" "$root/bench"
-bins=("$build/loquat" "$build/bench/bench_gpu")
+bins=("$build/loquat" "$build/bench/bench_gpu" "$build/bench/bench_gpu_linear")
 cp "${bins[@]}" "$root/bin/"
 for t in "${tests[@]}"; do cp "$t" "$root/tests/cuda/"; done
 cp bench/*.json "$root/bench/"
