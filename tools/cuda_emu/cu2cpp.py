@@ -116,6 +116,22 @@ class Scanner:
                 continue
             return i
 
+    def find_top(self, j, at):
+        """The first index from j where at(i) holds outside brackets (code characters only), else
+        len(src)."""
+        depth = 0
+        while j < len(self.src):
+            if self.mask[j]:
+                c = self.src[j]
+                if c in "([{":
+                    depth += 1
+                elif c in ")]}":
+                    depth -= 1
+                elif depth == 0 and at(j):
+                    return j
+            j += 1
+        return j
+
     def split_top(self, a, b):
         """Splits src[a:b] at commas outside brackets; returns the pieces' (start, end)."""
         parts, depth, start = [], 0, a
@@ -159,17 +175,7 @@ def transform(src):
         k0 = sc.kernel_start(i)
         kernel = src[k0:i].strip()
         # the launch configuration: up to the '>>>' at bracket depth 0
-        depth, j = 0, i + 3
-        while j < len(src):
-            if sc.mask[j]:
-                c = src[j]
-                if c in "([{":
-                    depth += 1
-                elif c in ")]}":
-                    depth -= 1
-                elif depth == 0 and src.startswith(">>>", j):
-                    break
-            j += 1
+        j = sc.find_top(i + 3, lambda k: src.startswith(">>>", k))
         if j >= len(src):
             sc.die(i, "no >>> after <<<")
         cfg = sc.split_top(i + 3, j)
@@ -240,17 +246,7 @@ def shared_static(src):
         i = m.start()
         if not sc.mask[i] or depths[i] == 0:
             continue
-        depth, j = 0, m.end()
-        while j < len(src):
-            if sc.mask[j]:
-                c = src[j]
-                if c in "([{":
-                    depth += 1
-                elif c in ")]}":
-                    depth -= 1
-                elif c == ";" and depth == 0:
-                    break
-            j += 1
+        j = sc.find_top(m.end(), lambda k: src[k] == ";")
         decl = re.sub(r"__align__\s*\([^)]*\)", " ", src[m.end():j])
         pieces = [decl[a:b] for a, b in Scanner(decl).split_top(0, len(decl))]
         names = []
