@@ -160,24 +160,17 @@ static lq_status tile_scratch(lq_ctx *ctx, const lq_tensor *w, int64_t rows, voi
     return *scratch ? LQ_OK : ctx->err.status;
 }
 
-/* y (M, N) = x (M, K) deq(w)^T, tile by tile: y[:, n0:n0+rows] (ldc N) = x tile^T. Scratch (tiles,
- * uploaded state, bf16 x) is rewound before return (the node is not on the tape yet). */
-static lq_status qmm_forward(lq_ctx *ctx, const lq_tensor *w, const float *x, float *y, int64_t M, int64_t N,
-                             int64_t K) {
-    if (M == 0 || N == 0) return LQ_OK;
-    if (K == 0) return lq_cuda_fill_f32(ctx, y, 0.0f, M * N);
-    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
-    lq_qstate tmp;
-    const lq_qstate *qs;
-    LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
-    if (lq_cuda_fused_qlinear_wanted(ctx, w->dtype)) {
-        LQ_TRY(lq_cuda_fused_qlinear(ctx, false, w, qs, x, y, M, N, K));
-        lq_ctx_reset_to(ctx, mark);
-        return LQ_OK;
-    }
+/* The base product over W's row tiles, on an operand the caller prepared: act f32, or bf16 when
+ * w_bf16 (row stride lda):
+ *   bwd false: out (M, N) = act (M, K) deq(W)^T; tile n0: out[:, n0:n0+rows] (ldc N) = act tile^T;
+ *   bwd true:  out (M, K) = beta0 out + act (M, N) deq(W): W is dequantized again rather than kept
+ *              from the forward (as bitsandbytes does), so the step holds no copy of it; the sum
+ *              over n splits over the tiles, out (+)= act[:, n0:n0+rows] tile, the first with beta0
+ *              (0: a fresh gradient, lq_grad_get_fresh). M, N, K >= 1.
+ * The tile scratch stays on the arena: the caller's mark rewinds it. */
+static lq_status w_product(lq_ctx *ctx, const lq_tensor *w, const lq_qstate *qs, bool bwd, const void *act, int64_t lda,
+                           float *out, int64_t M, int64_t N, int64_t K, float beta0) {
     bool bf = w_bf16(ctx, w->dtype);
-    const __nv_bfloat16 *x16 = NULL;
-    if (bf && !(x16 = to_bf16(ctx, x, M * K))) return ctx->err.status;
     int64_t tr = tile_rows(ctx, w, N, K);
     void *scratch;
     LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
@@ -185,52 +178,50 @@ static lq_status qmm_forward(lq_ctx *ctx, const lq_tensor *w, const float *x, fl
         int64_t rows = N - n0 < tr ? N - n0 : tr;
         const void *tile;
         LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
-        if (bf)
-            LQ_TRY(gemm_bf16(ctx, false, true, M, rows, K, 1.0f, x16, K, (const __nv_bfloat16 *)tile, K, 0.0f, y + n0, N));
+        const __nv_bfloat16 *a16 = (const __nv_bfloat16 *)act, *t16 = (const __nv_bfloat16 *)tile;
+        const float *a32 = (const float *)act, *t32 = (const float *)tile;
+        if (!bwd && bf)
+            LQ_TRY(gemm_bf16(ctx, false, true, M, rows, K, 1.0f, a16, lda, t16, K, 0.0f, out + n0, N));
+        else if (!bwd)
+            LQ_TRY(lq_cuda_gemm(ctx, false, true, M, rows, K, 1.0f, a32, lda, 0, t32, K, 0, 0.0f, out + n0, N, 0, 1));
+        else if (bf)
+            LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, a16 + n0, lda, t16, K, n0 == 0 ? beta0 : 1.0f, out, K));
         else
-            LQ_TRY(lq_cuda_gemm(ctx, false, true, M, rows, K, 1.0f, x, K, 0, (const float *)tile, K, 0, 0.0f, y + n0, N,
-                                0, 1));
+            LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, rows, 1.0f, a32 + n0, lda, 0, t32, K, 0, n0 == 0 ? beta0 : 1.0f,
+                                out, K, 0, 1));
     }
-    lq_ctx_reset_to(ctx, mark);
     return LQ_OK;
 }
 
-/* gx (M, K) = beta0 gx + gy (M, N) deq(w) (N, K), beta0 0 (a fresh gradient: lq_grad_get_fresh)
- * or 1: W is dequantized again rather than kept from the forward (as bitsandbytes does), so the
- * step holds no copy of it; the sum over n splits over row tiles: gx (+)= gy[:, n0:n0+rows] (ld N)
- * tile (rows, K), the first tile with beta0. M, N, K >= 1. */
-static lq_status qmm_backward_x(lq_ctx *ctx, const lq_tensor *w, const float *gy, float *gx, int64_t M, int64_t N,
-                                int64_t K, float beta0) {
+/* w_product on an f32 act (converted to bf16 here when the tiles are), or the fused kernel when it
+ * is wanted (LOQUAT_FUSED_QLINEAR); scratch (tiles, uploaded state, the bf16 act) rewound before
+ * return. bwd false: y (M, N) = x (M, K) deq(w)^T; true: gx (M, K) = beta0 gx + gy (M, N) deq(w).
+ * M, N, K >= 1. */
+static lq_status qmm(lq_ctx *ctx, const lq_tensor *w, bool bwd, const float *act, float *out, int64_t M, int64_t N,
+                     int64_t K, float beta0) {
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     lq_qstate tmp;
     const lq_qstate *qs;
     LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
     if (lq_cuda_fused_qlinear_wanted(ctx, w->dtype)) { /* it adds: a fresh gx is zeroed first */
-        if (beta0 == 0.0f) LQ_TRY(lq_cuda_fill_f32(ctx, gx, 0.0f, M * K));
-        LQ_TRY(lq_cuda_fused_qlinear(ctx, true, w, qs, gy, gx, M, N, K));
-        lq_ctx_reset_to(ctx, mark);
-        return LQ_OK;
-    }
-    bool bf = w_bf16(ctx, w->dtype);
-    const __nv_bfloat16 *gy16 = NULL;
-    if (bf && !(gy16 = to_bf16(ctx, gy, M * N))) return ctx->err.status;
-    int64_t tr = tile_rows(ctx, w, N, K);
-    void *scratch;
-    LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
-    for (int64_t n0 = 0; n0 < N; n0 += tr) {
-        int64_t rows = N - n0 < tr ? N - n0 : tr;
-        const void *tile;
-        LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
-        float beta = n0 == 0 ? beta0 : 1.0f;
-        if (bf)
-            LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, gy16 + n0, N, (const __nv_bfloat16 *)tile, K, beta,
-                             gx, K));
-        else
-            LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, rows, 1.0f, gy + n0, N, 0, (const float *)tile, K, 0, beta, gx,
-                                K, 0, 1));
+        if (bwd && beta0 == 0.0f) LQ_TRY(lq_cuda_fill_f32(ctx, out, 0.0f, M * K));
+        LQ_TRY(lq_cuda_fused_qlinear(ctx, bwd, w, qs, act, out, M, N, K));
+    } else {
+        int64_t lda = bwd ? N : K;
+        const void *a = act;
+        if (w_bf16(ctx, w->dtype) && !(a = to_bf16(ctx, act, M * lda))) return ctx->err.status;
+        LQ_TRY(w_product(ctx, w, qs, bwd, a, lda, out, M, N, K, beta0));
     }
     lq_ctx_reset_to(ctx, mark);
     return LQ_OK;
+}
+
+/* y (M, N) = x (M, K) deq(w)^T (K = 0: zeros). */
+static lq_status qmm_forward(lq_ctx *ctx, const lq_tensor *w, const float *x, float *y, int64_t M, int64_t N,
+                             int64_t K) {
+    if (M == 0 || N == 0) return LQ_OK;
+    if (K == 0) return lq_cuda_fill_f32(ctx, y, 0.0f, M * N);
+    return qmm(ctx, w, false, x, y, M, N, K, 0.0f);
 }
 
 /* --- qmatmul ----------------------------------------------------------------------------------- */
@@ -251,7 +242,7 @@ extern "C" lq_status lq_cuda_qmatmul_bwd(lq_ctx *ctx, lq_node *n) {
     int64_t N = n->ip[0], K = n->ip[1];
     int64_t M = N > 0 ? lq_numel(n->out) / N : 0;
     if (M == 0 || N == 0 || K == 0) return LQ_OK;
-    return qmm_backward_x(ctx, n->in[1], (const float *)n->out->grad->data, gx, M, N, K, 1.0f);
+    return qmm(ctx, n->in[1], true, (const float *)n->out->grad->data, gx, M, N, K, 1.0f);
 }
 
 /* --- lora_linear ------------------------------------------------------------------------------- */
@@ -299,15 +290,7 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
     LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
     const __nv_bfloat16 *x16 = to_bf16(ctx, (const float *)n->in[0]->data, M * K);
     if (!x16) return ctx->err.status;
-    int64_t tr = tile_rows(ctx, w, N, K);
-    void *scratch;
-    LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
-    for (int64_t n0 = 0; n0 < N; n0 += tr) { /* y = x deq(W)^T */
-        int64_t rows = N - n0 < tr ? N - n0 : tr;
-        const void *tile;
-        LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
-        LQ_TRY(gemm_bf16(ctx, false, true, M, rows, K, 1.0f, x16, K, (const __nv_bfloat16 *)tile, K, 0.0f, y + n0, N));
-    }
+    LQ_TRY(w_product(ctx, w, qs, false, x16, K, y, M, N, K, 0.0f)); /* y = x deq(W)^T */
     if (n->n_in == 5) {
         k_add_bias<<<lq_cuda_blocks(M * N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
             y, (const float *)n->in[4]->data, N, M * N);
@@ -384,16 +367,7 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
             LQ_TRY(lq_cuda_to_bf16(ctx, wc + N * K, K, Ad, K, r, K));
             LQ_TRY(gemm_bf16(ctx, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K));
         } else {
-            int64_t tr = tile_rows(ctx, w, N, K);
-            void *scratch;
-            LQ_TRY(tile_scratch(ctx, w, tr, &scratch));
-            for (int64_t n0 = 0; n0 < N; n0 += tr) { /* dX += dY[:, n0:n0+rows] tile */
-                int64_t rows = N - n0 < tr ? N - n0 : tr;
-                const void *tile;
-                LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
-                LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, gy16 + n0, ld, (const __nv_bfloat16 *)tile, K,
-                                 n0 == 0 ? beta0 : 1.0f, gx, K));
-            }
+            LQ_TRY(w_product(ctx, w, qs, true, gy16, ld, gx, M, N, K, beta0)); /* dX = beta0 dX + dY deq(W) */
             const __nv_bfloat16 *A16 = to_bf16(ctx, Ad, r * K);
             if (!A16) return ctx->err.status;
             if (p > 0.0f) { /* dX += m (du A) / q */
@@ -476,7 +450,7 @@ extern "C" lq_status lq_cuda_lora_linear_bwd(lq_ctx *ctx, lq_node *n) {
     }
     if (lora_bf16_path(ctx, n)) return lora_bwd_bf16(ctx, n, gx, gA, gB, beta0);
     if (gB) LQ_TRY(lq_cuda_gemm(ctx, true, false, N, r, M, 1.0f, gy, N, 0, u, r, 0, 1.0f, gB, r, 0, 1));
-    if (gx && K > 0) LQ_TRY(qmm_backward_x(ctx, w, gy, gx, M, N, K, beta0));
+    if (gx && K > 0) LQ_TRY(qmm(ctx, w, true, gy, gx, M, N, K, beta0));
     if ((!gA && !gx) || K == 0) return LQ_OK;
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)), *buf = NULL;
