@@ -161,7 +161,7 @@ $(OBJDIR)/%.o: %.c
 
 ifeq ($(EMU),1)
 # a .cu as host C++: launches and extern __shared__ rewritten, the rest by lq_cuda_emu.h's macros
-$(OBJDIR)/%.cu.o: %.cu $(EMU_DIR)/cu2cpp.py
+$(OBJDIR)/%.cu.o: %.cu $(EMU_DIR)/cu2cpp.py $(wildcard autograd/ops/*.cuh)
 	@mkdir -p $(dir $@)
 	@echo "  EMU $<"
 	@python3 $(EMU_DIR)/cu2cpp.py $< $(OBJDIR)/$*.cu.cpp

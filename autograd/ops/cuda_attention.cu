@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "autograd/cuda_impl.h"
+#include "autograd/ops/cuda_block.cuh"
 #include "core/cuda_check.h"
 
 extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n);
@@ -32,32 +33,6 @@ extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
 #define SCRATCH_FLOATS ((int64_t)1 << 26) /* per T x T buffer: 256 MB */
 #define ROWS_CAP (65535 * 8)
 #define MAX_JOBS 16
-
-/* block-wide sum / max of a float (blockDim.x a multiple of 32), the result in every thread */
-__device__ static float attn_block_sum(float v, float *sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads(); /* the previous call's readers of sh are done */
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    float r = 0.0f;
-    for (int i = 0; i < nw; i++) r += sh[i];
-    return r;
-}
-
-__device__ static float attn_block_max(float v, float *sh) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = u > v ? u : v;
-    }
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    float r = -INFINITY;
-    for (int i = 0; i < nw; i++) r = sh[i] > r ? sh[i] : r;
-    return r;
-}
 
 /* Key j is visible to query i of batch b: not in the future when causal, same document when doc. */
 __device__ static bool visible(const int32_t *doc_b, int causal, int64_t i, int64_t j) {
@@ -110,7 +85,6 @@ static int add_job(ptr_jobs *js, const void *base, int64_t sb, int64_t sh, int64
  * L = +INF (the CPU's rule; these masks never make one). L (indexed p T + i) may be NULL. */
 __global__ static void k_softmax_fwd(float *S, float *L, int64_t rows, int64_t T, int64_t p0, int64_t Hq,
                                      const int32_t *doc, int causal) {
-    __shared__ float sh[32];
     for (int64_t rr = blockIdx.x; rr < rows; rr += gridDim.x) {
         int64_t p = p0 + rr / T, i = rr % T, b = p / Hq;
         float *s = S + rr * T;
@@ -118,7 +92,7 @@ __global__ static void k_softmax_fwd(float *S, float *L, int64_t rows, int64_t T
         float mx = -INFINITY;
         for (int64_t j = threadIdx.x; j < T; j += blockDim.x)
             if (visible(doc_b, causal, i, j) && s[j] > mx) mx = s[j];
-        mx = attn_block_max(mx, sh);
+        mx = block_max(mx);
         if (mx == -INFINITY) { /* the same value in every thread: uniform branch */
             for (int64_t j = threadIdx.x; j < T; j += blockDim.x) s[j] = 0.0f;
             if (L && threadIdx.x == 0) L[p * T + i] = INFINITY;
@@ -130,7 +104,7 @@ __global__ static void k_softmax_fwd(float *S, float *L, int64_t rows, int64_t T
             s[j] = e;
             sum += e;
         }
-        sum = attn_block_sum(sum, sh);
+        sum = block_sum(sum);
         float inv = 1.0f / sum;
         for (int64_t j = threadIdx.x; j < T; j += blockDim.x) s[j] *= inv; /* each thread its own j */
         if (L && threadIdx.x == 0) L[p * T + i] = mx + logf(sum);
@@ -143,7 +117,6 @@ __global__ static void k_softmax_fwd(float *S, float *L, int64_t rows, int64_t T
  * its own j, so the only cross-thread step is the block sum. */
 __global__ static void k_softmax_bwd(float *S, float *G, const float *L, int64_t rows, int64_t T, int64_t p0,
                                      int64_t Hq, const int32_t *doc, int causal) {
-    __shared__ float sh[32];
     for (int64_t rr = blockIdx.x; rr < rows; rr += gridDim.x) {
         int64_t p = p0 + rr / T, i = rr % T, b = p / Hq;
         float *s = S + rr * T;
@@ -157,7 +130,7 @@ __global__ static void k_softmax_bwd(float *S, float *G, const float *L, int64_t
             if (G) dot += pj * G[rr * T + j];
         }
         if (!G) continue; /* uniform: G is a kernel argument */
-        dot = attn_block_sum(dot, sh);
+        dot = block_sum(dot);
         float *g = G + rr * T;
         for (int64_t j = threadIdx.x; j < T; j += blockDim.x) g[j] = s[j] * (g[j] - dot);
     }

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "autograd/cuda_impl.h"
+#include "autograd/ops/cuda_block.cuh"
 #include "core/cuda_check.h"
 
 /* attention lives in cuda_attention.cu; its table entry is here */
@@ -20,37 +21,6 @@ extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
 static unsigned row_blocks(int64_t R) { return (unsigned)(R < 1 ? 1 : R > 65535 * 8 ? 65535 * 8 : R); }
 
 static cudaStream_t stream_of(lq_ctx *ctx) { return (cudaStream_t)lq_cuda_stream(ctx); }
-
-/* Sum / max over the block (blockDim.x a multiple of 32, at most 1024), the result in every thread.
- * The leading __syncthreads keeps a previous call's readers of sh from seeing this call's writes;
- * every thread adds the warp partials in the same order, so all threads agree bit for bit. */
-template <typename T> __device__ T block_sum(T v) {
-    __shared__ T sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    T r = 0;
-    for (int i = 0; i < nw; i++) r += sh[i];
-    return r;
-}
-
-/* max by comparison (NaNs skipped, as the CPU's `x > m ? x : m`), -inf for an empty block */
-__device__ float block_max(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = u > v ? u : v;
-    }
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    float r = -INFINITY;
-    for (int i = 0; i < nw; i++) r = sh[i] > r ? sh[i] : r;
-    return r;
-}
 
 /* --- embedding: table (V, C), ids (N) -> y (N, C) ---------------------------------------------- */
 

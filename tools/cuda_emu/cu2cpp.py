@@ -10,7 +10,9 @@ Only two constructs change (everything else is left to lq_cuda_emu.h's macros):
 Newlines are never added or removed, so compiler messages point at the .cu file's lines (a #line
 directive at the top names the original file). A hand-written scanner tracks comments, string and
 character literals and bracket depth; launches inside #define bodies (backslash continuations)
-work because the text between the markers is copied as it is.
+work because the text between the markers is copied as it is. A project header of device code
+(#include "....cuh") is written into the source first, between #line directives, so its
+__shared__ arrays get the same treatment.
 """
 import re
 import sys
@@ -263,12 +265,34 @@ def shared_static(src):
     return "".join(out)
 
 
+LOCAL_CUH = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+\.cuh)"[ \t]*$', re.M)
+
+
+def inline_cuh(src, path, seen):
+    """Each project header of device code (#include "x.cuh", from the repository root as -I. finds
+    it) written into the source, once, between #line directives: the transform must see its
+    kernels' __shared__ arrays and launches as it sees the .cu file's own."""
+    out, last = [], 0
+    for m in LOCAL_CUH.finditer(src):
+        out.append(src[last:m.start()])
+        hdr = m.group(1)
+        line = src.count("\n", 0, m.end()) + 2  # the line after the #include
+        if hdr not in seen:
+            seen.add(hdr)
+            with open(hdr, encoding="utf-8") as f:
+                body = inline_cuh(f.read(), hdr, seen)
+            out.append(f'#line 1 "{hdr}"\n{body}\n#line {line} "{path}"')
+        last = m.end()
+    out.append(src[last:])
+    return "".join(out)
+
+
 def main():
     if len(sys.argv) != 3:
         raise SystemExit("usage: cu2cpp.py SRC.cu OUT.cpp")
     path, dst = sys.argv[1], sys.argv[2]
     with open(path, encoding="utf-8") as f:
-        src = f.read()
+        src = inline_cuh(f.read(), path, set())
     res = '#line 1 "' + path + '"\n' + transform(src)
     with open(dst, "w", encoding="utf-8") as f:
         f.write(res)
