@@ -44,6 +44,11 @@ lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src,
     (void)dst, (void)ldd, (void)src, (void)lds, (void)rows, (void)cols;
     return NO_CUDA_OP("to bf16");
 }
+lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
+                               int64_t n1) {
+    (void)d0, (void)s0, (void)n0, (void)d1, (void)s1, (void)n1;
+    return NO_CUDA_OP("to bf16");
+}
 lq_status lq_cuda_strided(lq_ctx *ctx, float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,
                           const int64_t *ne, bool accumulate) {
     (void)dst, (void)dst_nb, (void)src, (void)src_nb, (void)ne, (void)accumulate;
@@ -62,6 +67,12 @@ const int32_t *lq_cuda_upload_i32(lq_ctx *ctx, const lq_tensor *t) {
 lq_status lq_cuda_download(lq_ctx *ctx, void *host, const void *dev, size_t bytes) {
     (void)host, (void)dev, (void)bytes;
     return NO_CUDA_OP("download");
+}
+lq_status lq_cuda_gemm_frozen(lq_ctx *ctx, unsigned frozen, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                              float alpha, const float *A, int64_t lda, int64_t strideA, const float *B, int64_t ldb,
+                              int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC, int64_t batch) {
+    (void)frozen;
+    return lq_cuda_gemm(ctx, ta, tb, M, N, K, alpha, A, lda, strideA, B, ldb, strideB, beta, C, ldc, strideC, batch);
 }
 lq_status lq_cuda_gemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                        int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB, float beta, float *C,

@@ -66,6 +66,23 @@ lq_status lq_cuda_download(lq_ctx *ctx, void *host, const void *dev, size_t byte
 lq_status lq_cuda_gemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                        int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB, float beta, float *C,
                        int64_t ldc, int64_t strideC, int64_t batch);
+/* lq_cuda_gemm where A and / or B (frozen: LQ_GEMM_FROZEN_A | LQ_GEMM_FROZEN_B) is a frozen weight
+ * (lq_cuda_is_frozen): in bf16 math its bf16 copy is made once per step (lq_ctx_step_reset) and
+ * shared by every product of the step that reads it. Its data must not change within a step. */
+#define LQ_GEMM_FROZEN_A 1u
+#define LQ_GEMM_FROZEN_B 2u
+lq_status lq_cuda_gemm_frozen(lq_ctx *ctx, unsigned frozen, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                              float alpha, const float *A, int64_t lda, int64_t strideA, const float *B, int64_t ldb,
+                              int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC, int64_t batch);
+/* A weight that no product of a step can change: a device leaf that owns its data (a model's
+ * weight, moved by lq_tensor_to_device) and needs no gradient; contiguous f32. */
+static inline bool lq_cuda_is_frozen(const lq_tensor *t) {
+    return t && !t->node && t->device == LQ_DEVICE_CUDA && t->dtype == LQ_DTYPE_F32 &&
+           (t->flags & LQ_TENSOR_OWNS_DATA) && !(t->flags & LQ_TENSOR_REQUIRES_GRAD) && lq_is_contiguous(t);
+}
+/* Two contiguous f32 -> bf16 conversions (n0 and n1 elements) in one launch. */
+lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
+                               int64_t n1);
 
 /* Launch configuration: 256 threads, enough blocks for n work items (capped; kernels loop). */
 #define LQ_CUDA_THREADS 256

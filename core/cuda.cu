@@ -52,8 +52,13 @@ extern "C" void *lq_cuda_malloc(size_t bytes, lq_err *err) {
     return (char *)p + HDR;
 }
 
+static uint64_t g_free_epoch;
+
+extern "C" uint64_t lq_cuda_free_epoch(void) { return __atomic_load_n(&g_free_epoch, __ATOMIC_ACQUIRE); }
+
 extern "C" void lq_cuda_free(void *p) {
     if (!p) return;
+    __atomic_add_fetch(&g_free_epoch, 1, __ATOMIC_ACQ_REL);
     char *base = (char *)p - HDR;
     size_t sz = 0;
     if (cudaMemcpy(&sz, base, sizeof sz, cudaMemcpyDeviceToHost) == cudaSuccess)

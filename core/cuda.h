@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/status.h"
 
@@ -29,6 +30,9 @@ typedef enum lq_copy_kind {
  * when the device is out of memory or absent. Counted in lq_cuda_mem_stats. */
 void *lq_cuda_malloc(size_t bytes, lq_err *err);
 void lq_cuda_free(void *p);
+/* How many blocks lq_cuda_free has released so far in this process: a cache keyed by a device
+ * address is stale once it moves (the address may now hold something else). */
+uint64_t lq_cuda_free_epoch(void);
 /* Copies bytes and waits for the copy (and everything before it on `stream`, NULL = default). */
 lq_status lq_cuda_copy(void *dst, const void *src, size_t bytes, lq_copy_kind kind, void *stream, lq_err *err);
 /* Sets bytes of device memory to the byte value v, on stream (asynchronous). */

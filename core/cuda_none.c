@@ -18,6 +18,7 @@ void *lq_cuda_malloc(size_t bytes, lq_err *err) {
     return NULL;
 }
 void lq_cuda_free(void *p) { (void)p; }
+uint64_t lq_cuda_free_epoch(void) { return 0; }
 lq_status lq_cuda_copy(void *dst, const void *src, size_t bytes, lq_copy_kind kind, void *stream, lq_err *err) {
     (void)dst, (void)src, (void)bytes, (void)kind, (void)stream;
     return LQ_ERR(err, LQ_ERR_UNSUPPORTED, "device copy: " NO_CUDA);

@@ -66,26 +66,27 @@ static opnd packed(const float *p, int64_t ld, int64_t per, int64_t n_in) {
  * when every operand's batch has a single stride, else one per outer index. An output that all
  * batches share (stride 0: a shared b's gradient) is accumulated one batch at a time, since the
  * matrices of a batched call may be computed concurrently. */
-static lq_status bgemm(lq_ctx *ctx, int64_t n_out, int64_t n_in, bool tX, opnd X, bool tY, opnd Y, float *C,
-                       int64_t ldc, int64_t ci, int64_t co, int64_t m, int64_t n, int64_t k, float beta) {
+static lq_status bgemm(lq_ctx *ctx, unsigned fz, int64_t n_out, int64_t n_in, bool tX, opnd X, bool tY, opnd Y,
+                       float *C, int64_t ldc, int64_t ci, int64_t co, int64_t m, int64_t n, int64_t k, float beta) {
     bool fx = tX != X.m.phys_t, fy = tY != Y.m.phys_t;
     int64_t nb = n_out * n_in;
     if (nb <= 0) return LQ_OK;
     if (ci == 0 && co == 0 && nb > 1) {
         for (int64_t o = 0; o < n_out; o++)
             for (int64_t i = 0; i < n_in; i++)
-                LQ_TRY(lq_cuda_gemm(ctx, fx, fy, m, n, k, 1.0f, X.m.p + o * X.so + i * X.si, X.m.ld, 0,
-                                    Y.m.p + o * Y.so + i * Y.si, Y.m.ld, 0, beta, C, ldc, 0, 1));
+                LQ_TRY(lq_cuda_gemm_frozen(ctx, fz, fx, fy, m, n, k, 1.0f, X.m.p + o * X.so + i * X.si, X.m.ld, 0,
+                                           Y.m.p + o * Y.so + i * Y.si, Y.m.ld, 0, beta, C, ldc, 0, 1));
         return LQ_OK;
     }
     if (n_out == 1 || n_in == 1 || (X.so == X.si * n_in && Y.so == Y.si * n_in && co == ci * n_in)) {
         /* with n_in == 1 the batch steps over the outer dim, else over the inner one */
         int64_t sx = n_in == 1 ? X.so : X.si, sy = n_in == 1 ? Y.so : Y.si, sc = n_in == 1 ? co : ci;
-        return lq_cuda_gemm(ctx, fx, fy, m, n, k, 1.0f, X.m.p, X.m.ld, sx, Y.m.p, Y.m.ld, sy, beta, C, ldc, sc, nb);
+        return lq_cuda_gemm_frozen(ctx, fz, fx, fy, m, n, k, 1.0f, X.m.p, X.m.ld, sx, Y.m.p, Y.m.ld, sy, beta, C, ldc,
+                                   sc, nb);
     }
     for (int64_t o = 0; o < n_out; o++)
-        LQ_TRY(lq_cuda_gemm(ctx, fx, fy, m, n, k, 1.0f, X.m.p + o * X.so, X.m.ld, X.si, Y.m.p + o * Y.so, Y.m.ld, Y.si,
-                            beta, C + o * co, ldc, ci, n_in));
+        LQ_TRY(lq_cuda_gemm_frozen(ctx, fz, fx, fy, m, n, k, 1.0f, X.m.p + o * X.so, X.m.ld, X.si, Y.m.p + o * Y.so,
+                                   Y.m.ld, Y.si, beta, C + o * co, ldc, ci, n_in));
     return LQ_OK;
 }
 
@@ -109,13 +110,14 @@ static lq_status mm_fwd(lq_ctx *ctx, lq_node *n) {
     int nd = out->ndim;
     int64_t M = out->ne[nd - 2], N = out->ne[nd - 1], K = ta ? rows(a) : cols(a);
     float *c = (float *)out->data;
+    unsigned fa = lq_cuda_is_frozen(a) ? LQ_GEMM_FROZEN_A : 0, fb = lq_cuda_is_frozen(b) ? LQ_GEMM_FROZEN_B : 0;
     if (can_fold(n)) {
         mat B = mat_of(b);
-        return lq_cuda_gemm(ctx, false, tb != B.phys_t, M * batch_count(out), N, K, 1.0f, (const float *)a->data, K, 0,
-                            B.p, B.ld, 0, 0.0f, c, N, 0, 1);
+        return lq_cuda_gemm_frozen(ctx, fa | fb, false, tb != B.phys_t, M * batch_count(out), N, K, 1.0f,
+                                   (const float *)a->data, K, 0, B.p, B.ld, 0, 0.0f, c, N, 0, 1);
     }
     int64_t no = n_outer(out), ni = n_inner(out);
-    return bgemm(ctx, no, ni, ta, opnd_of(a, nd), tb, opnd_of(b, nd), c, N, M * N, M * N * ni, M, N, K, 0.0f);
+    return bgemm(ctx, fa | fb, no, ni, ta, opnd_of(a, nd), tb, opnd_of(b, nd), c, N, M * N, M * N * ni, M, N, K, 0.0f);
 }
 
 /* The CPU backward's cases (op_matmul.c), with dC = out->grad:
@@ -132,28 +134,40 @@ static lq_status mm_bwd(lq_ctx *ctx, lq_node *n) {
     LQ_TRY(lq_grad_get(ctx, n->in[0], &ga));
     LQ_TRY(lq_grad_get(ctx, n->in[1], &gb));
     const float *gc = (const float *)out->grad->data;
+    /* a frozen operand (the lm_head) as the gemm's A or B: its bf16 copy of the step (lq_cuda_gemm_frozen) */
+    bool fa = lq_cuda_is_frozen(a), fb = lq_cuda_is_frozen(b);
     if (can_fold(n)) {
         int64_t MB = M * batch_count(out);
         const float *ap = (const float *)a->data;
         mat B = mat_of(b);
-        if (ga) LQ_TRY(lq_cuda_gemm(ctx, false, (!tb) != B.phys_t, MB, K, N, 1.0f, gc, N, 0, B.p, B.ld, 0, 1.0f, ga, K, 0, 1));
+        if (ga)
+            LQ_TRY(lq_cuda_gemm_frozen(ctx, fb ? LQ_GEMM_FROZEN_B : 0, false, (!tb) != B.phys_t, MB, K, N, 1.0f, gc, N,
+                                       0, B.p, B.ld, 0, 1.0f, ga, K, 0, 1));
         if (gb) {
-            if (!tb) LQ_TRY(lq_cuda_gemm(ctx, true, false, K, N, MB, 1.0f, ap, K, 0, gc, N, 0, 1.0f, gb, N, 0, 1));
-            else LQ_TRY(lq_cuda_gemm(ctx, true, false, N, K, MB, 1.0f, gc, N, 0, ap, K, 0, 1.0f, gb, K, 0, 1));
+            unsigned f = fa ? (tb ? LQ_GEMM_FROZEN_B : LQ_GEMM_FROZEN_A) : 0;
+            if (!tb)
+                LQ_TRY(lq_cuda_gemm_frozen(ctx, f, true, false, K, N, MB, 1.0f, ap, K, 0, gc, N, 0, 1.0f, gb, N, 0, 1));
+            else
+                LQ_TRY(lq_cuda_gemm_frozen(ctx, f, true, false, N, K, MB, 1.0f, gc, N, 0, ap, K, 0, 1.0f, gb, K, 0, 1));
         }
         return LQ_OK;
     }
     int64_t no = n_outer(out), ni = n_inner(out);
     opnd A = opnd_of(a, nd), B = opnd_of(b, nd), dC = packed(gc, N, M * N, ni);
     if (ga) {
-        if (!ta) LQ_TRY(bgemm(ctx, no, ni, false, dC, !tb, B, ga, K, M * K, M * K * ni, M, K, N, 1.0f));
-        else LQ_TRY(bgemm(ctx, no, ni, tb, B, true, dC, ga, M, M * K, M * K * ni, K, M, N, 1.0f));
+        if (!ta)
+            LQ_TRY(bgemm(ctx, fb ? LQ_GEMM_FROZEN_B : 0, no, ni, false, dC, !tb, B, ga, K, M * K, M * K * ni, M, K, N,
+                         1.0f));
+        else
+            LQ_TRY(bgemm(ctx, fb ? LQ_GEMM_FROZEN_A : 0, no, ni, tb, B, true, dC, ga, M, M * K, M * K * ni, K, M, N,
+                         1.0f));
     }
     if (gb) {
         bool shared = b->ndim == 2 && nd > 2;
         int64_t ci = shared ? 0 : K * N, co = shared ? 0 : K * N * ni;
-        if (!tb) LQ_TRY(bgemm(ctx, no, ni, !ta, A, false, dC, gb, N, ci, co, K, N, M, 1.0f));
-        else LQ_TRY(bgemm(ctx, no, ni, true, dC, ta, A, gb, K, ci, co, N, K, M, 1.0f));
+        unsigned f = fa ? (tb ? LQ_GEMM_FROZEN_B : LQ_GEMM_FROZEN_A) : 0;
+        if (!tb) LQ_TRY(bgemm(ctx, f, no, ni, !ta, A, false, dC, gb, N, ci, co, K, N, M, 1.0f));
+        else LQ_TRY(bgemm(ctx, f, no, ni, true, dC, ta, A, gb, K, ci, co, N, K, M, 1.0f));
     }
     return LQ_OK;
 }

@@ -278,6 +278,18 @@ static bool lora_bf16_path(lq_ctx *ctx, const lq_node *n) {
     return w_bf16(ctx, w->dtype) && !lq_cuda_fused_qlinear_wanted(ctx, w->dtype) && n->ip[5] >= 1 && n->ip[1] >= 1;
 }
 
+/* bf16 copies (arena) of two small f32 arrays, in one launch: the adapter's A and B, or u and B. */
+static lq_status to_bf16_two(lq_ctx *ctx, const float *s0, int64_t n0, const __nv_bfloat16 **d0, const float *s1,
+                             int64_t n1, const __nv_bfloat16 **d1) {
+    __nv_bfloat16 *a = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n0 > 0 ? n0 : 1) * sizeof(__nv_bfloat16));
+    __nv_bfloat16 *b = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n1 > 0 ? n1 : 1) * sizeof(__nv_bfloat16));
+    if (!a || !b) return ctx->err.status;
+    LQ_TRY(lq_cuda_to_bf16_pair(ctx, a, s0, n0, b, s1, n1));
+    *d0 = a;
+    *d1 = b;
+    return LQ_OK;
+}
+
 /* The forward of the bf16 path; u (M, r) f32 is where u goes (the saved buffer, or NULL: scratch). */
 static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
     const lq_tensor *w = n->in[1];
@@ -302,9 +314,8 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
         const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
         if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
     }
-    const __nv_bfloat16 *A16 = to_bf16(ctx, (const float *)n->in[2]->data, r * K);
-    const __nv_bfloat16 *B16 = to_bf16(ctx, (const float *)n->in[3]->data, N * r);
-    if (!A16 || !B16) return ctx->err.status;
+    const __nv_bfloat16 *A16, *B16;
+    LQ_TRY(to_bf16_two(ctx, (const float *)n->in[2]->data, r * K, &A16, (const float *)n->in[3]->data, N * r, &B16));
     LQ_TRY(gemm_bf16(ctx, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u, r)); /* u = s h A^T */
     const __nv_bfloat16 *u16 = to_bf16(ctx, u, M * r);
     if (!u16) return ctx->err.status;
@@ -326,19 +337,16 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     __nv_bfloat16 *gy16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * ld) * sizeof(__nv_bfloat16));
     if (!gy16) return ctx->err.status;
     LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));
-    if (gB) { /* dB (N, r) += dY^T u */
-        const __nv_bfloat16 *u16 = to_bf16(ctx, u, M * r);
-        if (!u16) return ctx->err.status;
-        LQ_TRY(gemm_bf16(ctx, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r));
-    }
+    const __nv_bfloat16 *u16, *B16;
+    LQ_TRY(to_bf16_two(ctx, u, gB ? M * r : 0, &u16, (const float *)n->in[3]->data, N * r, &B16));
+    if (gB) LQ_TRY(gemm_bf16(ctx, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r)); /* dB (N, r) += dY^T u */
     if (!gA && !gx) {
         lq_ctx_reset_to(ctx, mark);
         return LQ_OK;
     }
     /* du (M, r) = s dY B, then its bf16 copy: beside dY when cat */
-    const __nv_bfloat16 *B16 = to_bf16(ctx, (const float *)n->in[3]->data, N * r);
     float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float));
-    if (!B16 || !du) return ctx->err.status;
+    if (!du) return ctx->err.status;
     LQ_TRY(gemm_bf16(ctx, false, false, M, r, N, s, gy16, ld, B16, r, 0.0f, du, r));
     const __nv_bfloat16 *du16 = cat ? gy16 + N : to_bf16(ctx, du, M * r);
     int64_t lddu = cat ? ld : r;

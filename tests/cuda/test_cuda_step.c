@@ -5,7 +5,8 @@
  * backward (normalized MSE), and every adapter parameter after one lq_adamw_step; with and without
  * gradient checkpointing in fp32 mode, and once in bf16 mode (the loss only, loosely: it shows
  * the mode runs end to end, with finite gradients); and, in tf32 and bf16 modes, the device step
- * with gradient release against the same step without. Without CUDA it prints "SKIPPED: <reason>". */
+ * with gradient release against the same step without; and the per-step bf16 copy of a frozen weight
+ * (lq_cuda_gemm_frozen). Without CUDA it prints "SKIPPED: <reason>". */
 #include <string.h>
 
 #include "core/cuda.h"
@@ -283,6 +284,69 @@ static void test_release_same_bf16(void **state) {
     release_same(LQ_CUDA_MATH_BF16, "bf16");
 }
 
+/* bf16 math converts a frozen weight (a device leaf that owns its data and needs no gradient: the
+ * tied lm_head) to bf16 once per step and shares the copy (lq_cuda_gemm_frozen). Within a step a
+ * product reads the same values as before; after lq_ctx_step_reset, a weight changed in between is
+ * read anew. x W^T three times: twice in step 1 (the second from the copy: bit-equal), then W
+ * replaced and the step reset: equal to the product of a fresh context that never saw the old W. */
+static void test_frozen_bf16_per_step(void **state) {
+    (void)state;
+    enum { M = 24, K = 40, N = 56 };
+    lq_err err;
+    lq_err_clear(&err);
+    lq_ctx *ctx = NULL, *fresh = NULL;
+    lq_ctx_opts o = {.n_threads = 1, .arena_bytes = 1 << 20, .seed = 5, .device = LQ_DEVICE_CUDA,
+                     .cuda_math = LQ_CUDA_MATH_BF16, .poison = true};
+    if (lq_ctx_init(&ctx, &o, &err) != LQ_OK || lq_ctx_init(&fresh, &o, &err) != LQ_OK) fail_msg("ctx: %s", err.msg);
+    lq_ctx_set_grad(ctx, false);
+    lq_ctx_set_grad(fresh, false);
+    int64_t ws[2] = {N, K}, xs[2] = {M, K};
+    lq_tensor *w = lq_tensor_alloc(LQ_DTYPE_F32, 2, ws, "frozen.weight", &err);
+    lq_tensor *xh = lq_tensor_alloc(LQ_DTYPE_F32, 2, xs, "x", &err);
+    if (!w || !xh) fail_msg("alloc: %s", err.msg);
+    lq_rng r;
+    lq_rng_seed(&r, g_seed ^ 0xf00du);
+    lq_fill_normal(w, &r, 1.0f);
+    lq_fill_normal(xh, &r, 1.0f);
+    float *w2 = malloc(sizeof(float) * N * K), *y[4];
+    for (int i = 0; i < N * K; i++) w2[i] = 0.5f - ((const float *)w->data)[i]; /* unrelated values */
+    if (lq_tensor_to_device(w, &err) != LQ_OK) fail_msg("to device: %s", err.msg);
+    for (int step = 0, k = 0; step < 2; step++) {
+        lq_ctx *c = ctx;
+        if (step == 1) { /* W changes between steps */
+            if (lq_cuda_copy(w->data, w2, sizeof(float) * N * K, LQ_COPY_H2D, NULL, &err) != LQ_OK)
+                fail_msg("%s", err.msg);
+            lq_ctx_step_reset(ctx);
+        }
+        for (int rep = 0; rep < (step == 0 ? 2 : 1); rep++, k++) {
+            lq_tensor *x = lq_to_ctx_device(c, xh);
+            lq_tensor *out = x ? lq_matmul_t(c, x, w, false, true) : NULL;
+            y[k] = malloc(sizeof(float) * M * N);
+            if (!out || lq_tensor_download(c, out, y[k]) != LQ_OK) fail_msg("matmul: %s", lq_ctx_error(c)->msg);
+        }
+    }
+    lq_tensor *x = lq_to_ctx_device(fresh, xh); /* the reference: W2 seen first */
+    lq_tensor *out = x ? lq_matmul_t(fresh, x, w, false, true) : NULL;
+    y[3] = malloc(sizeof(float) * M * N);
+    if (!out || lq_tensor_download(fresh, out, y[3]) != LQ_OK) fail_msg("matmul: %s", lq_ctx_error(fresh)->msg);
+    int same01 = memcmp(y[0], y[1], sizeof(float) * M * N) == 0;
+    int same23 = memcmp(y[2], y[3], sizeof(float) * M * N) == 0;
+    double d = 0, s = 0;
+    for (int i = 0; i < M * N; i++) d += fabs((double)y[2][i] - y[0][i]), s += fabs(y[0][i]);
+    print_message("  frozen bf16: in-step repeat %s, after the reset %s the fresh context's; the new W moved y by"
+                  " %.3g of |y|\n",
+                  same01 ? "equal" : "DIFFERENT", same23 ? "equal to" : "DIFFERENT from", d / s);
+    for (int i = 0; i < 4; i++) free(y[i]);
+    free(w2);
+    lq_tensor_free(w);
+    lq_tensor_free(xh);
+    lq_ctx_free(ctx);
+    lq_ctx_free(fresh);
+    if (!same01) fail_msg("the same product twice in one step differs");
+    if (!same23) fail_msg("after the step reset the product still reads the old weight's bf16 copy");
+    if (!(d > 0.1 * s)) fail_msg("the new weight did not change the product (%.3g of |y|)", d / s);
+}
+
 int main(void) {
     int rc = 0;
     if (!lq_cuda_test_should_run(&rc)) return rc;
@@ -295,6 +359,7 @@ int main(void) {
         cmocka_unit_test(test_step_bf16_loss),
         cmocka_unit_test(test_release_same_tf32),
         cmocka_unit_test(test_release_same_bf16),
+        cmocka_unit_test(test_frozen_bf16_per_step),
     };
     return cmocka_run_group_tests_name("test_cuda_step", tests, NULL, NULL);
 }
