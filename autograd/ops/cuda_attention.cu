@@ -9,7 +9,6 @@
 #include <string.h>
 
 #include "autograd/cuda_impl.h"
-#include "autograd/ops/cuda_block.cuh"
 #include "core/cuda_check.h"
 
 extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n);
@@ -31,14 +30,9 @@ extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
  * released (lq_ctx_reset_to) once their last kernel is queued: one stream orders the reuse. */
 
 #define SCRATCH_FLOATS ((int64_t)1 << 26) /* per T x T buffer: 256 MB */
-#define ROWS_CAP (65535 * 8)
+#define ROW_BLOCKS_CAP (65535 * 8) /* a grid-stride loop covers any more rows */
 #define MAX_JOBS 16
 
-/* Key j is visible to query i of batch b: not in the future when causal, same document when doc. */
-__device__ static bool visible(const int32_t *doc_b, int causal, int64_t i, int64_t j) {
-    if (causal && j > i) return false;
-    return !doc_b || doc_b[i] == doc_b[j];
-}
 
 /* --- pointer arrays -------------------------------------------------------------------------- */
 
@@ -80,59 +74,180 @@ static int add_job(ptr_jobs *js, const void *base, int64_t sb, int64_t sh, int64
 
 /* --- row kernels ------------------------------------------------------------------------------ */
 
-/* Forward, in place over the rows of a chunk: row rr (of np T rows) is pair p0 + rr / T, query
- * i = rr % T, at S + rr T. Masked entries become 0; a row that sees nothing becomes all zeros with
- * L = +INF (the CPU's rule; these masks never make one). L (indexed p T + i) may be NULL. */
-__global__ static void k_softmax_fwd(float *S, float *L, int64_t rows, int64_t T, int64_t p0, int64_t Hq,
-                                     const int32_t *doc, int causal) {
-    for (int64_t rr = blockIdx.x; rr < rows; rr += gridDim.x) {
-        int64_t p = p0 + rr / T, i = rr % T, b = p / Hq;
-        float *s = S + rr * T;
-        const int32_t *doc_b = doc ? doc + b * T : NULL;
-        float mx = -INFINITY;
-        for (int64_t j = threadIdx.x; j < T; j += blockDim.x)
-            if (visible(doc_b, causal, i, j) && s[j] > mx) mx = s[j];
-        mx = block_max(mx);
-        if (mx == -INFINITY) { /* the same value in every thread: uniform branch */
-            for (int64_t j = threadIdx.x; j < T; j += blockDim.x) s[j] = 0.0f;
-            if (L && threadIdx.x == 0) L[p * T + i] = INFINITY;
-            continue;
-        }
-        float sum = 0.0f;
-        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
-            float e = visible(doc_b, causal, i, j) ? expf(s[j] - mx) : 0.0f;
-            s[j] = e;
-            sum += e;
-        }
-        sum = block_sum(sum);
-        float inv = 1.0f / sum;
-        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) s[j] *= inv; /* each thread its own j */
-        if (L && threadIdx.x == 0) L[p * T + i] = mx + logf(sum);
+/* One warp per score row, ROW_WARPS rows per block, grid-stride over the rows: a row's reductions
+ * are warp shuffles (no block barrier), and the keys a causal mask hides (j > i: about half of S)
+ * are written without being read. Lane l takes keys j = l + 32 t (coalesced); each step issues
+ * ROW_UNROLL of a lane's loads before using them, so several are in flight per lane. Plain scalar
+ * loads: a row starts at S + rr T, 16-byte aligned only when T % 4 == 0. */
+#define ROW_WARPS 8
+#define ROW_THREADS (32 * ROW_WARPS)
+#define ROW_UNROLL 4
+#define ROW_STEP (32 * ROW_UNROLL)
+
+/* Sum / max over the warp, the result in every lane: xor butterflies, so every lane adds the same
+ * pairs in the same order and all lanes agree bit for bit (the callers' branches on the result are
+ * uniform). The max compares (as the CPU's `x > m ? x : m`); its inputs are never NaN here. */
+__device__ __forceinline__ static float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ static float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = u > v ? u : v;
+    }
+    return v;
+}
+
+/* v[u]: key j = j0 + lane + 32 u of query i is visible (op_attention.c's rule): j < jend (i + 1
+ * when causal, else T) and, with doc ids, in the query's document (doc_i = doc_b[i]). The lane's
+ * doc ids are all loaded before the caller loads any score, so its loads never wait on each other. */
+__device__ __forceinline__ static void keys_visible(bool v[ROW_UNROLL], const int32_t *doc_b, int32_t doc_i, int j0,
+                                                    int lane, int jend) {
+#pragma unroll
+    for (int u = 0; u < ROW_UNROLL; u++) v[u] = j0 + lane + 32 * u < jend;
+    if (doc_b) {
+#pragma unroll
+        for (int u = 0; u < ROW_UNROLL; u++)
+            if (v[u]) v[u] = doc_b[j0 + lane + 32 * u] == doc_i;
     }
 }
 
-/* Backward, over the rows of a chunk (rows as in k_softmax_fwd): S holds the recomputed scaled
- * scores and becomes P = exp(S - L) (0 where masked or L = +INF); when G (dP = dO V^T) is given it
- * becomes dS = P (dP - rowsum(P dP)), op_attention.c's formula. Every thread reads and writes only
- * its own j, so the only cross-thread step is the block sum. */
-__global__ static void k_softmax_bwd(float *S, float *G, const float *L, int64_t rows, int64_t T, int64_t p0,
-                                     int64_t Hq, const int32_t *doc, int causal) {
-    for (int64_t rr = blockIdx.x; rr < rows; rr += gridDim.x) {
-        int64_t p = p0 + rr / T, i = rr % T, b = p / Hq;
+/* Folds score x into a lane's running max m and sum s = sum of exp(x' - m) over its keys so far.
+ * -inf (a masked key or a true -inf score) adds exp(-inf - M) = 0 to any finite final max M and is
+ * skipped (which also keeps -inf - -inf = NaN out while m is -inf); a NaN score makes s NaN, as the
+ * CPU's two-pass form makes the row's sum NaN. One expf: exp(-|x - m|) is exp(m - x) when x is a
+ * new max (s rescaled to it, then + 1), exp(x - m) otherwise. */
+__device__ __forceinline__ static void online_add(float x, float &m, float &s) {
+    if (x == -INFINITY) return;
+    float e = expf(-fabsf(x - m));
+    if (x > m) {
+        s = s * e + 1.0f;
+        m = x;
+    } else {
+        s += e;
+    }
+}
+
+/* Forward, in place over the rows of a chunk: row rr (of np T rows) is pair p0 + rr / T, query
+ * i = rr % T, at S + rr T. Masked entries become 0; a row that sees nothing becomes all zeros with
+ * L = +INF (the CPU's rule; these masks never make one). L (indexed p T + i) may be NULL.
+ * Pass 1 reads the visible keys once: per lane an online max m and sum s, then the warp's
+ * M = max m and sum = sum over lanes of s exp(m - M) (a lane with m = -inf saw no finite score:
+ * its s, 0 or NaN, is added as it is). Pass 2 writes every key: exp(x - M) (1 / sum) where
+ * visible (read again: just read, so mostly from cache), 0 where masked (unread). L = M + log(sum). */
+__global__ static void __launch_bounds__(ROW_THREADS)
+    k_softmax_fwd(float *S, float *L, int64_t rows, int64_t T, int64_t p0, int64_t Hq, const int32_t *doc, int causal) {
+    const int lane = (int)(threadIdx.x & 31), Ti = (int)T; /* T <= INT_MAX: cuBLAS takes it as int */
+    for (int64_t rr = (int64_t)blockIdx.x * ROW_WARPS + (threadIdx.x >> 5); rr < rows;
+         rr += (int64_t)gridDim.x * ROW_WARPS) { /* rr is the same in every lane of the warp */
+        const int64_t p = p0 + rr / T;
+        const int i = (int)(rr % T), jend = causal ? i + 1 : Ti;
         float *s = S + rr * T;
-        const int32_t *doc_b = doc ? doc + b * T : NULL;
-        float l = L[p * T + i];
-        bool seen = l < INFINITY;
-        float dot = 0.0f;
-        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) {
-            float pj = seen && visible(doc_b, causal, i, j) ? expf(s[j] - l) : 0.0f;
-            s[j] = pj;
-            if (G) dot += pj * G[rr * T + j];
+        const int32_t *doc_b = doc ? doc + (p / Hq) * T : NULL;
+        const int32_t doc_i = doc_b ? doc_b[i] : 0;
+        float m = -INFINITY, sum = 0.0f;
+        for (int j0 = 0; j0 < jend; j0 += ROW_STEP) {
+            bool v[ROW_UNROLL];
+            float x[ROW_UNROLL];
+            keys_visible(v, doc_b, doc_i, j0, lane, jend);
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) x[u] = v[u] ? s[j0 + lane + 32 * u] : -INFINITY;
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) online_add(x[u], m, sum);
         }
-        if (!G) continue; /* uniform: G is a kernel argument */
-        dot = block_sum(dot);
-        float *g = G + rr * T;
-        for (int64_t j = threadIdx.x; j < T; j += blockDim.x) g[j] = s[j] * (g[j] - dot);
+        const float M = warp_max(m);
+        if (M == -INFINITY) { /* the row sees nothing: uniform, M is the same in every lane */
+            for (int j = lane; j < Ti; j += 32) s[j] = 0.0f;
+            if (L && lane == 0) L[p * T + i] = INFINITY;
+            continue;
+        }
+        sum = warp_sum(m == -INFINITY ? sum : sum * expf(m - M));
+        const float inv = 1.0f / sum;
+        for (int j0 = 0; j0 < Ti; j0 += ROW_STEP) { /* past jend: v all false, stores of 0 only */
+            bool v[ROW_UNROLL];
+            float x[ROW_UNROLL];
+            keys_visible(v, doc_b, doc_i, j0, lane, jend);
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) x[u] = v[u] ? s[j0 + lane + 32 * u] : 0.0f;
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) {
+                const int j = j0 + lane + 32 * u;
+                if (j < Ti) s[j] = v[u] ? expf(x[u] - M) * inv : 0.0f; /* each lane its own j */
+            }
+        }
+        if (L && lane == 0) L[p * T + i] = M + logf(sum);
+    }
+}
+
+/* Backward, over the rows of a chunk (rows as in k_softmax_fwd, one warp each): S holds the
+ * recomputed scaled scores and becomes P = exp(S - L) (0 where masked or L = +INF); when G
+ * (dP = dO V^T) is given it becomes dS = P (dP - rowsum(P dP)), op_attention.c's formula.
+ * Pass 1 over the visible keys: P in place and the lane's part of rowsum(P dP); a warp sum; pass 2
+ * over every key: dS from the P and dP just touched where visible, P = dS = 0 where masked (unread).
+ * A lane reads and writes only its own j, so the warp sum is the only exchange. */
+__global__ static void __launch_bounds__(ROW_THREADS)
+    k_softmax_bwd(float *S, float *G, const float *L, int64_t rows, int64_t T, int64_t p0, int64_t Hq,
+                  const int32_t *doc, int causal) {
+    const int lane = (int)(threadIdx.x & 31), Ti = (int)T;
+    for (int64_t rr = (int64_t)blockIdx.x * ROW_WARPS + (threadIdx.x >> 5); rr < rows;
+         rr += (int64_t)gridDim.x * ROW_WARPS) {
+        const int64_t p = p0 + rr / T;
+        const int i = (int)(rr % T);
+        float *s = S + rr * T, *g = G ? G + rr * T : NULL;
+        const float l = L[p * T + i];
+        if (!(l < INFINITY)) { /* the row saw nothing in the forward: P = dS = 0 (uniform branch) */
+            for (int j = lane; j < Ti; j += 32) {
+                s[j] = 0.0f;
+                if (g) g[j] = 0.0f;
+            }
+            continue;
+        }
+        const int jend = causal ? i + 1 : Ti;
+        const int32_t *doc_b = doc ? doc + (p / Hq) * T : NULL;
+        const int32_t doc_i = doc_b ? doc_b[i] : 0;
+        float dot = 0.0f;
+        for (int j0 = 0; j0 < jend; j0 += ROW_STEP) {
+            bool v[ROW_UNROLL];
+            float x[ROW_UNROLL], d[ROW_UNROLL];
+            keys_visible(v, doc_b, doc_i, j0, lane, jend);
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) {
+                const int j = j0 + lane + 32 * u;
+                x[u] = v[u] ? s[j] : 0.0f;
+                d[u] = v[u] && g ? g[j] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) {
+                if (!v[u]) continue;
+                const float pj = expf(x[u] - l);
+                s[j0 + lane + 32 * u] = pj;
+                dot += pj * d[u];
+            }
+        }
+        if (g) dot = warp_sum(dot); /* uniform: G is a kernel argument */
+        for (int j0 = 0; j0 < Ti; j0 += ROW_STEP) {
+            bool v[ROW_UNROLL];
+            float x[ROW_UNROLL], d[ROW_UNROLL];
+            keys_visible(v, doc_b, doc_i, j0, lane, jend);
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) {
+                const int j = j0 + lane + 32 * u;
+                x[u] = v[u] && g ? s[j] : 0.0f; /* P, as this lane wrote it in pass 1 */
+                d[u] = v[u] && g ? g[j] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < ROW_UNROLL; u++) {
+                const int j = j0 + lane + 32 * u;
+                if (j >= Ti) continue;
+                if (v[u]) {
+                    if (g) g[j] = x[u] * (d[u] - dot);
+                } else {
+                    s[j] = 0.0f;
+                    if (g) g[j] = 0.0f;
+                }
+            }
+        }
     }
 }
 
@@ -224,7 +339,11 @@ static int64_t units_per_chunk(const attn_dims *d) {
     return cu > d->U ? d->U : cu;
 }
 
-static unsigned row_blocks(int64_t rows) { return (unsigned)(rows < 1 ? 1 : rows > ROWS_CAP ? ROWS_CAP : rows); }
+/* Blocks for the row kernels: one warp per row, ROW_WARPS rows per block (capped). */
+static unsigned row_blocks(int64_t rows) {
+    int64_t b = (rows + ROW_WARPS - 1) / ROW_WARPS;
+    return (unsigned)(b < 1 ? 1 : b > ROW_BLOCKS_CAP ? ROW_BLOCKS_CAP : b);
+}
 
 
 /* --- forward ---------------------------------------------------------------------------------- */
@@ -255,9 +374,8 @@ static lq_status fwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *L,
     for (int64_t u0 = 0; u0 < d->U; u0 += cu) {
         int64_t nu = d->U - u0 < cu ? d->U - u0 : cu, p0 = u0 * d->g, np = nu * d->g;
         LQ_TRY(bgemm(ctx, fast, false, true, T, T, d->D, n->fp[0], Qp + p0, q.ld, Kp + p0, k.ld, 0.0f, Sp + p0, T, np));
-        k_softmax_fwd<<<row_blocks(np * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(S, L, np * T, T,
-                                                                                                    p0, d->Hq, doc,
-                                                                                                    causal);
+        k_softmax_fwd<<<row_blocks(np * T), ROW_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(
+            S, L, np * T, T, p0, d->Hq, doc, causal);
         LQ_CUDA_LAUNCHED(ctx, "attention softmax");
         LQ_TRY(bgemm(ctx, fast, false, false, T, d->D, T, 1.0f, Sp + p0, T, Vp + p0, v.ld, 0.0f, Op + p0, o.ld, np));
     }
@@ -343,7 +461,7 @@ static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq
         if (need_ds)
             LQ_TRY(bgemm(ctx, fast, false, true, T, T, d->D, 1.0f, ARR(jdo) + p0, dO.ld, ARR(jv) + p0, v.ld, 0.0f,
                          ARR(jg) + p0, T, np));
-        k_softmax_bwd<<<row_blocks(np * T), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(
+        k_softmax_bwd<<<row_blocks(np * T), ROW_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(
             S, G, L, np * T, T, p0, d->Hq, doc, causal);
         LQ_CUDA_LAUNCHED(ctx, "attention softmax backward");
         if (gq) /* (T, D) += scale dS (T, T) K (T, D) */

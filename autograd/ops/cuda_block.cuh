@@ -1,5 +1,5 @@
-/* autograd/ops/cuda_block.cuh: block-wide reductions shared by the CUDA op files (norms, softmax,
- * cross-entropy, attention's row softmax). blockDim.x a multiple of 32, at most 1024; every thread
+/* autograd/ops/cuda_block.cuh: block-wide reductions for the CUDA row kernels (norms, softmax,
+ * cross-entropy; attention's row softmax is a warp per row and needs none). blockDim.x a multiple of 32, at most 1024; every thread
  * of the block must call them (they hold barriers). */
 #ifndef LQ_CUDA_BLOCK_CUH
 #define LQ_CUDA_BLOCK_CUH

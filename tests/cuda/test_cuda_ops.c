@@ -287,12 +287,14 @@ static bool magnitude_run(lq_ctx *cpu, const char *tag, lq_gc_case *c, const lq_
 
 static int g_mag_cases, g_mag_fallbacks; /* matmul_mode's cases, and those that used the nmse bound */
 
-/* Case `k` of op `op` on the CPU and on cu. With tol > 0 each quantity is checked against the
- * magnitude bound (check_mag; the nmse `bound` only when the case has no magnitude reference),
- * else against the nmse `bound`. Returns the number of failures (each printed). */
+/* Case `k` of op `op` on the CPU and on cu, drawn by `make` (NULL: the op's gc_make). With tol > 0
+ * each quantity is checked against the magnitude bound (check_mag; the nmse `bound` only when the
+ * case has no magnitude reference), else against the nmse `bound`. Returns the number of failures
+ * (each printed). */
 static int run_case(lq_ctx *cpu, lq_ctx *cu, int op, int k, uint64_t seed, double bound, double tol,
-                    const char *mode) {
+                    const char *mode, lq_gc_make_fn make) {
     const lq_op_def *def = lq_op_table[op];
+    if (!make) make = def->gc_make;
     lq_ctx_clear_error(cpu);
     lq_ctx_clear_error(cu);
     lq_ctx_step_reset(cpu);
@@ -305,7 +307,7 @@ static int run_case(lq_ctx *cpu, lq_ctx *cu, int op, int k, uint64_t seed, doubl
     memset(&c, 0, sizeof c);
     char tag[256];
     snprintf(tag, sizeof tag, "%s [%s] case %d (case seed %llu)", def->name, mode, k, (unsigned long long)seed);
-    if (def->gc_make(cpu, &rng, &c) != LQ_OK || lq_ctx_status(cpu) != LQ_OK) {
+    if (make(cpu, &rng, &c) != LQ_OK || lq_ctx_status(cpu) != LQ_OK) {
         print_error("%s: gc_make failed: %s\n", tag, ctx_msg(cpu));
         return 1;
     }
@@ -433,7 +435,7 @@ static void test_op(void **state) {
     if (!def->gc_make) fail_msg("%s: no gradcheck case to run", def->name);
     int fails = 0;
     for (int k = 0; k < N_CASES; k++)
-        fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 0), b->nmse, 0.0, "fp32");
+        fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 0), b->nmse, 0.0, "fp32", NULL);
     if (fails) fail_msg("%s: %d comparison(s) failed (bound %.0e: %s)", def->name, fails, b->nmse, b->why);
 }
 
@@ -479,7 +481,7 @@ static void matmul_mode(lq_cuda_math math, double tol, double fallback, const ch
             continue;
         }
         for (int k = 0; k < N_CASES; k++)
-            fails += run_case(g_cpu, cu, op, k, case_seed(op, k, mode_id), fallback, tol, mode);
+            fails += run_case(g_cpu, cu, op, k, case_seed(op, k, mode_id), fallback, tol, mode, NULL);
     }
     lq_ctx_free(cu);
     print_message("%s mode: %d case(s), %d held to the nmse bound %.0e for want of a magnitude reference\n", mode,
@@ -531,7 +533,7 @@ static void bnb4_mode(const char *name, lq_cuda_math math, double tol, double fa
             fails++;
             continue;
         }
-        fails += run_case(g_cpu, cu, op, k, seed, fallback, tol, mode);
+        fails += run_case(g_cpu, cu, op, k, seed, fallback, tol, mode, NULL);
     }
     lq_ctx_free(cu);
     print_message("%s %s: %d case(s), %d held to the nmse bound %.0e for want of a magnitude reference\n", name, mode,
@@ -566,6 +568,60 @@ static void test_qlinear_fused_bf16(void **state) {
     free(keep);
 }
 
+/* Attention on rows longer than a warp: the op's gradcheck case has T <= 5, so every score row
+ * fits in one warp's first 32 lanes. These cases take T from 33 to 200 (rows of several 32-key
+ * strides and, past 128, of several unrolled steps of the CUDA row kernels, cuda_attention.cu),
+ * T mostly not a multiple of 32, grouped-query heads, and packed documents long enough to span
+ * strides. Variant v (g_attn_variant) fixes causal = v & 1 and doc = (v >> 1) & 1, so the N_CASES
+ * cases cover all four mask combinations; the rest is drawn. */
+static int g_attn_variant;
+
+static lq_tensor *attn_long_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
+    const lq_gc_case *c = user;
+    lq_attn_params p = {c->fp[0], c->ip[0] != 0, n_in > 3 ? in[3] : NULL};
+    return lq_attention(ctx, in[0], in[1], in[2], &p);
+}
+
+static lq_status attn_long_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
+    static const int64_t Ts[] = {70, 100, 160, 129, 200, 33};
+    int v = g_attn_variant;
+    int64_t T = Ts[(uint64_t)v % (sizeof Ts / sizeof Ts[0])], B = lq_rng_int(rng, 1, 2), D = lq_rng_int(rng, 1, 8);
+    int64_t Hkv = lq_rng_int(rng, 1, 2), Hq = Hkv * (v < 4 ? 2 : lq_rng_int(rng, 1, 3));
+    bool causal = v & 1, with_doc = (v >> 1) & 1;
+    c->n_in = with_doc ? 4 : 3;
+    c->in[0] = lq_gc_input(ctx, rng, 4, (int64_t[]){B, T, Hq, D}, -1.5f, 1.5f);
+    c->in[1] = lq_gc_input(ctx, rng, 4, (int64_t[]){B, T, Hkv, D}, -1.5f, 1.5f);
+    c->in[2] = lq_gc_input(ctx, rng, 4, (int64_t[]){B, T, Hkv, D}, -1, 1);
+    if (with_doc) {
+        /* packed documents: nondecreasing ids, a new one with probability 1/16 per token */
+        c->in[3] = lq_new(ctx, LQ_DTYPE_I32, 2, (int64_t[]){B, T});
+        if (!c->in[3]) return ctx->err.status;
+        int32_t *doc = c->in[3]->data;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++)
+                doc[b * T + t] = t == 0 ? 0 : doc[b * T + t - 1] + (lq_rng_int(rng, 0, 15) == 0);
+    }
+    c->ip[0] = causal;
+    c->fp[0] = 0.8f;
+    c->call = attn_long_call;
+    snprintf(c->desc, sizeof c->desc, "B=%lld T=%lld Hq=%lld Hkv=%lld D=%lld causal=%d doc=%d", (long long)B,
+             (long long)T, (long long)Hq, (long long)Hkv, (long long)D, causal, with_doc);
+    return ctx->err.status;
+}
+
+static void test_attention_long(void **state) {
+    (void)state;
+    int op = lq_op_find("attention"), fails = 0;
+    assert_true(op >= 0);
+    const op_bound *b = bound_of("attention");
+    assert_non_null(b);
+    for (int k = 0; k < N_CASES; k++) {
+        g_attn_variant = k;
+        fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 6), b->nmse, 0.0, "fp32 long rows", attn_long_make);
+    }
+    if (fails) fail_msg("attention long rows: %d comparison(s) failed (bound %.0e: %s)", fails, b->nmse, b->why);
+}
+
 static int group_setup(void **state) {
     (void)state;
     g_cpu = make_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
@@ -589,7 +645,7 @@ int main(void) {
         printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
         return 1;
     }
-    struct CMUnitTest tests[64 + 5];
+    struct CMUnitTest tests[64 + 6];
     int n = 0;
     for (int i = 0; i < n_ops; i++) {
         g_op_index[i] = i;
@@ -600,5 +656,6 @@ int main(void) {
     tests[n++] = (struct CMUnitTest){"lora_bnb4_tf32", test_lora_bnb4_tf32, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"lora_bnb4_bf16", test_lora_bnb4_bf16, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"qlinear_fused_bf16", test_qlinear_fused_bf16, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"attention_long_rows", test_attention_long, NULL, NULL, NULL};
     return _cmocka_run_group_tests("test_cuda_ops", tests, (size_t)n, group_setup, group_teardown);
 }
