@@ -30,7 +30,6 @@ int main(void) {
 #include "train/train.h"
 
 /*   bench_gpu dequant [--shape 8192x8192 --shape 4096x14336] [--reps 20] [--warmup 3] [--check 1]
- *                     [--variant all|<index>|<name>]
  *   bench_gpu step --config bench/smollm2-135m.json [--batch 8] [--seq 512] [--steps 10] [--warmup 3]
  *                  [--r 16] [--alpha 32] [--math tf32|fp32|bf16] [--checkpoint 0|1] [--seed 1] [--label s]
  *                  [--device cuda|cpu]   (cpu: the same step on the CPU, a dry run of this code)
@@ -44,8 +43,8 @@ int main(void) {
  * floats + 4n out; copy 4n + 4n. With --check 1 the f32 result is compared bit for bit with the CPU
  * dequant (lq_bnb4_dequantize) over the whole weight. lq_cuda_dequant_bf16 (bf16 output, 2n bytes
  * written) is timed too where this build has it, and checked against the CPU result rounded to bf16.
- * Every kernel variant (lq_cuda_dequant_variants; --variant picks one) is timed and checked in turn,
- * a JSON line each with its name as "variant"; the checks run on an output first poisoned with NaN.
+ * A "dequant" JSON line per shape with both outputs; the checks run on an output first poisoned
+ * with NaN.
  * Before them, one "dequant_ceiling" line per shape: a cudaMemsetAsync of the same output bytes
  * timed against the copy (A B A B), the write-only limit; its ceiling_ratio is the ratio a dequant
  * would show if it took no longer than that memset (the goal's denominator stays the copy).
@@ -96,7 +95,6 @@ static double device_used_mb(double *total_mb) {
 typedef struct dq_opts {
     int64_t rows[MAX_SHAPES], cols[MAX_SHAPES];
     int n_shapes, reps, warmup;
-    int variant; /* -1: every kernel variant of lq_cuda_dequant_variants, else that one */
     bool check;
     uint64_t seed;
 } dq_opts;
@@ -211,19 +209,12 @@ static int64_t dq_mismatches(const dq_weight *w, const lq_qstate *qs, void *d_ou
     return bad;
 }
 
-/* Per shape: the write-only ceiling (a memset of the output bytes against the copy), then each
- * kernel variant: f32 and bf16 output against the copy, each checked against the CPU. */
+/* Per shape: the write-only ceiling (a memset of the output bytes against the copy), then the
+ * dequant: f32 and bf16 output against the copy, each checked against the CPU. */
 static int bench_dequant(const dq_opts *o) {
     char dev[256];
     device_name(dev, sizeof dev);
     bool have_bf16 = lq_cuda_dequant_bf16_supported(LQ_DTYPE_NF4);
-    const char *vname[LQ_CUDA_DEQUANT_MAX_VARIANTS];
-    int n_var = lq_cuda_dequant_variants(vname);
-    if (n_var < 1 || n_var > LQ_CUDA_DEQUANT_MAX_VARIANTS) return fail("dequant", "no kernel variants in this build");
-    if (o->variant >= n_var) {
-        fprintf(stderr, "bench_gpu: --variant %d: this build has variants 0..%d\n", o->variant, n_var - 1);
-        return 2;
-    }
     int rc = 0;
     for (int s = 0; s < o->n_shapes && !rc; s++) {
         int64_t R = o->rows[s], C = o->cols[s], n = R * C;
@@ -263,7 +254,7 @@ static int bench_dequant(const dq_opts *o) {
             printf("}\n");
             fflush(stdout);
         }
-        /* the CPU's result once per shape; each variant's output is compared with it */
+        /* the CPU's result, compared with the f32 output and (rounded to bf16) the bf16 one */
         float *ref = NULL;
         uint16_t *ref16 = NULL;
         void *got = NULL;
@@ -277,25 +268,19 @@ static int bench_dequant(const dq_opts *o) {
                 for (int64_t i = 0; i < n; i++) ref16[i] = lq_f32_to_bf16(ref[i]);
             }
         }
-        for (int v = o->variant < 0 ? 0 : o->variant; !rc && v < (o->variant < 0 ? n_var : o->variant + 1); v++) {
-            if (lq_cuda_dequant_set_variant(v, &err) != LQ_OK) {
-                rc = fail("dequant: variant", err.msg);
-                break;
-            }
-            double dq_ms = 0, cp_ms = 0, bq_ms = 0, bc_ms = 0;
-            int64_t bad = -1, bad16 = -1;
-            rc = dq_time(&w, &qs, d_out, d_copy, DQ_F32, o->warmup, o->reps, &dq_ms, &cp_ms);
-            if (!rc && ref && (bad = dq_mismatches(&w, &qs, d_out, DQ_F32, ref, ref16, got)) < 0) rc = 1;
-            if (!rc && have_bf16) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16, o->warmup, o->reps, &bq_ms, &bc_ms);
-            if (!rc && have_bf16 && ref && (bad16 = dq_mismatches(&w, &qs, d_out, DQ_BF16, ref, ref16, got)) < 0)
-                rc = 1;
-            if (rc) break;
+        double dq_ms = 0, cp_ms = 0, bq_ms = 0, bc_ms = 0;
+        int64_t bad = -1, bad16 = -1;
+        if (!rc) rc = dq_time(&w, &qs, d_out, d_copy, DQ_F32, o->warmup, o->reps, &dq_ms, &cp_ms);
+        if (!rc && ref && (bad = dq_mismatches(&w, &qs, d_out, DQ_F32, ref, ref16, got)) < 0) rc = 1;
+        if (!rc && have_bf16) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16, o->warmup, o->reps, &bq_ms, &bc_ms);
+        if (!rc && have_bf16 && ref && (bad16 = dq_mismatches(&w, &qs, d_out, DQ_BF16, ref, ref16, got)) < 0) rc = 1;
+        if (!rc) {
             double dq_gbs = dq_b / (dq_ms * 1e-3) / 1e9, cp_gbs = cp_b / (cp_ms * 1e-3) / 1e9;
-            printf("{\"bench\": \"dequant\", \"variant\": \"%s\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", "
+            printf("{\"bench\": \"dequant\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", "
                    "\"rows\": %lld, \"cols\": %lld, \"reps\": %d, \"out\": \"f32\", \"dequant_ms\": %.4f, "
                    "\"copy_ms\": %.4f, \"dequant_bytes\": %.0f, \"copy_bytes\": %.0f, \"dequant_gbps\": %.1f, "
                    "\"copy_gbps\": %.1f, \"ratio\": %.3f, \"mismatches\": %lld",
-                   vname[v], dev, (long long)R, (long long)C, o->reps, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs,
+                   dev, (long long)R, (long long)C, o->reps, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs,
                    dq_gbs / cp_gbs, (long long)bad);
             if (have_bf16) {
                 double b_gbs = b_b / (bq_ms * 1e-3) / 1e9, bc_gbs = bc_b / (bc_ms * 1e-3) / 1e9;
@@ -312,9 +297,6 @@ static int bench_dequant(const dq_opts *o) {
         lq_cuda_free(d_out), lq_cuda_free(d_copy);
         dq_weight_free(&w);
     }
-    lq_err err;
-    lq_err_clear(&err);
-    if (lq_cuda_dequant_set_variant(0, &err) != LQ_OK && !rc) rc = fail("dequant: variant 0", err.msg);
     return rc;
 }
 
@@ -473,7 +455,6 @@ static bool have_device(void) {
 static int usage(void) {
     fprintf(stderr,
             "usage: bench_gpu dequant [--shape RxC]... [--reps 20] [--warmup 3] [--check 1] [--seed 1]\n"
-            "                         [--variant all|index|name]\n"
             "       bench_gpu step [--config bench/smollm2-135m.json] [--batch 8] [--seq 512] [--steps 10]\n"
             "                      [--warmup 3] [--r 16] [--alpha 32] [--math tf32|fp32|bf16] [--checkpoint 0|1]\n"
             "                      [--seed 1] [--label text] [--device cuda|cpu]\n");
@@ -481,7 +462,7 @@ static int usage(void) {
 }
 
 static int main_dequant(int argc, char **argv) {
-    dq_opts o = {.reps = 20, .warmup = 3, .variant = -1, .check = true, .seed = 1};
+    dq_opts o = {.reps = 20, .warmup = 3, .check = true, .seed = 1};
     for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long long r = 0, c = 0;
@@ -492,23 +473,7 @@ static int main_dequant(int argc, char **argv) {
         else if (!strcmp(a, "--warmup")) o.warmup = atoi(v);
         else if (!strcmp(a, "--check")) o.check = atoi(v) != 0;
         else if (!strcmp(a, "--seed")) o.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--variant")) {
-            const char *names[LQ_CUDA_DEQUANT_MAX_VARIANTS];
-            int nv = lq_cuda_dequant_variants(names), k = -2;
-            char *end = NULL;
-            long x = strtol(v, &end, 10);
-            if (!strcmp(v, "all")) k = -1;
-            else if (end != v && *end == '\0' && x >= 0 && x < nv) k = (int)x;
-            for (int j = 0; j < nv && k == -2; j++)
-                if (!strcmp(v, names[j])) k = j;
-            if (k == -2) {
-                fprintf(stderr, "bench_gpu: --variant %s: not a dequant kernel variant; this build has:", v);
-                for (int j = 0; j < nv; j++) fprintf(stderr, " %d = %s", j, names[j]);
-                fprintf(stderr, " (or all)\n");
-                return 2;
-            }
-            o.variant = k;
-        } else return usage();
+        else return usage();
     }
     if (!o.n_shapes) {
         o.rows[0] = 8192, o.cols[0] = 8192;

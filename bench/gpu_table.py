@@ -21,7 +21,6 @@ if pl:
     print(f"parity: {len(pl)} suite(s), {tp} passed, {tf} failed, {tk} skipped" + ("; FAILING: " + "; ".join(bad) if bad else "; all passed"))
 else:
     print("parity: not run")
-best = {}  # (shape, out) -> (ratio, variant): the fastest exact kernel variant
 for r in rows:
     if r.get("bench") == "dequant_ceiling":  # a memset of the same output bytes: the write-only limit
         s = (f"{r.get('part', 'dequant')} nf4-dq64 {r['rows']}x{r['cols']} write-only ceiling: memset {r['memset_gbps']:.0f} GB/s"
@@ -32,22 +31,13 @@ for r in rows:
         continue
     if r.get("bench") != "dequant":
         continue
-    v, shape = r.get("variant", "v0"), f"{r['rows']}x{r['cols']}"
-    s = (f"{r.get('part', 'dequant')} [{v}] nf4-dq64 {shape}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
+    s = (f"{r.get('part', 'dequant')} nf4-dq64 {r['rows']}x{r['cols']}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
          f" = {r['ratio']:.2f} of copy (goal 0.85: {'met' if r['ratio'] >= 0.85 else 'NOT met'}; {r['dequant_ms']:.3f} vs"
          f" {r['copy_ms']:.3f} ms), mismatches {r['mismatches']}{' WRONG' if r['mismatches'] > 0 else ''}")
-    outs = [("f32", r["ratio"], r["mismatches"])]
     if "bf16_ratio" in r:
         s += (f"; bf16 out {r['bf16_dequant_gbps']:.0f} GB/s vs copy {r['bf16_copy_gbps']:.0f} = {r['bf16_ratio']:.2f}"
               f", mismatches {r['bf16_mismatches']}{' WRONG' if r['bf16_mismatches'] > 0 else ''}")
-        outs.append(("bf16", r["bf16_ratio"], r["bf16_mismatches"]))
-    for out, ratio, bad in outs:
-        if bad == 0 and ratio > best.get((shape, out), (-1.0, ""))[0]:
-            best[(shape, out)] = (ratio, v)
     print(s)
-if best:
-    print("dequant: fastest exact variant (0 mismatches): " + "; ".join(
-        f"{shape} {out} {v} {ratio:.2f}" for (shape, out), (ratio, v) in best.items()))
 # bench_gpu_linear (part linear): the QLoRA linear's parts per shape, one row per shape and a column per
 # variant: "ms rate" (TFLOPS for products and the op, GB/s for dequant and the cast; BAD = failed check),
 # and per model a row summing a layer's projections (q/o counts twice, ...): ms only.

@@ -45,22 +45,6 @@ lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_t *d_dst, i
                                const lq_qstate *qs, void *stream, lq_err *err);
 bool lq_cuda_dequant_bf16_supported(lq_dtype t);
 
-/* Kernel variants of the NF4 / FP4 path of both calls above, for measuring them side by side
- * (bench_gpu dequant). Every variant gives the same bits for every call either accepts; a call a
- * variant cannot take whole (alignment, a block under 64, too few elements) goes, in part or whole,
- * through variant 0's kernels. The choice is process-wide, for all threads and streams; variant 0,
- * "v0", is the default. Unless lq_cuda_dequant_set_variant comes first, the first NF4 / FP4 call
- * reads the environment variable LOQUAT_DEQUANT_VARIANT once (an index or a name); one naming no
- * variant makes every NF4 / FP4 call fail with LQ_ERR_ARG and a message naming the value.
- *   lq_cuda_dequant_variants: how many there are; with names non-NULL (room for that many, at most
- *     LQ_CUDA_DEQUANT_MAX_VARIANTS) also their names, static strings, index = variant.
- *     0 in a build without CUDA.
- *   lq_cuda_dequant_set_variant: selects variant v for the calls that start after it; LQ_ERR_ARG
- *     for an index out of range, LQ_ERR_UNSUPPORTED in a build without CUDA. */
-#define LQ_CUDA_DEQUANT_MAX_VARIANTS 8
-int lq_cuda_dequant_variants(const char **names);
-lq_status lq_cuda_dequant_set_variant(int v, lq_err *err);
-
 #ifdef __cplusplus
 }
 #endif

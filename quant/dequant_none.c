@@ -25,13 +25,3 @@ lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_t *d_dst, i
                   "cuda dequant %s to bf16: loquat was built without CUDA (rebuild with make CUDA=1)",
                   lq_dtype_name(t));
 }
-
-int lq_cuda_dequant_variants(const char **names) {
-    (void)names;
-    return 0;
-}
-
-lq_status lq_cuda_dequant_set_variant(int v, lq_err *err) {
-    return LQ_ERR(err, LQ_ERR_UNSUPPORTED,
-                  "cuda dequant variant %d: loquat was built without CUDA (rebuild with make CUDA=1)", v);
-}

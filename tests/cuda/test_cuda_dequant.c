@@ -1,10 +1,11 @@
 /* tests/cuda/test_cuda_dequant.c: the CUDA dequant kernels (quant/dequant.cu) against the traits
  * table's to_f32, byte for byte: every format lq_cuda_dequant_supported accepts, NF4 / FP4 with and
- * without double quantization (and NF4 with blocks of 32 and 256), I8 / I4 with and without zero
- * points, over windows that start at odd and mid-block offsets; NF4 / FP4 to bf16 against the bf16
- * rounding of the CPU's result. NF4 / FP4 under every kernel variant (lq_cuda_dequant_set_variant),
- * with extra windows and output offsets that take each variant's head, whole units and tail
- * paths; outputs NaN-poisoned, the elements around the window checked untouched.
+ * without double quantization (and NF4 with blocks of 32, 96 and 256), I8 / I4 with and without
+ * zero points, over windows that start at odd and mid-block offsets; NF4 / FP4 to bf16 against the
+ * bf16 rounding of the CPU's result. NF4 / FP4 also over windows, code and output offsets that take
+ * the wide kernel's whole groups, the per-byte kernel's tail, and the per-byte kernel alone (the
+ * calls the wide one cannot take); outputs NaN-poisoned, the elements around the window checked
+ * untouched.
  * Seeds come from the clock each run (printed); LOQUAT_CUDA_SEED=<n> replays a run. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,13 +23,13 @@ static uint64_t g_seed;
 
 #define DQ_N 19200 /* elements: 75 K-blocks, 300 bnb blocks of 64 (two nested blocks of 256) */
 
-/* One format variant: bitsandbytes with or without double quantization, affine with or without
- * zero points; block: the state's block (0: 64 for bnb, 32 for affine). */
-typedef struct dq_variant {
+/* One format case: bitsandbytes with or without double quantization, affine with or without zero
+ * points; block: the state's block (0: 64 for bnb, 32 for affine). */
+typedef struct dq_case {
     lq_dtype t;
     bool double_quant, zero;
     int64_t block;
-} dq_variant;
+} dq_case;
 
 /* A random finite f16 in [lo, hi). */
 static uint16_t rand_f16(lq_rng *r, float lo, float hi) { return lq_f32_to_f16(lo + (hi - lo) * lq_rng_uniform(r)); }
@@ -36,8 +37,9 @@ static uint16_t rand_f16(lq_rng *r, float lo, float hi) { return lq_f32_to_f16(l
 /* Host codes of DQ_N elements of v.t and their state (*qs NULL for formats without one): random
  * floats through the traits table's from_f32 where the format has one (bnb double quantization
  * then nests the float absmax as lq_bnb4_quantize does); random bytes with finite f16 scales
- * for the ggml blocks without an encoder. NULL with err set. */
-static uint8_t *dq_make(const dq_variant *v, lq_rng *rng, lq_qstate **qs, lq_err *err) {
+ * for the ggml blocks without an encoder, and random codes and scales for a bnb block that is
+ * not a power of two (bnb's quantizer refuses one; the dequant takes any). NULL with err set. */
+static uint8_t *dq_make(const dq_case *v, lq_rng *rng, lq_qstate **qs, lq_err *err) {
     const lq_dtype_traits *tr = lq_dtype_info(v->t);
     size_t bytes = lq_dtype_bytes(v->t, DQ_N);
     uint8_t *codes = calloc(bytes ? bytes : 1, 1);
@@ -83,7 +85,12 @@ static uint8_t *dq_make(const dq_variant *v, lq_rng *rng, lq_qstate **qs, lq_err
                 if (q->zero) q->zero[b] = (float)lq_rng_int(rng, -half / 2, half / 2 - 1);
             }
         }
-        if (tr->from_f32(x, codes, DQ_N, q, 0, err) != LQ_OK) goto fail;
+        if (bnb && (block & (block - 1))) {
+            for (size_t i = 0; i < bytes; i++) codes[i] = (uint8_t)lq_rng_u64(rng);
+            for (int64_t b = 0; b < nblk; b++) q->absmax[b] = 0.1f + 2.0f * lq_rng_uniform(rng);
+        } else if (tr->from_f32(x, codes, DQ_N, q, 0, err) != LQ_OK) {
+            goto fail;
+        }
         if (bnb && v->double_quant) {
             lq_qstate *d = lq_qstate_alloc(nblk, block, false, true, LQ_BNB_BLOCK2);
             if (!d) goto oom;
@@ -139,51 +146,58 @@ static void dq_device_state_free(lq_qstate *d) {
     lq_cuda_free((void *)d->code2);
 }
 
-static int n_variants(dq_variant *out) {
+static int dq_cases(dq_case *out) {
     int n = 0;
     for (int t = 0; t < LQ_DTYPE_COUNT; t++) {
         if (!lq_cuda_dequant_supported((lq_dtype)t) || !lq_dtype_info((lq_dtype)t)) continue;
         bool bnb = t == LQ_DTYPE_NF4 || t == LQ_DTYPE_FP4, aff = t == LQ_DTYPE_I8 || t == LQ_DTYPE_I4;
-        out[n++] = (dq_variant){(lq_dtype)t, false, false, 0};
-        if (bnb) out[n++] = (dq_variant){(lq_dtype)t, true, false, 0};
-        if (aff) out[n++] = (dq_variant){(lq_dtype)t, false, true, 0};
-        /* blocks under 64 (the warp variants give them to variant 0) and over it */
-        for (int b = 0; t == LQ_DTYPE_NF4 && b < 2; b++)
-            for (int d = 0; d < 2; d++) out[n++] = (dq_variant){(lq_dtype)t, d == 1, false, b ? 256 : 32};
+        out[n++] = (dq_case){(lq_dtype)t, false, false, 0};
+        if (bnb) out[n++] = (dq_case){(lq_dtype)t, true, false, 0};
+        if (aff) out[n++] = (dq_case){(lq_dtype)t, false, true, 0};
+        /* blocks under 64 and over it, and one that is not a power of two (the wide kernel's block
+         * index is a shift: such a block goes to the per-byte kernel whole) */
+        static const int64_t blocks[] = {32, 256, 96};
+        for (int b = 0; t == LQ_DTYPE_NF4 && b < 3; b++)
+            for (int d = 0; d < 2; d++) out[n++] = (dq_case){(lq_dtype)t, d == 1, false, blocks[b]};
     }
     return n;
 }
 
 /* A window of a parity case: elements [start, start + cnt) of the tensor, written to the output
- * from element dst_off (0: the allocation's start, 256-byte aligned). */
+ * from element dst_off (0: the allocation's start, 256-byte aligned), the tensor's codes placed
+ * src_shift bytes past an aligned address. */
 typedef struct dq_window {
-    int64_t start, cnt, dst_off;
+    int64_t start, cnt, dst_off, src_shift;
 } dq_window;
 
 #define DQ_MAX_WINDOWS 24
 #define DQ_GUARD 16 /* poisoned output elements after a window that must stay untouched */
 #define DQ_OUT_N (DQ_N + 32) /* output elements allocated: room for dst_off + cnt + DQ_GUARD */
+#define DQ_SRC_PAD 16        /* code bytes allocated past the tensor's: room for src_shift */
 
 /* The windows of a format of block size u: all of it, from a start that is odd or inside a state
  * block, from a third of the way, and five units past that. For NF4 / FP4 (u = 2 elements) also
- * the shapes the kernel variants split differently (quant/dequant.cu): starts whose code bytes are
- * not 16-byte aligned (8, 1000: a head before the first whole 1024-element chunk), a start inside a
- * block with aligned codes (96: chunks straddling 17 blocks), starts 2 or 4 mod 8 (no whole f32 or
- * bf16 groups), whole units only (7 blocks in, 3 chunks; 1 chunk), just under one chunk, sizes 2 or
- * 4 mod 8, the tensor's end, one byte, and outputs 1, 2, 4 and 8 elements in (4- to 32-byte
- * offsets: aligned or not for 16-byte stores). */
+ * the shapes that split a call between quant/dequant.cu's two kernels: the wide one takes the whole
+ * groups (4 f32 or 8 bf16 elements) when block and start are multiples of a group, the codes are 2-
+ * (f32) or 4-byte (bf16) aligned and the output 16-byte aligned; the per-byte one the tail, or the
+ * whole call. Starts inside a state block with whole groups for both (96, 1000, 8); a start 4 mod 8
+ * (whole f32 groups, none for bf16) and starts 2 mod 4 (none: 2, the tensor's end); whole groups
+ * only (448: 7 blocks in; 1024 from 0); sizes 2, 4 and 6 mod 8 (per-byte tails); one byte; outputs
+ * 1, 2, 4 and 8 elements in (4- to 32-byte offsets: aligned or not for 16-byte stores); codes 1
+ * and 2 bytes past an aligned address (aligned for neither load, or for f32's only). */
 static int dq_windows(const lq_dtype_traits *tr, bool bnb, dq_window *w) {
     const int64_t u = tr->block_size, nb = DQ_N / u;
     int n = 0;
-    w[n++] = (dq_window){0, DQ_N, 0};
-    w[n++] = (dq_window){3 * u, DQ_N - 4 * u, 0};
-    w[n++] = (dq_window){u * (nb / 3), u * (nb / 4), 0};
-    w[n++] = (dq_window){u * (nb / 3 + 1), 5 * u, 0};
+    w[n++] = (dq_window){0, DQ_N, 0, 0};
+    w[n++] = (dq_window){3 * u, DQ_N - 4 * u, 0, 0};
+    w[n++] = (dq_window){u * (nb / 3), u * (nb / 4), 0, 0};
+    w[n++] = (dq_window){u * (nb / 3 + 1), 5 * u, 0, 0};
     if (!bnb) return n;
     static const dq_window extra[] = {
-        {8, DQ_N - 18, 0},  {96, 5 * 1024 + 4, 0}, {1000, 3002, 0}, {4, 2052, 0},          {448, 3 * 1024, 0},
-        {0, 1024, 0},       {0, 1022, 0},          {2, 2, 0},       {DQ_N - 2050, 2050, 0}, {0, DQ_N, 1},
-        {96, 4096, 2},      {1000, 3002, 4},       {1000, 3002, 8}, {64, 8192 + 6, 1},
+        {8, DQ_N - 18, 0, 0},      {96, 5 * 1024 + 4, 0, 0}, {1000, 3002, 0, 0}, {4, 2052, 0, 0},
+        {448, 3 * 1024, 0, 0},     {0, 1024, 0, 0},          {0, 1022, 0, 0},    {2, 2, 0, 0},
+        {DQ_N - 2050, 2050, 0, 0}, {0, DQ_N, 1, 0},          {96, 4096, 2, 0},   {1000, 3002, 4, 0},
+        {1000, 3002, 8, 0},        {64, 8192 + 6, 1, 0},     {8, DQ_N - 18, 0, 1}, {1000, 3002, 8, 2},
     };
     for (size_t i = 0; i < sizeof extra / sizeof extra[0] && n < DQ_MAX_WINDOWS; i++) w[n++] = extra[i];
     return n;
@@ -196,22 +210,18 @@ static int64_t dq_first_unpoisoned(const uint8_t *p, int64_t n) {
     return -1;
 }
 
-/* Every supported format and variant over its windows (dq_windows), NF4 / FP4 under every kernel
- * variant. The output is poisoned (0xff bytes: NaN) before each call; the elements before and after
- * the window must come back poisoned, the window equal to the CPU's bit for bit. to_bf16 compares
- * lq_cuda_dequant_bf16 with the bf16 rounding (RNE) of the CPU's float32 result instead. */
+/* Every supported format case over its windows (dq_windows). The output is poisoned (0xff bytes:
+ * NaN) before each call; the elements before and after the window must come back poisoned, the
+ * window equal to the CPU's bit for bit. to_bf16 compares lq_cuda_dequant_bf16 with the bf16
+ * rounding (RNE) of the CPU's float32 result instead. */
 static void dequant_parity(bool to_bf16) {
-    dq_variant vs[2 * LQ_DTYPE_COUNT + 4];
-    const char *kv_name[LQ_CUDA_DEQUANT_MAX_VARIANTS];
-    int nv = n_variants(vs), n_kv = lq_cuda_dequant_variants(NULL), fails = 0, checked = 0;
-    if (n_kv < 1 || n_kv > LQ_CUDA_DEQUANT_MAX_VARIANTS)
-        fail_msg("dequant: lq_cuda_dequant_variants says %d (1..%d expected)", n_kv, LQ_CUDA_DEQUANT_MAX_VARIANTS);
-    lq_cuda_dequant_variants(kv_name);
+    dq_case vs[2 * LQ_DTYPE_COUNT + 6];
+    int nv = dq_cases(vs), fails = 0, checked = 0;
     const size_t esz = to_bf16 ? sizeof(uint16_t) : sizeof(float);
     lq_rng rng;
     lq_rng_seed(&rng, lq_mix64(g_seed ^ (to_bf16 ? 0xbf16u : 0xdeu)));
     for (int vi = 0; vi < nv; vi++) {
-        const dq_variant *v = &vs[vi];
+        const dq_case *v = &vs[vi];
         const lq_dtype_traits *tr = lq_dtype_info(v->t);
         const bool bnb = v->t == LQ_DTYPE_NF4 || v->t == LQ_DTYPE_FP4;
         if (to_bf16 && !lq_cuda_dequant_bf16_supported(v->t)) continue;
@@ -229,13 +239,11 @@ static void dequant_parity(bool to_bf16) {
             continue;
         }
         size_t bytes = lq_dtype_bytes(v->t, DQ_N);
-        void *d_codes = lq_cuda_malloc(bytes, &err);
+        uint8_t *d_codes = lq_cuda_malloc(bytes + DQ_SRC_PAD, &err);
         float *d_out = lq_cuda_malloc(DQ_OUT_N * sizeof(float), &err);
         float *ref = malloc(DQ_N * sizeof *ref), *got = malloc(DQ_OUT_N * sizeof *got);
         uint16_t *ref16 = malloc(DQ_N * sizeof *ref16);
-        bool ok = d_codes && d_out && ref && got && ref16 &&
-                  lq_cuda_copy(d_codes, codes, bytes, LQ_COPY_H2D, NULL, &err) == LQ_OK &&
-                  (!qs || dq_device_state(qs, &dqs, &err) == LQ_OK);
+        bool ok = d_codes && d_out && ref && got && ref16 && (!qs || dq_device_state(qs, &dqs, &err) == LQ_OK);
         if (!ok) {
             print_error("dequant %s: setting up: %s\n", name, err.msg[0] ? err.msg : "out of memory");
             fails++;
@@ -245,58 +253,57 @@ static void dequant_parity(bool to_bf16) {
         for (int w = 0; w < nw; w++) {
             const int64_t start = win[w].start, cnt = win[w].cnt, off = win[w].dst_off;
             const size_t src_off = lq_dtype_bytes(v->t, start);
+            uint8_t *d_tensor = d_codes + win[w].src_shift;
             tr->to_f32(codes + src_off, ref, cnt, qs, start);
             if (to_bf16)
                 for (int64_t i = 0; i < cnt; i++) ref16[i] = lq_f32_to_bf16(ref[i]);
             const void *want = to_bf16 ? (const void *)ref16 : (const void *)ref;
-            for (int kv = 0; kv < (bnb ? n_kv : 1); kv++) {
-                char where[192];
-                snprintf(where, sizeof where, "dequant%s %s [%lld, +%lld) to output + %lld, kernel variant %s",
-                         to_bf16 ? " bf16" : "", name, (long long)start, (long long)cnt, (long long)off, kv_name[kv]);
-                void *dst = (uint8_t *)d_out + (size_t)off * esz;
-                const size_t back = (size_t)(off + cnt + DQ_GUARD) * esz;
-                lq_status s = lq_cuda_dequant_set_variant(kv, &err);
-                if (s == LQ_OK) s = lq_cuda_memset(d_out, 0xff, DQ_OUT_N * sizeof(float), NULL, &err);
-                if (s == LQ_OK)
-                    s = to_bf16 ? lq_cuda_dequant_bf16(v->t, (const uint8_t *)d_codes + src_off, (uint16_t *)dst, cnt,
-                                                       start, qs ? &dqs : NULL, NULL, &err)
-                                : lq_cuda_dequant(v->t, (const uint8_t *)d_codes + src_off, (float *)dst, cnt, start,
-                                                  qs ? &dqs : NULL, NULL, &err);
-                if (s == LQ_OK) s = lq_cuda_sync(NULL, &err);
-                if (s == LQ_OK) s = lq_cuda_copy(got, d_out, back, LQ_COPY_D2H, NULL, &err);
-                checked++;
-                if (s != LQ_OK) {
-                    print_error("%s: %s\n", where, err.msg);
-                    fails++;
-                    lq_err_clear(&err);
-                    continue;
+            char where[192];
+            snprintf(where, sizeof where, "dequant%s %s [%lld, +%lld) to output + %lld, codes + %lld bytes",
+                     to_bf16 ? " bf16" : "", name, (long long)start, (long long)cnt, (long long)off,
+                     (long long)win[w].src_shift);
+            void *dst = (uint8_t *)d_out + (size_t)off * esz;
+            const size_t back = (size_t)(off + cnt + DQ_GUARD) * esz;
+            lq_status s = lq_cuda_copy(d_tensor, codes, bytes, LQ_COPY_H2D, NULL, &err);
+            if (s == LQ_OK) s = lq_cuda_memset(d_out, 0xff, DQ_OUT_N * sizeof(float), NULL, &err);
+            if (s == LQ_OK)
+                s = to_bf16 ? lq_cuda_dequant_bf16(v->t, d_tensor + src_off, (uint16_t *)dst, cnt, start,
+                                                   qs ? &dqs : NULL, NULL, &err)
+                            : lq_cuda_dequant(v->t, d_tensor + src_off, (float *)dst, cnt, start, qs ? &dqs : NULL,
+                                              NULL, &err);
+            if (s == LQ_OK) s = lq_cuda_sync(NULL, &err);
+            if (s == LQ_OK) s = lq_cuda_copy(got, d_out, back, LQ_COPY_D2H, NULL, &err);
+            checked++;
+            if (s != LQ_OK) {
+                print_error("%s: %s\n", where, err.msg);
+                fails++;
+                lq_err_clear(&err);
+                continue;
+            }
+            const uint8_t *g8 = (const uint8_t *)got, *inside = g8 + (size_t)off * esz;
+            int64_t before = dq_first_unpoisoned(g8, off * (int64_t)esz);
+            int64_t after = dq_first_unpoisoned(inside + (size_t)cnt * esz, DQ_GUARD * (int64_t)esz);
+            if (before >= 0 || after >= 0) {
+                print_error("%s: output element %lld, %s the window, was written\n", where,
+                            (long long)(before >= 0 ? before / (int64_t)esz - off : cnt + after / (int64_t)esz),
+                            before >= 0 ? "before" : "after");
+                fails++;
+            } else if (memcmp(inside, want, (size_t)cnt * esz) != 0) {
+                int64_t i = 0;
+                while (memcmp(inside + (size_t)i * esz, (const uint8_t *)want + (size_t)i * esz, esz) == 0) i++;
+                if (to_bf16) {
+                    uint16_t g16;
+                    memcpy(&g16, inside + (size_t)i * 2, 2);
+                    print_error("%s: element %lld is 0x%04x on the GPU, 0x%04x = bf16(%.9g) on the CPU\n", where,
+                                (long long)(start + i), (unsigned)g16, (unsigned)ref16[i], (double)ref[i]);
+                } else {
+                    float g32;
+                    memcpy(&g32, inside + (size_t)i * 4, 4);
+                    print_error("%s: element %lld is %.9g (0x%08x) on the GPU, %.9g (0x%08x) on the CPU\n", where,
+                                (long long)(start + i), (double)g32, lq_f32_bits(g32), (double)ref[i],
+                                lq_f32_bits(ref[i]));
                 }
-                const uint8_t *g8 = (const uint8_t *)got, *inside = g8 + (size_t)off * esz;
-                int64_t before = dq_first_unpoisoned(g8, off * (int64_t)esz);
-                int64_t after = dq_first_unpoisoned(inside + (size_t)cnt * esz, DQ_GUARD * (int64_t)esz);
-                if (before >= 0 || after >= 0) {
-                    print_error("%s: output element %lld, %s the window, was written\n", where,
-                                (long long)(before >= 0 ? before / (int64_t)esz - off
-                                                        : cnt + after / (int64_t)esz),
-                                before >= 0 ? "before" : "after");
-                    fails++;
-                } else if (memcmp(inside, want, (size_t)cnt * esz) != 0) {
-                    int64_t i = 0;
-                    while (memcmp(inside + (size_t)i * esz, (const uint8_t *)want + (size_t)i * esz, esz) == 0) i++;
-                    if (to_bf16) {
-                        uint16_t g16;
-                        memcpy(&g16, inside + (size_t)i * 2, 2);
-                        print_error("%s: element %lld is 0x%04x on the GPU, 0x%04x = bf16(%.9g) on the CPU\n", where,
-                                    (long long)(start + i), (unsigned)g16, (unsigned)ref16[i], (double)ref[i]);
-                    } else {
-                        float g32;
-                        memcpy(&g32, inside + (size_t)i * 4, 4);
-                        print_error("%s: element %lld is %.9g (0x%08x) on the GPU, %.9g (0x%08x) on the CPU\n", where,
-                                    (long long)(start + i), (double)g32, lq_f32_bits(g32), (double)ref[i],
-                                    lq_f32_bits(ref[i]));
-                    }
-                    fails++;
-                }
+                fails++;
             }
         }
         if (qs && ok) dq_device_state_free(&dqs);
@@ -308,63 +315,9 @@ static void dequant_parity(bool to_bf16) {
         free(codes);
         lq_qstate_free(qs);
     }
-    lq_err err;
-    lq_err_clear(&err);
-    if (lq_cuda_dequant_set_variant(0, &err) != LQ_OK) fail_msg("dequant: back to variant 0: %s", err.msg);
     if (to_bf16 && checked == 0) print_message("dequant_bf16: no format has a bf16 kernel in this build\n");
     if (!to_bf16 && checked == 0) fail_msg("dequant: lq_cuda_dequant_supported says no to every format");
     if (fails) fail_msg("dequant%s: %d of %d windows differ (or failed)", to_bf16 ? " bf16" : "", fails, checked);
-}
-
-/* The variant API: the names (v0 first, distinct), out-of-range indices refused, and
- * LOQUAT_DEQUANT_VARIANT: a value naming no variant makes the first NF4 call fail naming it (the
- * variable is read once, at this process's first NF4 / FP4 call: this test runs first), and
- * lq_cuda_dequant_set_variant overrides it. Each variant by name through the environment cannot be
- * tried in one process; bench_gpu and the parity cases above select them through the API. */
-static void test_dequant_variant_api(void **state) {
-    (void)state;
-    const char *names[LQ_CUDA_DEQUANT_MAX_VARIANTS];
-    int n = lq_cuda_dequant_variants(NULL);
-    assert_true(n >= 1 && n <= LQ_CUDA_DEQUANT_MAX_VARIANTS);
-    assert_int_equal(lq_cuda_dequant_variants(names), n);
-    assert_string_equal(names[0], "v0");
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < i; j++) assert_true(strcmp(names[i], names[j]) != 0);
-    lq_err err;
-    lq_err_clear(&err);
-    assert_int_equal(lq_cuda_dequant_set_variant(n, &err), LQ_ERR_ARG);
-    lq_err_clear(&err);
-    assert_int_equal(lq_cuda_dequant_set_variant(-1, &err), LQ_ERR_ARG);
-    lq_err_clear(&err);
-
-    /* a 64-element NF4 tensor, plain absmax: real device buffers, so the calls that pass launch */
-    uint8_t *d_codes = lq_cuda_malloc(32, &err);
-    float *d_absmax = lq_cuda_malloc(sizeof(float), &err), *d_out = lq_cuda_malloc(64 * sizeof(float), &err);
-    assert_non_null(d_codes);
-    assert_non_null(d_absmax);
-    assert_non_null(d_out);
-    const float one = 1.0f;
-    assert_int_equal(lq_cuda_memset(d_codes, 0x3c, 32, NULL, &err), LQ_OK);
-    assert_int_equal(lq_cuda_copy(d_absmax, &one, sizeof one, LQ_COPY_H2D, NULL, &err), LQ_OK);
-    lq_qstate qs = {.block = 64, .absmax = d_absmax, .device = true};
-    const char *preset = getenv("LOQUAT_DEQUANT_VARIANT");
-    if (preset && *preset) {
-        print_message("LOQUAT_DEQUANT_VARIANT=%s is set for this run: the bad-value check is left out\n", preset);
-    } else {
-        setenv("LOQUAT_DEQUANT_VARIANT", "no-such-variant", 1);
-        assert_int_equal(lq_cuda_dequant(LQ_DTYPE_NF4, d_codes, d_out, 64, 0, &qs, NULL, &err), LQ_ERR_ARG);
-        assert_non_null(strstr(err.msg, "no-such-variant"));
-        lq_err_clear(&err);
-        unsetenv("LOQUAT_DEQUANT_VARIANT");
-    }
-    assert_int_equal(lq_cuda_dequant_set_variant(n - 1, &err), LQ_OK);
-    assert_int_equal(lq_cuda_dequant(LQ_DTYPE_NF4, d_codes, d_out, 64, 0, &qs, NULL, &err), LQ_OK);
-    assert_int_equal(lq_cuda_dequant_set_variant(0, &err), LQ_OK);
-    assert_int_equal(lq_cuda_dequant(LQ_DTYPE_NF4, d_codes, d_out, 64, 0, &qs, NULL, &err), LQ_OK);
-    assert_int_equal(lq_cuda_sync(NULL, &err), LQ_OK);
-    lq_cuda_free(d_codes);
-    lq_cuda_free(d_absmax);
-    lq_cuda_free(d_out);
 }
 
 static void test_dequant(void **state) {
@@ -382,7 +335,6 @@ int main(void) {
     if (!lq_cuda_test_should_run(&rc)) return rc;
     g_seed = lq_cuda_test_seed("test_cuda_dequant");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dequant_variant_api), /* first: before any NF4 call reads the environment */
         cmocka_unit_test(test_dequant),
         cmocka_unit_test(test_dequant_bf16),
     };
