@@ -1,5 +1,6 @@
-/* tests/cuda/test_cuda_convert.c: the f32 -> bf16 conversions that the products in bf16 math read
- * (lq_cuda_to_bf16, lq_cuda_to_bf16_pair), bit for bit against the CPU's lq_f32_to_bf16 (round to
+/* tests/cuda/test_cuda_convert.c: the layout kernels, bit for bit against the CPU: the strided copy
+ * (lq_cuda_strided, see test_strided_layouts), and the f32 -> bf16 conversions that the products in
+ * bf16 math read (lq_cuda_to_bf16, lq_cuda_to_bf16_pair) against lq_f32_to_bf16 (round to
  * nearest even), over the layouts that pick each kernel: contiguous with and without 16-byte
  * alignment and with a tail under 8, row-strided with the 8-wide rows kernel's conditions met and
  * each one missed. The output is poisoned first; padding between rows must stay untouched. Without
@@ -124,12 +125,98 @@ static void test_to_bf16_layouts(void **state) {
     if (bad) fail_msg("%d element(s) wrong", bad);
 }
 
+/* lq_cuda_strided (copy and accumulate between f32 layouts of one logical shape) against the CPU's
+ * lq_strided_copy / lq_strided_add, exactly. The 4-wide kernel takes a unit-stride innermost dim of
+ * a multiple of 4 with 16-byte strides elsewhere (attention's head transposes); each case below
+ * meets or misses one of those conditions. Source and destination are strided views of padded
+ * buffers: elements outside the destination view must keep their values. */
+typedef struct sl_case {
+    int64_t ne[4];
+    int perm[4];      /* the source's storage order: perm[0] outermost */
+    int64_t pad, off; /* floats of padding after each destination row, and the source's offset */
+    bool acc;
+    const char *what;
+} sl_case;
+
+static int strided_case(lq_ctx *ctx, lq_rng *r, const sl_case *c) {
+    const int64_t *ne = c->ne;
+    int64_t n = ne[0] * ne[1] * ne[2] * ne[3];
+    size_t snb[4], dnb[4];
+    int64_t st = 1;
+    for (int k = 3; k >= 0; k--) { /* source: contiguous in perm order */
+        snb[c->perm[k]] = (size_t)st * sizeof(float);
+        st *= ne[c->perm[k]];
+    }
+    int64_t ld = ne[3] + c->pad; /* destination: rows of ld floats */
+    dnb[3] = sizeof(float);
+    dnb[2] = (size_t)ld * sizeof(float);
+    dnb[1] = dnb[2] * (size_t)ne[2];
+    dnb[0] = dnb[1] * (size_t)ne[1];
+    int64_t sn = n + c->off, dn = ne[0] * ne[1] * ne[2] * ld;
+    float *hs = malloc(sizeof(float) * (size_t)sn), *hd = malloc(sizeof(float) * (size_t)dn);
+    float *want = malloc(sizeof(float) * (size_t)dn), *got = malloc(sizeof(float) * (size_t)dn);
+    lq_err err;
+    lq_err_clear(&err);
+    float *ds = lq_cuda_malloc(sizeof(float) * (size_t)sn, &err), *dd = lq_cuda_malloc(sizeof(float) * (size_t)dn, &err);
+    if (!hs || !hd || !want || !got || !ds || !dd) fail_msg("allocation: %s", err.msg);
+    for (int64_t i = 0; i < sn; i++) hs[i] = lq_rng_uniform(r) - 0.5f;
+    for (int64_t i = 0; i < dn; i++) hd[i] = want[i] = lq_rng_uniform(r) + 1.0f;
+    if (c->acc) lq_strided_add(want, dnb, hs + c->off, snb, ne, 1);
+    else lq_strided_copy(want, dnb, hs + c->off, snb, ne, 1);
+    if (lq_cuda_copy(ds, hs, sizeof(float) * (size_t)sn, LQ_COPY_H2D, NULL, &err) != LQ_OK ||
+        lq_cuda_copy(dd, hd, sizeof(float) * (size_t)dn, LQ_COPY_H2D, NULL, &err) != LQ_OK)
+        fail_msg("upload: %s", err.msg);
+    if (lq_cuda_strided(ctx, dd, dnb, ds + c->off, snb, ne, c->acc) != LQ_OK || lq_cuda_sync(NULL, &err) != LQ_OK ||
+        lq_cuda_copy(got, dd, sizeof(float) * (size_t)dn, LQ_COPY_D2H, NULL, &err) != LQ_OK)
+        fail_msg("%s: %s %s", c->what, lq_ctx_error(ctx)->msg, err.msg);
+    int bad = 0;
+    for (int64_t i = 0; i < dn; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0 && bad++ < 3)
+            print_error("%s: element %lld: %.9g, want %.9g\n", c->what, (long long)i, (double)got[i], (double)want[i]);
+    print_message("  %-44s (%lld, %lld, %lld, %lld): %d wrong\n", c->what, (long long)ne[0], (long long)ne[1],
+                  (long long)ne[2], (long long)ne[3], bad);
+    lq_cuda_free(ds);
+    lq_cuda_free(dd);
+    free(hs);
+    free(hd);
+    free(want);
+    free(got);
+    return bad;
+}
+
+static void test_strided_layouts(void **state) {
+    (void)state;
+    lq_ctx *ctx = NULL;
+    lq_ctx_opts o = {.n_threads = 1, .arena_bytes = 1 << 20, .device = LQ_DEVICE_CUDA, .cuda_math = LQ_CUDA_MATH_FP32};
+    lq_err err;
+    lq_err_clear(&err);
+    if (lq_ctx_init(&ctx, &o, &err) != LQ_OK) fail_msg("ctx: %s", err.msg);
+    lq_rng r;
+    lq_rng_seed(&r, g_seed ^ 0x5751u);
+    int64_t B = lq_rng_int(&r, 1, 3), T = lq_rng_int(&r, 3, 40), H = lq_rng_int(&r, 1, 6), D = 4 * lq_rng_int(&r, 1, 8);
+    const sl_case cs[] = {
+        /* (B, H, T, D) from (B, T, H, D) storage: attention's transpose */
+        {{B, H, T, D}, {0, 2, 1, 3}, 0, 0, false, "head transpose (x4)"},
+        {{B, H, T, D}, {0, 2, 1, 3}, 4, 0, true, "head transpose, accumulate, padded rows (x4)"},
+        {{1, H, T, D}, {0, 2, 1, 3}, 0, 0, false, "batch of one (x4)"},
+        {{B, H, T, D + 1}, {0, 2, 1, 3}, 0, 0, false, "D % 4 != 0 (scalar)"},
+        {{B, H, T, D}, {0, 2, 1, 3}, 2, 0, false, "destination rows off 16 bytes (scalar)"},
+        {{B, H, T, D}, {0, 2, 1, 3}, 0, 1, false, "source off 16 bytes (scalar)"},
+        {{B, H, D, T}, {0, 1, 3, 2}, 0, 0, true, "innermost stride not 1 (scalar)"},
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) bad += strided_case(ctx, &r, &cs[i]);
+    lq_ctx_free(ctx);
+    if (bad) fail_msg("%d element(s) wrong", bad);
+}
+
 int main(void) {
     int rc = 0;
     if (!lq_cuda_test_should_run(&rc)) return rc;
     g_seed = lq_cuda_test_seed("test_cuda_convert");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_to_bf16_layouts),
+        cmocka_unit_test(test_strided_layouts),
     };
     return cmocka_run_group_tests_name("test_cuda_convert", tests, NULL, NULL);
 }
