@@ -157,7 +157,8 @@ static int strided_case(lq_ctx *ctx, lq_rng *r, const sl_case *c) {
     float *want = malloc(sizeof(float) * (size_t)dn), *got = malloc(sizeof(float) * (size_t)dn);
     lq_err err;
     lq_err_clear(&err);
-    float *ds = lq_cuda_malloc(sizeof(float) * (size_t)sn, &err), *dd = lq_cuda_malloc(sizeof(float) * (size_t)dn, &err);
+    float *ds = lq_cuda_malloc(sizeof(float) * (size_t)sn, &err);
+    float *dd = lq_cuda_malloc(sizeof(float) * (size_t)dn, &err);
     if (!hs || !hd || !want || !got || !ds || !dd) fail_msg("allocation: %s", err.msg);
     for (int64_t i = 0; i < sn; i++) hs[i] = lq_rng_uniform(r) - 0.5f;
     for (int64_t i = 0; i < dn; i++) hd[i] = want[i] = lq_rng_uniform(r) + 1.0f;
