@@ -230,6 +230,9 @@ void lq_pad4(const lq_tensor *t, int64_t ne4[4], size_t nb4[4]);
 /* gradcheck helpers for op cases */
 lq_tensor *lq_gc_input(lq_ctx *ctx, lq_rng *rng, int ndim, const int64_t *shape, float lo, float hi);
 lq_tensor *lq_gc_ids(lq_ctx *ctx, lq_rng *rng, int ndim, const int64_t *shape, int32_t lo, int32_t hi);
+/* Document ids (B, T) i32 of packed sequences: nondecreasing along T from 0, a new document
+ * starting at each token after the first with probability 1 / one_in (attention's doc masks). */
+lq_tensor *lq_gc_doc_ids(lq_ctx *ctx, lq_rng *rng, int64_t B, int64_t T, int64_t one_in);
 /* A row length for a case of an op that reduces along rows (norms, softmax, cross-entropy): half
  * the draws lo..hi (cheap to check numerically), half 257..300, wider than a 256-thread CUDA
  * block, so that every warp of a block reduction holds data (the GPU parity suite runs these). */

@@ -185,6 +185,16 @@ lq_tensor *lq_gc_input(lq_ctx *ctx, lq_rng *rng, int ndim, const int64_t *shape,
     return t;
 }
 
+lq_tensor *lq_gc_doc_ids(lq_ctx *ctx, lq_rng *rng, int64_t B, int64_t T, int64_t one_in) {
+    lq_tensor *t = lq_new(ctx, LQ_DTYPE_I32, 2, (int64_t[]){B, T});
+    if (!t) return NULL;
+    int32_t *doc = t->data;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < T; i++)
+            doc[b * T + i] = i == 0 ? 0 : doc[b * T + i - 1] + (lq_rng_int(rng, 1, one_in) == 1);
+    return t;
+}
+
 lq_tensor *lq_gc_ids(lq_ctx *ctx, lq_rng *rng, int ndim, const int64_t *shape, int32_t lo, int32_t hi) {
     lq_tensor *t = lq_new(ctx, LQ_DTYPE_I32, ndim, shape);
     if (!t) return NULL;

@@ -201,15 +201,7 @@ static lq_status gc_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
                     : lq_gc_input(ctx, rng, 4, (int64_t[]){B, T, Hq, D}, -1.5f, 1.5f);
     c->in[1] = lq_gc_input(ctx, rng, 4, (int64_t[]){B, T, Hkv, D}, -1.5f, 1.5f);
     c->in[2] = lq_gc_input(ctx, rng, 4, (int64_t[]){B, T, Hkv, D}, -1, 1);
-    if (with_doc) {
-        /* packed documents: nondecreasing ids, a new document with probability 1/2 per token */
-        c->in[3] = lq_new(ctx, LQ_DTYPE_I32, 2, (int64_t[]){B, T});
-        if (!c->in[3]) return ctx->err.status;
-        int32_t *doc = c->in[3]->data;
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t t = 0; t < T; t++)
-                doc[b * T + t] = t == 0 ? 0 : doc[b * T + t - 1] + (int32_t)lq_rng_int(rng, 0, 1);
-    }
+    if (with_doc && !(c->in[3] = lq_gc_doc_ids(ctx, rng, B, T, 2))) return ctx->err.status; /* 1/2 per token */
     c->ip[0] = causal;
     c->ip[1] = view;
     c->fp[0] = scale;
