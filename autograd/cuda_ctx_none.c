@@ -29,6 +29,11 @@ lq_op_fn lq_op_backward_for(lq_ctx *ctx, const lq_op_def *op) {
     return op->backward;
 }
 
+bool lq_cuda_flash_attn_wanted(lq_ctx *ctx, const lq_node *n) {
+    (void)ctx, (void)n;
+    return false;
+}
+
 #define NO_CUDA_OP(what) LQ_ERR(&ctx->err, LQ_ERR_UNSUPPORTED, "%s: loquat was built without CUDA", what)
 
 lq_status lq_cuda_fill_f32(lq_ctx *ctx, float *d, float v, int64_t n) {

@@ -84,6 +84,10 @@ static inline bool lq_cuda_is_frozen(const lq_tensor *t) {
 lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
                                int64_t n1);
 
+/* Whether attention node n runs the flash kernels (autograd/ops/cuda_attention_flash.cu): opt-in,
+ * LOQUAT_FLASH_ATTN=1 with bf16 math and a head size / layout they take. Always false without CUDA. */
+bool lq_cuda_flash_attn_wanted(lq_ctx *ctx, const lq_node *n);
+
 /* Launch configuration: 256 threads, enough blocks for n work items (capped; kernels loop). */
 #define LQ_CUDA_THREADS 256
 static inline unsigned lq_cuda_blocks(int64_t n) {

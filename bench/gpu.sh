@@ -3,7 +3,7 @@
 # linear benchmarks, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a table.
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 2] [--steps 8] [--warmup 3]
-#                [--math tf32[,bf16][,bf16fused]] [--checkpoint 0[,1]] [--only parity,cli,dequant,linear,135m,1b] [--dry-run]
+#                [--math tf32[,bf16][,bf16fused][,bf16flash]] [--checkpoint 0[,1]] [--only parity,cli,dequant,linear,135m,1b] [--dry-run]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
 # Default: unpacks the bundle tools/gpu_bundle.sh made (binaries + the shared libraries a bare GPU
@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 t_start=$(date +%s)
 
-mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=2 steps=8 warmup=3 maths=tf32,bf16 ckpt=0 dry=0
+mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=2 steps=8 warmup=3 maths=tf32,bf16,bf16flash ckpt=0 dry=0
 only=parity,cli,dequant,linear,135m,1b,profile
 usage() {
     sed -n '4,6p' "$0" | sed 's/^# *//' >&2
@@ -197,10 +197,11 @@ if want linear; then
 fi
 
 # --- 3. training steps, A B A B ---------------------------------------------------------------------
-loquat_step() { # name config batch math limit; math bf16fused = bf16 with the fused NF4 kernel
-    local m=$4 fused=0
+loquat_step() { # name config batch math limit; math bf16fused / bf16flash = bf16 with the fused NF4
+    local m=$4 fused=0 flash=0 # kernel (LOQUAT_FUSED_QLINEAR) / the fused attention (LOQUAT_FLASH_ATTN)
     [ "$m" = bf16fused ] && m=bf16 fused=1
-    part "$1" "$5" "${lqenv[@]}" LOQUAT_FUSED_QLINEAR=$fused "$bench_bin" step --config "$cfg_dir/$2" --batch "$3" \
+    [ "$m" = bf16flash ] && m=bf16 flash=1
+    part "$1" "$5" "${lqenv[@]}" LOQUAT_FUSED_QLINEAR=$fused LOQUAT_FLASH_ATTN=$flash "$bench_bin" step --config "$cfg_dir/$2" --batch "$3" \
         --seq 512 --steps "$steps" --warmup "$warmup" --r 16 --alpha 32 --math "$m" --checkpoint "$ckpt" --label "$1"
 }
 peer_step() { # name config batch limit
@@ -227,7 +228,7 @@ ckpt=${ckpts%%,*}
 
 # --- 4. where a step's time goes: every op timed on its own (LOQUAT_PROFILE=1) -----------------------
 if want profile; then
-    for mdl in ${LOQUAT_PROFILES:-135m:smollm2-135m.json:8:tf32 1b:llama-1b.json:4:tf32}; do
+    for mdl in ${LOQUAT_PROFILES:-135m:smollm2-135m.json:8:bf16 1b:llama-1b.json:4:bf16}; do
         IFS=: read -r tag cfg bsz pm <<<"$mdl"
         tag=$tag-$pm
         part "profile-$tag" 60 "${lqenv[@]}" LOQUAT_PROFILE=1 "$bench_bin" step --config "$cfg_dir/$cfg" --batch "$bsz" \

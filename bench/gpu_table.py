@@ -78,6 +78,8 @@ for r in steps:
     math = r.get("cuda_math", r.get("base"))
     if r["impl"] == "loquat" and "bf16fused" in r.get("part", ""):
         math = "bf16+fused"  # LOQUAT_FUSED_QLINEAR=1: the fused NF4 kernel
+    if r["impl"] == "loquat" and "bf16flash" in r.get("part", ""):
+        math = "bf16+flash"  # LOQUAT_FLASH_ATTN=1: the fused attention
     if r.get("checkpoint"):
         math += " ckpt"
     key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], math)

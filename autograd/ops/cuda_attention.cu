@@ -13,6 +13,9 @@
 
 extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n);
 extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
+/* the opt-in flash path (bf16 math, LOQUAT_FLASH_ATTN=1): cuda_attention_flash*.cu */
+extern "C" lq_status lq_cuda_flash_attn_fwd(lq_ctx *ctx, lq_node *n, float *L, const int32_t *doc);
+extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, float *gk, float *gv);
 
 /* Layout (op_attention.c): q (B, T, Hq, D), k / v (B, T, Hkv, D) (contiguous from the entry, but
  * read through their byte strides nb[]), out like q; in[3] doc ids (B, T) i32 on the host when
@@ -396,7 +399,8 @@ extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n) {
     }
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     if (!n->recorded && n->n_in > 3 && !(doc = lq_cuda_upload_i32(ctx, n->in[3]))) return ctx->err.status;
-    lq_status s = fwd_body(ctx, n, &d, L, doc);
+    lq_status s =
+        lq_cuda_flash_attn_wanted(ctx, n) ? lq_cuda_flash_attn_fwd(ctx, n, L, doc) : fwd_body(ctx, n, &d, L, doc);
     lq_ctx_reset_to(ctx, mark); /* scores, pointers: every kernel reading them is queued */
     if (s != LQ_OK) return s;
     if (n->recorded) { /* a no-grad forward's doc copy was scratch */
@@ -507,7 +511,8 @@ extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n) {
     if (!n->saved[1]) return LQ_ERR(&ctx->err, LQ_ERR_STATE, "attention: backward without the saved row logsumexp");
     attn_dims d = dims_of(n);
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
-    lq_status s = bwd_body(ctx, n, &d, gq, gk, gv);
+    lq_status s = lq_cuda_flash_attn_wanted(ctx, n) ? lq_cuda_flash_attn_bwd(ctx, n, gq, gk, gv)
+                                                    : bwd_body(ctx, n, &d, gq, gk, gv);
     lq_ctx_reset_to(ctx, mark); /* scores, dS, pointers: every kernel reading them is queued */
     return s;
 }

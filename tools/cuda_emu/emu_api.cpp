@@ -128,11 +128,20 @@ extern "C" cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int
     case cudaDevAttrMaxThreadsPerBlock: *v = 1024; break;
     case cudaDevAttrWarpSize: *v = 32; break;
     case cudaDevAttrMaxSharedMemoryPerBlock: *v = 48 << 10; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = LQ_EMU_SHARED_OPTIN; break;
     case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
     case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *v = 2048; break;
     default: return fail(cudaErrorInvalidValue); /* not emulated: say so rather than invent a value */
     }
+    return cudaSuccess;
+}
+
+/* Only the dynamic shared memory opt-in is emulated (checked at each launch of func, as on a GPU). */
+extern "C" cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, int value) {
+    if (!func || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > LQ_EMU_SHARED_OPTIN)
+        return fail(cudaErrorInvalidValue);
+    lq_emu_set_max_dyn_shared(func, (size_t)value);
     return cudaSuccess;
 }
 

@@ -417,8 +417,23 @@ void *lq_emu_dyn_shared(void) {
     return S.dyn.empty() ? nullptr : S.dyn.data();
 }
 
+/* the kernels' opt-ins (cudaFuncSetAttribute): kernel -> bytes */
+static std::mutex g_optin_mu;
+static std::map<const void *, size_t> g_optin;
+
+size_t lq_emu_max_dyn_shared(const void *fn) {
+    std::lock_guard<std::mutex> lock(g_optin_mu);
+    auto it = g_optin.find(fn);
+    return it == g_optin.end() ? (size_t)48 << 10 : it->second;
+}
+
+void lq_emu_set_max_dyn_shared(const void *fn, size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_optin_mu);
+    g_optin[fn] = bytes;
+}
+
 void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const char *name, void (*body)(void *),
-                void *arg) {
+                void *arg, const void *fn) {
     (void)stream; /* everything is synchronous: stream order is program order */
     const unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || !block.x || !block.y || !block.z || nt > 1024 || block.z > 64 ||
@@ -426,7 +441,7 @@ void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const 
         lq_emu_set_error(cudaErrorInvalidConfiguration);
         return;
     }
-    if (shmem > 48 * 1024) { /* over the default limit without cudaFuncSetAttribute */
+    if (shmem > 48 * 1024 && shmem > lq_emu_max_dyn_shared(fn)) { /* over 48 KiB and the kernel's opt-in */
         lq_emu_set_error(cudaErrorInvalidValue);
         return;
     }

@@ -190,6 +190,19 @@ static void test_launch_rules(void **state) {
     assert_int_equal(cudaGetLastError(), cudaErrorInvalidConfiguration);
     k_reverse<<<1, 32, 64 << 10>>>(x, y);
     assert_int_equal(cudaGetLastError(), cudaErrorInvalidValue);
+    /* over 48 KiB once the kernel opted in (cudaFuncSetAttribute), never over the device's maximum */
+    int optin = 0;
+    assert_int_equal(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0), cudaSuccess);
+    const cudaFuncAttribute dyn = cudaFuncAttributeMaxDynamicSharedMemorySize;
+    assert_int_equal(cudaFuncSetAttribute((const void *)k_reverse, dyn, optin + 1), cudaErrorInvalidValue);
+    assert_int_equal(cudaGetLastError(), cudaErrorInvalidValue);
+    assert_int_equal(cudaFuncSetAttribute((const void *)k_reverse, dyn, 64 << 10), cudaSuccess);
+    k_reverse<<<1, 32, 64 << 10>>>(x, y);
+    assert_int_equal(cudaGetLastError(), cudaSuccess);
+    assert_true(y[0] == 1.0f && y[31] == 1.0f); /* it ran: x's ones */
+    k_reverse<<<1, 32, (64 << 10) + 4>>>(x, y);
+    assert_int_equal(cudaGetLastError(), cudaErrorInvalidValue);
+    for (int i = 0; i < 300; i++) y[i] = (float)i;
     /* arguments converted once, on the host: next_n runs once; NULL reaches a pointer parameter */
     g_calls = 0;
     k_scale<float, 3><<<3, 128>>>(x, next_n(), NULL);

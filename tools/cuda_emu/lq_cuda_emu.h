@@ -155,9 +155,15 @@ template <typename... P> struct lq_emu_params<void (*)(P...)> { using type = std
 template <typename K> using lq_emu_args = typename lq_emu_params<std::remove_cv_t<std::remove_reference_t<K>>>::type;
 
 /* Runs body(arg) for every thread of every block (emu_runtime.cpp); a bad configuration sets the
- * sticky launch error (cudaGetLastError) and runs nothing, as CUDA does. */
+ * sticky launch error (cudaGetLastError) and runs nothing, as CUDA does. fn is the kernel (its
+ * cudaFuncSetAttribute opt-in to more than 48 KiB of dynamic shared memory is looked up by it). */
 void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const char *name,
-                void (*body)(void *), void *arg);
+                void (*body)(void *), void *arg, const void *fn);
+/* A kernel's dynamic shared memory limit: 48 KiB unless cudaFuncSetAttribute
+ * (cudaFuncAttributeMaxDynamicSharedMemorySize, at most LQ_EMU_SHARED_OPTIN) raised it. */
+#define LQ_EMU_SHARED_OPTIN (227 << 10) /* an H100's opt-in maximum per block */
+size_t lq_emu_max_dyn_shared(const void *fn);
+void lq_emu_set_max_dyn_shared(const void *fn, size_t bytes);
 /* Called (cu2cpp.py adds the call) after each __shared__ declaration: the first thread of a block to
  * reach it fills the array with 0xff bytes (NaN, -1), as shared memory a block has not written yet. */
 void lq_emu_shared_first(void *p, size_t bytes);
@@ -177,7 +183,7 @@ template <typename K, typename T>
 static inline void lq_emu_launch(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const char *name, K *kernel,
                                  T args) {
     lq_emu_call<K *, T> c{kernel, &args};
-    lq_emu_run(grid, block, shmem, stream, name, &lq_emu_call<K *, T>::run, &c);
+    lq_emu_run(grid, block, shmem, stream, name, &lq_emu_call<K *, T>::run, &c, (const void *)kernel);
 }
 
 #endif /* __cplusplus */
