@@ -47,18 +47,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_fwd(fa_args a) {
         if (docb)
             for (int j = tid; j < FA_BK; j += FA_THREADS) dock[j] = k0 + j < T ? docb[k0 + j] : 0;
         __syncthreads(); /* Q, O's zeros (first step), K, V, doc ids */
-        for (int c = 0; c < FA_BK / 16; c++) { /* S (16 x 16 block c) = Q_w K_c^T */
-            fa_frag_c acc;
-            wmma::fill_fragment(acc, 0.0f);
-            for (int kk = 0; kk < D; kk += 16) {
-                fa_frag_a fa;
-                fa_frag_b_col fb;
-                wmma::load_matrix_sync(fa, Qs + 16 * w * ldh + kk, ldh);
-                wmma::load_matrix_sync(fb, Ks + 16 * c * ldh + kk, ldh);
-                wmma::mma_sync(acc, fa, fb, acc);
-            }
-            wmma::store_matrix_sync(Ss + 16 * w * lds + 16 * c, acc, lds, wmma::mem_row_major);
-        }
+        for (int c = 0; c < FA_BK / 16; c++) /* S (16 x 16 block c) = Q_w K_c^T */
+            fa_mma_nt(Ss + 16 * w * lds + 16 * c, lds, Qs + 16 * w * ldh, ldh, Ks + 16 * c * ldh, ldh, D);
         __syncwarp();
         /* the online softmax of row r over this lane's half of the tile, then the pair's exchange
          * (the shuffles are outside every branch: all 32 lanes take part) */
@@ -92,18 +82,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_fwd(fa_args a) {
                 for (int d = half; d < D; d += 2) Os[r * ldo + d] *= alpha;
         }
         __syncwarp(); /* P and the rescaled O rows of this warp */
-        for (int c = 0; c < D / 16; c++) { /* O_w (16 x 16 block c) += P_w V_c */
-            fa_frag_c acc;
-            wmma::load_matrix_sync(acc, Os + 16 * w * ldo + 16 * c, ldo, wmma::mem_row_major);
-            for (int kk = 0; kk < FA_BK; kk += 16) {
-                fa_frag_a fa;
-                fa_frag_b_row fb;
-                wmma::load_matrix_sync(fa, Ps + 16 * w * ldp + kk, ldp);
-                wmma::load_matrix_sync(fb, Vs + kk * ldh + 16 * c, ldh);
-                wmma::mma_sync(acc, fa, fb, acc);
-            }
-            wmma::store_matrix_sync(Os + 16 * w * ldo + 16 * c, acc, ldo, wmma::mem_row_major);
-        }
+        for (int c = 0; c < D / 16; c++) /* O_w (16 x 16 block c) += P_w V_c */
+            fa_mma_nn_add(Os + 16 * w * ldo + 16 * c, ldo, Ps + 16 * w * ldp, ldp, Vs + 16 * c, ldh, FA_BK);
         __syncthreads(); /* every warp is done with K, V and the doc ids before the next tile */
     }
     if (half == 0) {

@@ -39,6 +39,39 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_majo
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fa_frag_b_col;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> fa_frag_c;
 
+/* A warp's 16 x 16 f32 block C (shared, row stride ldc) = A B^T: A (16, K) and B (16, K) bf16 row
+ * major (strides lda, ldb), K a multiple of 16: the scores S = Q K^T and dP = dO V^T. */
+__device__ static inline void fa_mma_nt(float *C, int ldc, const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B,
+                                        int ldb, int K) {
+    fa_frag_c acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kk = 0; kk < K; kk += 16) {
+        fa_frag_a fa;
+        fa_frag_b_col fb;
+        wmma::load_matrix_sync(fa, A + kk, lda);
+        wmma::load_matrix_sync(fb, B + kk, ldb);
+        wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(C, acc, ldc, wmma::mem_row_major);
+}
+
+/* C (16 x 16 f32, shared, row stride ldc) += A B: A (16, K) and B (K, 16) bf16 row major: O += P V,
+ * dV += P^T dO, dK += dS^T Q, dQ += dS K (the running sums stay in shared memory: WMMA's
+ * accumulator layout is opaque, and the forward rescales O's rows between tiles). */
+__device__ static inline void fa_mma_nn_add(float *C, int ldc, const __nv_bfloat16 *A, int lda,
+                                            const __nv_bfloat16 *B, int ldb, int K) {
+    fa_frag_c acc;
+    wmma::load_matrix_sync(acc, C, ldc, wmma::mem_row_major);
+    for (int kk = 0; kk < K; kk += 16) {
+        fa_frag_a fa;
+        fa_frag_b_row fb;
+        wmma::load_matrix_sync(fa, A + kk, lda);
+        wmma::load_matrix_sync(fb, B + (size_t)kk * ldb, ldb);
+        wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(C, acc, ldc, wmma::mem_row_major);
+}
+
 /* Everything a kernel reads, by value. A (B, T, H, D) tensor's head h of batch b is the (T, D)
  * matrix at ptr + b sb + h sh with row stride ld (all in elements; unit stride within a row).
  * Gradient buffers are contiguous (B, T, H, D). L and Dv are indexed p T + i, p = b Hq + h. */

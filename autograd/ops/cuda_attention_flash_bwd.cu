@@ -75,21 +75,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a) {
             }
             __syncthreads(); /* K, V, the zeroed dK, dV (first step), this step's Q, dO, L, Dv */
             for (int c = 0; c < FA_KQ / 16; c++) { /* S^T = K_w Q_c^T, dP^T = V_w dO_c^T */
-                fa_frag_c s, gp;
-                wmma::fill_fragment(s, 0.0f);
-                wmma::fill_fragment(gp, 0.0f);
-                for (int kk = 0; kk < D; kk += 16) {
-                    fa_frag_a fa;
-                    fa_frag_b_col fb;
-                    wmma::load_matrix_sync(fa, Ks + 16 * w * ldh + kk, ldh);
-                    wmma::load_matrix_sync(fb, Qs + 16 * c * ldh + kk, ldh);
-                    wmma::mma_sync(s, fa, fb, s);
-                    wmma::load_matrix_sync(fa, Vs + 16 * w * ldh + kk, ldh);
-                    wmma::load_matrix_sync(fb, dOs + 16 * c * ldh + kk, ldh);
-                    wmma::mma_sync(gp, fa, fb, gp);
-                }
-                wmma::store_matrix_sync(Ss + 16 * w * lds + 16 * c, s, lds, wmma::mem_row_major);
-                wmma::store_matrix_sync(Gs + 16 * w * lds + 16 * c, gp, lds, wmma::mem_row_major);
+                fa_mma_nt(Ss + 16 * w * lds + 16 * c, lds, Ks + 16 * w * ldh, ldh, Qs + 16 * c * ldh, ldh, D);
+                fa_mma_nt(Gs + 16 * w * lds + 16 * c, lds, Vs + 16 * w * ldh, ldh, dOs + 16 * c * ldh, ldh, D);
             }
             __syncwarp();
             for (int t = 0; t < FA_KQ / 2; t++) {
@@ -102,21 +89,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a) {
             }
             __syncwarp();
             for (int c = 0; c < D / 16; c++) { /* dV_w += P^T_w dO, dK_w += dS^T_w Q (16 x 16 block c) */
-                fa_frag_c dv, dk;
-                wmma::load_matrix_sync(dv, dVs + 16 * w * ldo + 16 * c, ldo, wmma::mem_row_major);
-                wmma::load_matrix_sync(dk, dKs + 16 * w * ldo + 16 * c, ldo, wmma::mem_row_major);
-                for (int kk = 0; kk < FA_KQ; kk += 16) {
-                    fa_frag_a fa;
-                    fa_frag_b_row fb;
-                    wmma::load_matrix_sync(fa, Ps + 16 * w * ldp + kk, ldp);
-                    wmma::load_matrix_sync(fb, dOs + kk * ldh + 16 * c, ldh);
-                    wmma::mma_sync(dv, fa, fb, dv);
-                    wmma::load_matrix_sync(fa, dSs + 16 * w * ldp + kk, ldp);
-                    wmma::load_matrix_sync(fb, Qs + kk * ldh + 16 * c, ldh);
-                    wmma::mma_sync(dk, fa, fb, dk);
-                }
-                wmma::store_matrix_sync(dVs + 16 * w * ldo + 16 * c, dv, ldo, wmma::mem_row_major);
-                wmma::store_matrix_sync(dKs + 16 * w * ldo + 16 * c, dk, ldo, wmma::mem_row_major);
+                fa_mma_nn_add(dVs + 16 * w * ldo + 16 * c, ldo, Ps + 16 * w * ldp, ldp, dOs + 16 * c, ldh, FA_KQ);
+                fa_mma_nn_add(dKs + 16 * w * ldo + 16 * c, ldo, dSs + 16 * w * ldp, ldp, Qs + 16 * c, ldh, FA_KQ);
             }
         }
     }
@@ -163,21 +137,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_q(fa_args a) {
             for (int t = tid; t < FA_BK; t += FA_THREADS) dock[t] = k0 + t < T ? docb[k0 + t] : 0;
         __syncthreads(); /* Q, dO, the zeroed dQ (first tile), K, V, doc ids */
         for (int c = 0; c < FA_BK / 16; c++) { /* S = Q_w K_c^T, dP = dO_w V_c^T */
-            fa_frag_c s, gp;
-            wmma::fill_fragment(s, 0.0f);
-            wmma::fill_fragment(gp, 0.0f);
-            for (int kk = 0; kk < D; kk += 16) {
-                fa_frag_a fa;
-                fa_frag_b_col fb;
-                wmma::load_matrix_sync(fa, Qs + 16 * w * ldh + kk, ldh);
-                wmma::load_matrix_sync(fb, Ks + 16 * c * ldh + kk, ldh);
-                wmma::mma_sync(s, fa, fb, s);
-                wmma::load_matrix_sync(fa, dOs + 16 * w * ldh + kk, ldh);
-                wmma::load_matrix_sync(fb, Vs + 16 * c * ldh + kk, ldh);
-                wmma::mma_sync(gp, fa, fb, gp);
-            }
-            wmma::store_matrix_sync(Ss + 16 * w * lds + 16 * c, s, lds, wmma::mem_row_major);
-            wmma::store_matrix_sync(Gs + 16 * w * lds + 16 * c, gp, lds, wmma::mem_row_major);
+            fa_mma_nt(Ss + 16 * w * lds + 16 * c, lds, Qs + 16 * w * ldh, ldh, Ks + 16 * c * ldh, ldh, D);
+            fa_mma_nt(Gs + 16 * w * lds + 16 * c, lds, dOs + 16 * w * ldh, ldh, Vs + 16 * c * ldh, ldh, D);
         }
         __syncwarp();
         for (int t = 0; t < FA_BK / 2; t++) {
@@ -187,18 +148,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_q(fa_args a) {
             dSs[r * ldp + jj] = __float2bfloat16_rn(pv * (Gs[r * lds + jj] - Di));
         }
         __syncwarp();
-        for (int c = 0; c < D / 16; c++) { /* dQ_w (16 x 16 block c) += dS_w K_c */
-            fa_frag_c acc;
-            wmma::load_matrix_sync(acc, dQs + 16 * w * ldo + 16 * c, ldo, wmma::mem_row_major);
-            for (int kk = 0; kk < FA_BK; kk += 16) {
-                fa_frag_a fa;
-                fa_frag_b_row fb;
-                wmma::load_matrix_sync(fa, dSs + 16 * w * ldp + kk, ldp);
-                wmma::load_matrix_sync(fb, Ks + kk * ldh + 16 * c, ldh);
-                wmma::mma_sync(acc, fa, fb, acc);
-            }
-            wmma::store_matrix_sync(dQs + 16 * w * ldo + 16 * c, acc, ldo, wmma::mem_row_major);
-        }
+        for (int c = 0; c < D / 16; c++) /* dQ_w (16 x 16 block c) += dS_w K_c */
+            fa_mma_nn_add(dQs + 16 * w * ldo + 16 * c, ldo, dSs + 16 * w * ldp, ldp, Ks + 16 * c, ldh, FA_BK);
         __syncthreads(); /* every warp is done with K, V and the doc ids before the next tile */
     }
     float *gh = a.gq + ((b * T) * a.Hq + h) * (int64_t)D; /* contiguous (B, T, Hq, D) */
