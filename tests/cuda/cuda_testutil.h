@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "autograd/autograd.h"
 #include "core/cuda.h"
 
 /* Without CUDA (build or device) the binary prints exactly one line "SKIPPED: <reason>" and exits
@@ -65,6 +66,22 @@ static inline uint64_t lq_cuda_test_seed(const char *suite) {
            (unsigned long long)s);
     fflush(stdout);
     return s;
+}
+
+/* A context of the parity suites: one thread, a 1 MiB arena, fixed seed; on the device in the given
+ * math with freshly allocated outputs poisoned (NaN), so an element a kernel skips shows. NULL
+ * (the reason on stderr) when it cannot be made. */
+static inline lq_ctx *lq_cuda_test_ctx(lq_device_kind dev, lq_cuda_math math) {
+    lq_ctx *ctx = NULL;
+    lq_ctx_opts o = {.n_threads = 1, .arena_bytes = 1 << 20, .seed = 1234, .device = dev, .cuda_math = math,
+                     .poison = dev == LQ_DEVICE_CUDA};
+    lq_err err;
+    lq_err_clear(&err);
+    if (lq_ctx_init(&ctx, &o, &err) != LQ_OK) {
+        fprintf(stderr, "lq_ctx_init (%s): %s\n", dev == LQ_DEVICE_CUDA ? "cuda" : "cpu", err.msg);
+        return NULL;
+    }
+    return ctx;
 }
 
 /* sum((a - b)^2) / max(sum(b^2), tiny), with b the CPU reference, in double. Non-finite values in

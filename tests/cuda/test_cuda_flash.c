@@ -47,19 +47,6 @@ static const flash_case k_cases[] = {
 };
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
-static lq_ctx *make_ctx(lq_device_kind dev, lq_cuda_math math) {
-    lq_ctx *ctx = NULL;
-    lq_ctx_opts o = {.n_threads = 1, .arena_bytes = 1 << 20, .seed = 1234, .device = dev, .cuda_math = math,
-                     .poison = dev == LQ_DEVICE_CUDA};
-    lq_err err;
-    lq_err_clear(&err);
-    if (lq_ctx_init(&ctx, &o, &err) != LQ_OK) {
-        print_error("lq_ctx_init (%s): %s\n", dev == LQ_DEVICE_CUDA ? "cuda" : "cpu", err.msg);
-        return NULL;
-    }
-    return ctx;
-}
-
 static const char *ctx_msg(lq_ctx *ctx) {
     const lq_err *e = lq_ctx_error(ctx);
     return e && e->status != LQ_OK ? e->msg : "(no error recorded)";
@@ -288,8 +275,8 @@ static void test_flash_fwd_cublas_bwd(void **state) {
 
 static int group_setup(void **state) {
     (void)state;
-    g_cpu = make_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
-    g_cu = make_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_BF16);
+    g_cpu = lq_cuda_test_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
+    g_cu = lq_cuda_test_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_BF16);
     return g_cpu && g_cu ? 0 : -1;
 }
 

@@ -80,19 +80,6 @@ static const op_bound *bound_of(const char *name) {
     return NULL;
 }
 
-static lq_ctx *make_ctx(lq_device_kind dev, lq_cuda_math math) {
-    lq_ctx *ctx = NULL;
-    lq_ctx_opts o = {.n_threads = 1, .arena_bytes = 1 << 20, .seed = 1234, .device = dev, .cuda_math = math,
-                     .poison = dev == LQ_DEVICE_CUDA};
-    lq_err err;
-    lq_err_clear(&err);
-    if (lq_ctx_init(&ctx, &o, &err) != LQ_OK) {
-        print_error("lq_ctx_init (%s): %s\n", dev == LQ_DEVICE_CUDA ? "cuda" : "cpu", err.msg);
-        return NULL;
-    }
-    return ctx;
-}
-
 /* qmatmul's case keeps W's scales in a host lq_qstate in the CPU arena (gc_quantize), and
  * lq_to_ctx_device copies the codes but keeps that host state pointer. The CUDA twin of such an
  * input gets a state whose arrays are device copies (in cu's device arena, gone at its reset),
@@ -464,7 +451,7 @@ static void test_op(void **state) {
 
 static void matmul_mode(lq_cuda_math math, double tol, double fallback, const char *mode, int mode_id,
                         const char *const *ops, size_t n_ops) {
-    lq_ctx *cu = make_ctx(LQ_DEVICE_CUDA, math);
+    lq_ctx *cu = lq_cuda_test_ctx(LQ_DEVICE_CUDA, math);
     assert_non_null(cu);
     int fails = 0;
     g_mag_cases = g_mag_fallbacks = 0;
@@ -521,7 +508,7 @@ static uint64_t bnb4_case_seed(int op, uint64_t seed0) {
 /* N_CASES cases of op (qmatmul or lora_linear) whose weight is NF4 or FP4, in the given math,
  * each element within tol times its magnitude reference (matmul_mode's bound). */
 static void bnb4_mode(const char *name, lq_cuda_math math, double tol, double fallback, const char *mode, int mode_id) {
-    lq_ctx *cu = make_ctx(LQ_DEVICE_CUDA, math);
+    lq_ctx *cu = lq_cuda_test_ctx(LQ_DEVICE_CUDA, math);
     assert_non_null(cu);
     int op = lq_op_find(name), fails = 0;
     assert_true(op >= 0);
@@ -617,8 +604,8 @@ static void test_attention_long(void **state) {
 
 static int group_setup(void **state) {
     (void)state;
-    g_cpu = make_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
-    g_cu = make_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_FP32);
+    g_cpu = lq_cuda_test_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
+    g_cu = lq_cuda_test_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_FP32);
     return g_cpu && g_cu ? 0 : -1;
 }
 
