@@ -2,7 +2,7 @@
 # bench/gpu.sh: the one script a GPU machine runs: the CUDA parity suites, the NF4 dequant and QLoRA
 # linear benchmarks, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a table.
 #
-#   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 2] [--steps 8] [--warmup 3]
+#   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 3] [--steps 8] [--warmup 3]
 #                [--math tf32[,bf16][,bf16fused][,bf16flash]] [--checkpoint 0[,1]] [--only parity,cli,dequant,linear,135m,1b] [--dry-run]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
@@ -21,7 +21,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 t_start=$(date +%s)
 
-mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=2 steps=8 warmup=3 maths=tf32,bf16,bf16flash ckpt=0 dry=0
+mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=3 steps=8 warmup=3 maths=tf32,bf16,bf16flash ckpt=0 dry=0
 only=parity,cli,dequant,linear,135m,1b,profile
 usage() {
     sed -n '4,6p' "$0" | sed 's/^# *//' >&2
