@@ -3,7 +3,8 @@
 # linear benchmarks, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a table.
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 3] [--steps 8] [--warmup 3]
-#                [--math tf32[,bf16][,bf16fused][,bf16flash]] [--checkpoint 0[,1]] [--only parity,cli,dequant,linear,135m,1b] [--dry-run]
+#                [--math tf32[,bf16][,bf16fused][,bf16flash]] [--checkpoint 0[,1]] [--dry-run]
+#                [--only parity,cli,dequant,linear,135m,1b,profile[,ncu]]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
 # Default: unpacks the bundle tools/gpu_bundle.sh made (binaries + the shared libraries a bare GPU
@@ -24,7 +25,7 @@ t_start=$(date +%s)
 mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=3 steps=8 warmup=3 maths=tf32,bf16,bf16flash ckpt=0 dry=0
 only=parity,cli,dequant,linear,135m,1b,profile
 usage() {
-    sed -n '4,6p' "$0" | sed 's/^# *//' >&2
+    sed -n '5,8p' "$0" | sed 's/^# *//' >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
@@ -237,6 +238,30 @@ if want profile; then
             echo "--- per-op time, $tag (top 14)"
             sed -n '/per-op time/,$p' "$out/logs/profile-$tag.err" | sed -n '2,16p'
             grep -E '^all ops' "$out/logs/profile-$tag.err" || true
+        fi
+    done
+fi
+
+# --- 5. per-kernel time under ncu (not in the defaults: --only ...,ncu): one warm-up and one timed step
+# of each LOQUAT_NCU entry (tag:config:batch:math, math bf16flash = bf16 with LOQUAT_FLASH_ATTN=1), every
+# kernel timed by Nsight Compute's gpu__time_duration (clocks left as they are); bench/ncu_table.py
+# prints the kernels by time per step ------------------------------------------------------------------
+if want ncu; then
+    ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+    for mdl in ${LOQUAT_NCU:-1b:llama-1b.json:4:bf16 1b:llama-1b.json:4:bf16flash}; do
+        IFS=: read -r tag cfg bsz pm <<<"$mdl"
+        tag=$tag-$pm flash=0
+        [ "$pm" = bf16flash ] && pm=bf16 flash=1
+        if [ -z "$ncu_bin" ]; then
+            log "ncu-$tag: SKIPPED: no ncu on this machine"
+            continue
+        fi
+        part "ncu-$tag" 120 "${lqenv[@]}" LOQUAT_FLASH_ATTN=$flash "$ncu_bin" --clock-control none --csv \
+            --print-units base --print-kernel-base function --metrics gpu__time_duration.sum "$bench_bin" step --config "$cfg_dir/$cfg" --batch "$bsz" --seq 512 --steps 1 \
+            --warmup 1 --r 16 --alpha 32 --math "$pm" --checkpoint "$ckpt" --label "ncu-$tag"
+        if [ "$dry" = 0 ] && [ -s "$out/logs/ncu-$tag.out" ]; then # the CSV, among the bench's own lines
+            echo "--- per-kernel time, $tag (ncu)"
+            "$py" bench/ncu_table.py "$out/logs/ncu-$tag.out" 2 25 || true
         fi
     done
 fi

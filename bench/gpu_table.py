@@ -72,7 +72,7 @@ for title, stages in lin_tables if lin else []:
             tot.append(f"{sum(m * w for m, w in zip(ms, weight)):.3f}" if None not in ms else "-")
         n = sum(weight)
         print(f"| {model} layer ({n} proj) | sum ms | " + " | ".join(tot) + " |")
-steps = [r for r in rows if r.get("bench") == "step" and not r.get("part", "").startswith("profile")]
+steps = [r for r in rows if r.get("bench") == "step" and not r.get("part", "").startswith(("profile", "ncu"))]
 groups = {}
 for r in steps:
     math = r.get("cuda_math", r.get("base"))
@@ -102,6 +102,15 @@ for (model, impl, math), (tps, pk) in med.items():
     peer = next((val for (m2, i2, m3), val in med.items() if m2 == model and i2 != "loquat" and m3.endswith(" ckpt") == ck),
                 None)
     if peer:
-        print(f"ratio {model} loquat({math}) / pytorch+peft(bf16{' ckpt' if ck else ''}): tokens/s {tps / peer[0]:.2f}x, peak memory {pk / peer[1]:.2f}x")
+        # per round too (parts named ...-rN): the peer's step time moves from round to round
+        rounds = []
+        for r in groups[(model, impl, math)]:
+            rn = r.get("part", "").rsplit("-r", 1)[-1]
+            pr = [x for (m2, i2, m3), xs in groups.items() if m2 == model and i2 != "loquat" and m3.endswith(" ckpt") == ck
+                  for x in xs if x.get("part", "").rsplit("-r", 1)[-1] == rn]
+            if pr and rn.isdigit():
+                rounds.append(f"{pr[0]['ms_per_step'] / r['ms_per_step']:.2f}x")
+        per = f" (per round: {', '.join(rounds)})" if len(rounds) > 1 else ""
+        print(f"ratio {model} loquat({math}) / pytorch+peft(bf16{' ckpt' if ck else ''}): tokens/s {tps / peer[0]:.2f}x{per}, peak memory {pk / peer[1]:.2f}x")
 bad = [p for p in parts if p[1] not in ("0", "dry")]
 print("parts not ok: " + (", ".join(f"{p[0]} ({'budget' if p[1] == 'budget' else 'timeout' if p[1] in ('124', '137') else 'skipped' if p[1] == '77' else 'exit ' + p[1]})" for p in bad) if bad else "none"))
