@@ -140,7 +140,17 @@ __global__ static void k_accumulate(float *d, const float *s, int64_t n) {
     FOR_EACH(i, n) d[i] += s[i];
 }
 
-/* one thread per element of the logical shape; each element is written by exactly one thread */
+/* One thread per item of the logical shape, an item V = one float, or four consecutive floats
+ * (float4) where the innermost dim has unit stride on both sides, ne[3] % 4 == 0 and every other
+ * stride and both pointers are multiples of 16 bytes (attention's head transposes): one index
+ * computation and one 16-byte load and store per 4 elements. n3 counts items, d3 / s3 are an item's
+ * byte strides. Each item is written by exactly one thread. */
+__device__ static inline float vadd(float a, float b) { return a + b; }
+__device__ static inline float4 vadd(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+template <typename V>
 __global__ static void k_strided(char *dst, const char *src, int64_t n0, int64_t n1, int64_t n2, int64_t n3,
                                  int64_t d0, int64_t d1, int64_t d2, int64_t d3, int64_t s0, int64_t s1, int64_t s2,
                                  int64_t s3, int acc) {
@@ -150,30 +160,9 @@ __global__ static void k_strided(char *dst, const char *src, int64_t n0, int64_t
         int64_t c = r % n2;
         r /= n2;
         int64_t b = r % n1, a = r / n1;
-        float *dp = (float *)(dst + a * d0 + b * d1 + c * d2 + e * d3);
-        float v = *(const float *)(src + a * s0 + b * s1 + c * s2 + e * s3);
-        *dp = acc ? *dp + v : v;
-    }
-}
-
-/* k_strided 4 floats at a time: the innermost dim has unit stride on both sides, n3 % 4 == 0, and
- * every other stride and both pointers are multiples of 16 bytes (a head transpose of attention,
- * say): one index computation and one 16-byte load and store per 4 elements. */
-__global__ static void k_strided4(char *dst, const char *src, int64_t n0, int64_t n1, int64_t n2, int64_t q3,
-                                  int64_t d0, int64_t d1, int64_t d2, int64_t s0, int64_t s1, int64_t s2, int acc) {
-    int64_t n = n0 * n1 * n2 * q3;
-    FOR_EACH(i, n) {
-        int64_t e = i % q3, r = i / q3;
-        int64_t c = r % n2;
-        r /= n2;
-        int64_t b = r % n1, a = r / n1;
-        float4 *dp = (float4 *)(dst + a * d0 + b * d1 + c * d2) + e;
-        float4 v = *((const float4 *)(src + a * s0 + b * s1 + c * s2) + e);
-        if (acc) {
-            float4 o = *dp;
-            v.x += o.x, v.y += o.y, v.z += o.z, v.w += o.w;
-        }
-        *dp = v;
+        V *dp = (V *)(dst + a * d0 + b * d1 + c * d2 + e * d3);
+        V v = *(const V *)(src + a * s0 + b * s1 + c * s2 + e * s3);
+        *dp = acc ? vadd(*dp, v) : v;
     }
 }
 
@@ -198,22 +187,20 @@ extern "C" lq_status lq_cuda_strided(lq_ctx *ctx, float *dst, const size_t *dnb,
     bool vec = dnb[3] == sizeof(float) && snb[3] == sizeof(float) && ne[3] % 4 == 0 && ((uintptr_t)dst & 15u) == 0 &&
                ((uintptr_t)src & 15u) == 0;
     for (int k = 0; k < 3 && vec; k++) vec = (ne[k] == 1 || (dnb[k] % 16 == 0 && snb[k] % 16 == 0));
-    if (vec) {
-        /* a size-1 dim's stride is never used: 0 keeps the offsets small */
-        int64_t d[3], s3[3];
-        for (int k = 0; k < 3; k++) {
-            d[k] = ne[k] == 1 ? 0 : (int64_t)dnb[k];
-            s3[k] = ne[k] == 1 ? 0 : (int64_t)snb[k];
-        }
-        k_strided4<<<lq_cuda_blocks(n / 4), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(
-            (char *)dst, (const char *)src, ne[0], ne[1], ne[2], ne[3] / 4, d[0], d[1], d[2], s3[0], s3[1], s3[2],
-            accumulate ? 1 : 0);
-        LQ_CUDA_LAUNCHED(ctx, "strided copy (x4)");
-        return LQ_OK;
+    /* a size-1 dim's stride is never used: 0 keeps the offsets small */
+    int64_t d[4], sv[4];
+    for (int k = 0; k < 4; k++) {
+        d[k] = ne[k] == 1 ? 0 : (int64_t)dnb[k];
+        sv[k] = ne[k] == 1 ? 0 : (int64_t)snb[k];
     }
-    k_strided<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(
-        (char *)dst, (const char *)src, ne[0], ne[1], ne[2], ne[3], (int64_t)dnb[0], (int64_t)dnb[1], (int64_t)dnb[2],
-        (int64_t)dnb[3], (int64_t)snb[0], (int64_t)snb[1], (int64_t)snb[2], (int64_t)snb[3], accumulate ? 1 : 0);
+    if (vec)
+        k_strided<float4><<<lq_cuda_blocks(n / 4), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(
+            (char *)dst, (const char *)src, ne[0], ne[1], ne[2], ne[3] / 4, d[0], d[1], d[2], 16, sv[0], sv[1], sv[2],
+            16, accumulate ? 1 : 0);
+    else
+        k_strided<float><<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>(
+            (char *)dst, (const char *)src, ne[0], ne[1], ne[2], ne[3], d[0], d[1], d[2], d[3], sv[0], sv[1], sv[2],
+            sv[3], accumulate ? 1 : 0);
     LQ_CUDA_LAUNCHED(ctx, "strided copy");
     return LQ_OK;
 }
