@@ -108,6 +108,70 @@ __global__ static void k_rope(const float *src, float *dst, const float2 *cs, I 
     }
 }
 
+/* The same rotation four elements per thread step, for rows whose every quad is one kind (D a
+ * multiple of 4, rot of 8 (half layout) or 4 (interleaved); src, dst and the table 16-byte aligned:
+ * rope_vec_ok). Item k of a row:
+ *   half layout: k < rot / 8 takes pairs i = 4k .. 4k + 3, members a = x[i ..], b = x[i + rot/2 ..]
+ *     (two float4 loads, one per half, both coalesced), writing both quads;
+ *   interleaved: k < rot / 4 takes the quad x[4k .. 4k + 3] = (a0, b0, a1, b1), pairs 2k, 2k + 1;
+ *   the items after those copy (or add) one pass-through quad each.
+ * Each pair is read once (k_rope reads it for each member) and the table once per pair. */
+__device__ static inline float rope_a(float a, float b, float c, float si) { return a * c - b * si; }
+__device__ static inline float rope_b(float a, float b, float c, float si) { return b * c + a * si; }
+
+__device__ static inline void rope_store4(float *d, float4 v, int acc) {
+    if (acc) {
+        float4 o = *(const float4 *)d;
+        v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
+    }
+    *(float4 *)d = v;
+}
+
+template <typename I>
+__global__ static void k_rope4(const float *src, float *dst, const float2 *cs, I rows, I T, I H, I D, I rot,
+                               int interleaved, int per_batch, float sign, int acc) {
+    const I half = rot / 2, nrot = interleaved ? rot / 4 : rot / 8, per_row = nrot + (D - rot) / 4, n = rows * per_row;
+    for (I e = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; e < n; e += (I)gridDim.x * (I)blockDim.x) {
+        const I r = e / per_row, k = e - r * per_row;
+        const float *xr = src + (int64_t)r * D;
+        float *yr = dst + (int64_t)r * D;
+        if (k >= nrot) { /* pass-through dims */
+            const I d = rot + 4 * (k - nrot);
+            rope_store4(yr + d, *(const float4 *)(xr + d), acc);
+            continue;
+        }
+        const I bt = r / H, p = per_batch ? bt : bt % T;
+        const float2 *c = cs + (int64_t)p * half;
+        if (interleaved) {
+            const float4 x = *(const float4 *)(xr + 4 * k), t = *(const float4 *)(c + 2 * k);
+            const float s0 = sign * t.y, s1 = sign * t.w;
+            rope_store4(yr + 4 * k,
+                        make_float4(rope_a(x.x, x.y, t.x, s0), rope_b(x.x, x.y, t.x, s0), rope_a(x.z, x.w, t.z, s1),
+                                    rope_b(x.z, x.w, t.z, s1)),
+                        acc);
+        } else {
+            const I i = 4 * k;
+            const float4 a = *(const float4 *)(xr + i), b = *(const float4 *)(xr + half + i);
+            const float4 t0 = *(const float4 *)(c + i), t1 = *(const float4 *)(c + i + 2);
+            const float s0 = sign * t0.y, s1 = sign * t0.w, s2 = sign * t1.y, s3 = sign * t1.w;
+            rope_store4(yr + i,
+                        make_float4(rope_a(a.x, b.x, t0.x, s0), rope_a(a.y, b.y, t0.z, s1), rope_a(a.z, b.z, t1.x, s2),
+                                    rope_a(a.w, b.w, t1.z, s3)),
+                        acc);
+            rope_store4(yr + half + i,
+                        make_float4(rope_b(a.x, b.x, t0.x, s0), rope_b(a.y, b.y, t0.z, s1), rope_b(a.z, b.z, t1.x, s2),
+                                    rope_b(a.w, b.w, t1.z, s3)),
+                        acc);
+        }
+    }
+}
+
+/* Whether k_rope4 takes these rows (see there). */
+static bool rope_vec_ok(const float *src, const float *dst, const float2 *cs, int64_t D, int64_t rot, int il) {
+    return rot % (il ? 4 : 8) == 0 && D % 4 == 0 && (uintptr_t)src % 16 == 0 && (uintptr_t)dst % 16 == 0 &&
+           (uintptr_t)cs % 16 == 0;
+}
+
 /* saved[0] is the host inv_freq the entry built; the forward keeps the device (cos, sin) table in
  * saved[1] for the backward (the CPU keeps its own cos / sin there; a node runs on one device). */
 static lq_status rope_launch(lq_ctx *ctx, lq_node *n, const float *src, float *dst, float sign, bool acc) {
@@ -131,6 +195,19 @@ static lq_status rope_launch(lq_ctx *ctx, lq_node *n, const float *src, float *d
     }
     const float2 *cs = (const float2 *)n->saved[1];
     int il = n->ip[0] == LQ_ROPE_INTERLEAVED ? 1 : 0;
+    if (rope_vec_ok(src, dst, cs, D, rot, il)) {
+        int64_t items = rows * ((il ? rot / 4 : rot / 8) + (D - rot) / 4);
+        unsigned blocks = lq_cuda_blocks(items);
+        if (rows * D + (int64_t)blocks * LQ_CUDA_THREADS <= INT32_MAX)
+            k_rope4<int32_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, (int32_t)rows, (int32_t)T,
+                                                                            (int32_t)H, (int32_t)D, (int32_t)rot, il,
+                                                                            per_batch, sign, acc ? 1 : 0);
+        else
+            k_rope4<int64_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, rows, T, H, D, rot, il,
+                                                                            per_batch, sign, acc ? 1 : 0);
+        LQ_CUDA_LAUNCHED(ctx, "rope");
+        return LQ_OK;
+    }
     unsigned blocks = lq_cuda_blocks(rows * D);
     /* 32-bit indices when the grid-stride loop cannot pass INT32_MAX either */
     if (rows * D + (int64_t)blocks * LQ_CUDA_THREADS <= INT32_MAX)

@@ -602,6 +602,53 @@ static void test_attention_long(void **state) {
     if (fails) fail_msg("attention long rows: %d comparison(s) failed (bound %.0e: %s)", fails, b->nmse, b->why);
 }
 
+/* rope at head sizes the random cases never reach (they keep D <= 7 for the CPU gradcheck), where
+ * cuda_nn.cu's four-wide kernel runs: half and interleaved pairs, pass-through dims, per-batch
+ * positions, a gradient accumulated onto another (the input read by two ropes), and D 36 in the half
+ * layout, which the four-wide kernel declines (rot / 2 not a multiple of 4). Variant v is case v. */
+static int g_rope_variant;
+
+static lq_tensor *rope_wide_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
+    (void)n_in;
+    const lq_gc_case *c = user;
+    lq_rope_params p = {(lq_rope_layout)c->ip[0], (int)c->ip[1], 10000.0f, NULL};
+    lq_tensor *y = lq_rope(ctx, in[0], in[1], &p);
+    return c->ip[2] && y ? lq_add(ctx, y, lq_rope(ctx, in[0], in[1], &p)) : y;
+}
+
+static lq_status rope_wide_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
+    static const struct {
+        int layout, D, rot, per_batch, twice;
+    } v[] = {{LQ_ROPE_HALF, 64, 64, 0, 0},        {LQ_ROPE_INTERLEAVED, 64, 32, 1, 1}, {LQ_ROPE_HALF, 128, 64, 0, 1},
+             {LQ_ROPE_INTERLEAVED, 36, 36, 0, 0}, {LQ_ROPE_HALF, 36, 36, 1, 0},        {LQ_ROPE_HALF, 48, 48, 1, 1}};
+    int k = g_rope_variant % (int)(sizeof v / sizeof v[0]);
+    int64_t B = lq_rng_int(rng, 1, 2), T = lq_rng_int(rng, 20, 70), H = lq_rng_int(rng, 1, 4), D = v[k].D;
+    c->n_in = 2;
+    c->in[0] = lq_gc_input(ctx, rng, 4, (int64_t[]){B, T, H, D}, -1, 1);
+    c->in[1] = v[k].per_batch ? lq_gc_ids(ctx, rng, 2, (int64_t[]){B, T}, 0, 40) : lq_gc_ids(ctx, rng, 1, &T, 0, 40);
+    c->ip[0] = v[k].layout;
+    c->ip[1] = v[k].rot;
+    c->ip[2] = v[k].twice;
+    c->call = rope_wide_call;
+    snprintf(c->desc, sizeof c->desc, "x (%lld, %lld, %lld, %lld) %s rot_dim %d pos %s%s", (long long)B, (long long)T,
+             (long long)H, (long long)D, v[k].layout == LQ_ROPE_INTERLEAVED ? "interleaved" : "half", v[k].rot,
+             v[k].per_batch ? "(B, T)" : "(T)", v[k].twice ? ", x read twice" : "");
+    return ctx->err.status;
+}
+
+static void test_rope_wide(void **state) {
+    (void)state;
+    int op = lq_op_find("rope"), fails = 0;
+    assert_true(op >= 0);
+    const op_bound *b = bound_of("rope");
+    assert_non_null(b);
+    for (int k = 0; k < N_CASES; k++) {
+        g_rope_variant = k;
+        fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 7), b->nmse, 0.0, "fp32 wide", rope_wide_make);
+    }
+    if (fails) fail_msg("rope wide: %d comparison(s) failed (bound %.0e: %s)", fails, b->nmse, b->why);
+}
+
 static int group_setup(void **state) {
     (void)state;
     g_cpu = lq_cuda_test_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
@@ -625,7 +672,7 @@ int main(void) {
         printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
         return 1;
     }
-    struct CMUnitTest tests[64 + 6];
+    struct CMUnitTest tests[64 + 7];
     int n = 0;
     for (int i = 0; i < n_ops; i++) {
         g_op_index[i] = i;
@@ -637,5 +684,6 @@ int main(void) {
     tests[n++] = (struct CMUnitTest){"lora_bnb4_bf16", test_lora_bnb4_bf16, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"qlinear_fused_bf16", test_qlinear_fused_bf16, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"attention_long_rows", test_attention_long, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"rope_wide", test_rope_wide, NULL, NULL, NULL};
     return _cmocka_run_group_tests("test_cuda_ops", tests, (size_t)n, group_setup, group_teardown);
 }
