@@ -1,5 +1,6 @@
 /* autograd/arena.c: the per-step activation arena, a bump allocator that stops calling malloc
  * once it has seen a step's size. */
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "autograd/autograd_impl.h"
@@ -140,4 +141,13 @@ void lq_arena_reset(lq_arena *a) {
         }
     }
     lq_arena_reset_to(a, NULL, 0);
+}
+
+bool lq_arena_holds(const lq_arena *a, const void *p) {
+    uintptr_t b = (uintptr_t)p;
+    for (const lq_arena_chunk *c = a->first; c; c = c->next) {
+        if (b >= (uintptr_t)c->base && b - (uintptr_t)c->base < c->used) return true;
+        if (c == a->cur) break; /* the chunks after cur are empty */
+    }
+    return false;
 }

@@ -36,6 +36,8 @@ void *lq_arena_alloc(lq_arena *a, size_t bytes);
  * step of the same size needs no malloc. */
 void lq_arena_reset(lq_arena *a);
 void lq_arena_reset_to(lq_arena *a, lq_arena_chunk *chunk, size_t used);
+/* Whether p points into memory a has handed out since its last reset. */
+bool lq_arena_holds(const lq_arena *a, const void *p);
 size_t lq_arena_used(const lq_arena *a);
 size_t lq_arena_capacity(const lq_arena *a);
 
@@ -87,6 +89,9 @@ struct lq_ctx {
     lq_arena scratch;    /* checkpointed segments run here */
     lq_arena *arena;     /* where allocations go now */
     struct lq_node *tape; /* newest recorded node */
+    /* Bumped whenever tensors may have been dropped (step reset, a rewind of the tape or the arena):
+     * a copy of a tensor's data keyed by its address (lq_cuda_act_bf16) is valid within one value. */
+    uint64_t tensor_gen;
     bool release_grads;   /* intermediates' grads come from pool and go back after their node's backward */
     lq_grad_pool pool;
     /* CUDA contexts (device == LQ_DEVICE_CUDA): float tensor data goes to darena, which is dmain

@@ -90,6 +90,7 @@ static lq_status ckpt_backward(lq_ctx *ctx, lq_node *n) {
     ctx->rng_stream = prev_stream;
     ctx->grad_enabled = prev_grad;
     lq_arena_reset_to(&ctx->scratch, mark_chunk, mark_used);
+    ctx->tensor_gen++; /* the re-run's tensors are gone (the forward's, made without grad, are never kept) */
     if (dev) lq_arena_reset_to(&ctx->dscratch, dmark_chunk, dmark_used);
     return s;
 }

@@ -99,6 +99,7 @@ bool lq_ctx_set_release_grads(lq_ctx *ctx, bool on) {
 }
 
 void lq_ctx_step_reset(lq_ctx *ctx) {
+    ctx->tensor_gen++;
     ctx->tape = NULL;
     lq_pool_step_end(&ctx->pool);
     ctx->arena = &ctx->main;
@@ -122,6 +123,11 @@ lq_ctx_mark lq_ctx_get_mark(const lq_ctx *ctx) {
 }
 
 void lq_ctx_reset_to(lq_ctx *ctx, lq_ctx_mark mark) {
+    /* tensors live in the host arena and on the tape: a rewind of either may drop some (an op's
+     * own scratch reset moves only the device arena and keeps the generation) */
+    if (mark.tape != ctx->tape || mark.chunk != (void *)ctx->arena->cur ||
+        (ctx->arena->cur && mark.used != ctx->arena->cur->used))
+        ctx->tensor_gen++;
     lq_arena_reset_to(ctx->arena, mark.chunk, mark.used);
     if (ctx->device == LQ_DEVICE_CUDA) lq_arena_reset_to(ctx->darena, mark.dchunk, mark.dused);
     ctx->tape = mark.tape;

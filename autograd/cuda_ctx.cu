@@ -30,6 +30,17 @@ typedef struct frozen16 {
     uint64_t step, epoch, used;
 } frozen16;
 
+/* The bf16 copy of an activation (lq_cuda_act_bf16): one buffer, kept across steps, holding the
+ * copy of the last activation converted through it; valid while its source address and size, the
+ * context's tensor generation and lq_cuda_free_epoch are unchanged. */
+typedef struct act16 {
+    const float *src;
+    int64_t n, cap;
+    __nv_bfloat16 *buf;
+    uint64_t gen, epoch;
+    uint64_t shared, converted; /* calls answered from the buffer, and calls that converted */
+} act16;
+
 struct lq_cuda_state {
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -39,6 +50,7 @@ struct lq_cuda_state {
     uint64_t step;       /* step resets so far: a frozen operand's bf16 copy is valid within one */
     uint64_t fz_clock;   /* use counter of the slots below (least recently used goes first) */
     frozen16 fz[FZ_SLOTS];
+    act16 act;
 };
 
 static const lq_cuda_op *const groups[] = {lq_cuda_ops_elementwise, lq_cuda_ops_nn, lq_cuda_ops_linear,
@@ -98,6 +110,7 @@ extern "C" void lq_cuda_ctx_free(lq_ctx *ctx) {
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->pinned) cudaFreeHost(c->pinned);
     for (int i = 0; i < FZ_SLOTS; i++) lq_cuda_free(c->fz[i].buf);
+    lq_cuda_free(c->act.buf);
     if (c->blas) cublasDestroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->fwd);
@@ -412,6 +425,54 @@ static const __nv_bfloat16 *frozen_bf16(lq_ctx *ctx, const float *src, int64_t n
     slot->epoch = epoch;
     slot->used = ++c->fz_clock;
     return slot->buf;
+}
+
+/* The tensor whose buffer holds t's data when t is an op's output of the current tape, or a recorded
+ * view (reshape, transpose, permute, slice: their input is in[0]) of one; NULL for anything else
+ * (a leaf, whose data its owner may overwrite; an unrecorded result). An op's output is written
+ * once, by its op, and lives until a rewind drops it (ctx->tensor_gen). */
+static const lq_tensor *act_owner(const lq_tensor *t) {
+    while (t && (t->flags & LQ_TENSOR_VIEW)) t = t->node ? t->node->in[0] : NULL;
+    return t && t->node ? t : NULL;
+}
+
+extern "C" const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x) {
+    lq_cuda_state *c = ctx->cuda;
+    const float *src = (const float *)x->data;
+    int64_t n = lq_numel(x);
+    if (n <= 0 || !act_owner(x) || !lq_is_contiguous(x)) {
+        __nv_bfloat16 *d = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n > 0 ? n : 1) * sizeof(__nv_bfloat16));
+        if (!d || n <= 0) return d;
+        return convert(ctx, d, src, n) == LQ_OK ? d : NULL;
+    }
+    act16 *a = &c->act;
+    uint64_t epoch = lq_cuda_free_epoch();
+    if (a->buf && a->src == src && a->n == n && a->gen == ctx->tensor_gen && a->epoch == epoch) {
+        a->shared++;
+        return a->buf;
+    }
+    if (a->cap < n) {
+        if (a->buf && lq_cuda_sync(c->stream, &ctx->err) != LQ_OK) return NULL; /* no product still reads it */
+        lq_cuda_free(a->buf);
+        a->buf = NULL;
+        a->cap = 0;
+        if (!(a->buf = (__nv_bfloat16 *)lq_cuda_malloc((size_t)n * sizeof(__nv_bfloat16), &ctx->err))) return NULL;
+        a->cap = n;
+        epoch = lq_cuda_free_epoch();
+    }
+    a->converted++;
+    a->src = NULL; /* not valid until converted */
+    if (convert(ctx, a->buf, src, n) != LQ_OK) return NULL;
+    a->src = src;
+    a->n = n;
+    a->gen = ctx->tensor_gen;
+    a->epoch = epoch;
+    return a->buf;
+}
+
+extern "C" void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted) {
+    *shared = ctx->cuda ? ctx->cuda->act.shared : 0;
+    *converted = ctx->cuda ? ctx->cuda->act.converted : 0;
 }
 
 extern "C" lq_status lq_cuda_gemm(lq_ctx *ctx, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,

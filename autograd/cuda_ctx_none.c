@@ -49,6 +49,15 @@ lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src,
     (void)dst, (void)ldd, (void)src, (void)lds, (void)rows, (void)cols;
     return NO_CUDA_OP("to bf16");
 }
+const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x) {
+    (void)x;
+    NO_CUDA_OP("activation to bf16");
+    return NULL;
+}
+void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted) {
+    (void)ctx;
+    *shared = *converted = 0;
+}
 lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
                                int64_t n1) {
     (void)d0, (void)s0, (void)n0, (void)d1, (void)s1, (void)n1;

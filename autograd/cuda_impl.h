@@ -80,6 +80,15 @@ static inline bool lq_cuda_is_frozen(const lq_tensor *t) {
     return t && !t->node && t->device == LQ_DEVICE_CUDA && t->dtype == LQ_DTYPE_F32 &&
            (t->flags & LQ_TENSOR_OWNS_DATA) && !(t->flags & LQ_TENSOR_REQUIRES_GRAD) && lq_is_contiguous(t);
 }
+/* x's elements (f32) as bf16, for products in bf16 math. When x's data is an op's output of the
+ * current tape (x recorded, or a recorded view of one), the copy goes into a buffer the context
+ * keeps, and the next call on the same data returns it unconverted: q, k and v read one x, gate and
+ * up another, and a product's backward often follows its forward's. The copy is valid until the
+ * next call (kernels queued before it still read the old one: the stream orders them). Any other x
+ * is converted into the device arena, which the caller's mark rewinds. NULL with an error in ctx. */
+const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x);
+/* lq_cuda_act_bf16's calls so far that returned the kept copy, and those that converted into it. */
+void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted);
 /* Two contiguous f32 -> bf16 conversions (n0 and n1 elements) in one launch. */
 lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
                                int64_t n1);

@@ -107,11 +107,27 @@ static bool pooled_grad(const lq_ctx *ctx, const lq_tensor *t) {
     return ctx->release_grads && t->node && t->node->recorded && !(t->flags & LQ_TENSOR_PARAM);
 }
 
+/* A zeroed gradient for t. Inside a checkpointed segment's re-run (checkpoint.c) allocations go to
+ * the scratch arenas, which the re-run rewinds when it ends: right for the segment's own tensors,
+ * wrong for one from outside it that gets its gradient there first (a parameter the segment reads
+ * through its user pointer): that gradient goes to the main arenas and lasts the step. */
+static lq_tensor *zero_grad_for(lq_ctx *ctx, const lq_tensor *t) {
+    if (ctx->arena != &ctx->scratch || lq_arena_holds(&ctx->scratch, t))
+        return lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
+    lq_arena *a = ctx->arena, *da = ctx->darena;
+    ctx->arena = &ctx->main;
+    if (ctx->device == LQ_DEVICE_CUDA) ctx->darena = &ctx->dmain;
+    lq_tensor *gt = lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
+    ctx->arena = a;
+    ctx->darena = da;
+    return gt;
+}
+
 lq_status lq_grad_get(lq_ctx *ctx, lq_tensor *t, float **g) {
     *g = NULL;
     if (!lq_requires_grad(t)) return LQ_OK;
     if (!t->grad) {
-        lq_tensor *gt = pooled_grad(ctx, t) ? lq_pool_grad(ctx, t) : lq_zeros(ctx, LQ_DTYPE_F32, t->ndim, t->ne);
+        lq_tensor *gt = pooled_grad(ctx, t) ? lq_pool_grad(ctx, t) : zero_grad_for(ctx, t);
         if (!gt) return ctx->err.status ? ctx->err.status : LQ_ERR_OOM;
         t->grad = gt;
     }

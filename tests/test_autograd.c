@@ -326,6 +326,46 @@ static void test_checkpointing_same_grads_less_memory(void **state) {
     lq_ctx_free(ctx);
 }
 
+/* A parameter the segments read through user that is a plain leaf (no lq_params block holding its
+ * gradient): the first segment re-run to touch it makes its gradient, which must outlive that
+ * re-run's scratch arena. Two checkpointed blocks share one (w1, w2); the gradients are those of
+ * the same blocks without checkpointing, bit for bit. */
+static void leaf_stack(lq_ctx *ctx, const lq_tensor *x, const float *w1, const float *w2, bool ckpt, float *g1, float *g2) {
+    const int64_t C = x->ne[1], H = 16;
+    lq_ctx_step_reset(ctx);
+    block_w bw = {lq_new_leaf(ctx, 2, (int64_t[]){C, H}, true), lq_new_leaf(ctx, 2, (int64_t[]){H, C}, true)};
+    lq_tensor *h = lq_new_leaf(ctx, 2, x->ne, false);
+    assert_true(bw.w1 && bw.w2 && h);
+    memcpy(bw.w1->data, w1, (size_t)(C * H) * sizeof(float));
+    memcpy(bw.w2->data, w2, (size_t)(C * H) * sizeof(float));
+    memcpy(h->data, x->data, lq_nbytes(x));
+    for (int l = 0; l < 2; l++) h = ckpt ? lq_checkpoint(ctx, block, &bw, 1, &h) : block(ctx, &h, 1, &bw);
+    assert_int_equal(lq_backward(ctx, lq_mean(ctx, lq_mul(ctx, h, h), LQ_AXIS_ALL, false)), LQ_OK);
+    assert_true(bw.w1->grad && bw.w2->grad);
+    memcpy(g1, bw.w1->grad->data, (size_t)(C * H) * sizeof(float));
+    memcpy(g2, bw.w2->grad->data, (size_t)(C * H) * sizeof(float));
+}
+
+static void test_checkpointing_leaf_param(void **state) {
+    (void)state;
+    lq_ctx *ctx = lq_test_ctx(1);
+    lq_err err = {0};
+    enum { N = 24, C = 12, H = 16 };
+    lq_tensor *x = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){N, C}, "x", &err);
+    assert_non_null(x);
+    float w1[C * H], w2[H * C], g[4][C * H];
+    lq_rng rng;
+    lq_rng_seed(&rng, 12);
+    lq_fill_normal(x, &rng, 1.0f);
+    for (int i = 0; i < C * H; i++) w1[i] = 0.3f * lq_rng_normal(&rng), w2[i] = 0.2f * lq_rng_normal(&rng);
+    leaf_stack(ctx, x, w1, w2, false, g[0], g[1]);
+    leaf_stack(ctx, x, w1, w2, true, g[2], g[3]);
+    assert_memory_equal(g[0], g[2], sizeof g[0]);
+    assert_memory_equal(g[1], g[3], sizeof g[1]);
+    lq_tensor_free(x);
+    lq_ctx_free(ctx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tensor_init_and_strides),
@@ -335,6 +375,7 @@ int main(void) {
         cmocka_unit_test(test_params_block),
         cmocka_unit_test(test_grad_modes),
         cmocka_unit_test(test_checkpointing_same_grads_less_memory),
+        cmocka_unit_test(test_checkpointing_leaf_param),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

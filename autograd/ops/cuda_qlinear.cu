@@ -267,8 +267,10 @@ static const float *dropped(lq_ctx *ctx, const lq_node *n, float *dst, int64_t m
  * With W's tiles in bf16 (w_bf16: NF4 / FP4 dequantized straight to bf16, or a bf16 W), each f32
  * operand is converted to bf16 once per call and shared by every product that reads it: x by the
  * base product and u = s h A^T, dY by dX, dB and du (lq_cuda_gemm converts its operands per
- * product: dY three times over). Each product sees the values lq_cuda_gemm's own conversion gives
- * (round to nearest even); only the grouping changes. Without dropout, with W in one tile, the
+ * product: dY three times over); x's copy comes from lq_cuda_act_bf16, which also shares it
+ * between calls (the projections that read one x, and a backward right after its forward). Each
+ * product sees the values lq_cuda_gemm's own conversion gives (round to nearest even); only the
+ * grouping changes. Without dropout, with W in one tile, the
  * adapter's share of dX rides in the base product, one gemm over N + r:
  *   dX (M, K) += [dY | du] (M, N + r) [deq(W) ; A] (N + r, K)
  * so gx is read and written once instead of twice. */
@@ -300,7 +302,7 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
     lq_qstate tmp;
     const lq_qstate *qs;
     LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
-    const __nv_bfloat16 *x16 = to_bf16(ctx, (const float *)n->in[0]->data, M * K);
+    const __nv_bfloat16 *x16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0]); /* shared (see there) */
     if (!x16) return ctx->err.status;
     LQ_TRY(w_product(ctx, w, qs, false, x16, K, y, M, N, K, 0.0f)); /* y = x deq(W)^T */
     if (n->n_in == 5) {
@@ -353,12 +355,14 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     if (!du16) return ctx->err.status;
     if (cat) LQ_TRY(lq_cuda_to_bf16(ctx, gy16 + N, ld, du, r, M, r));
     if (gA) { /* dA (r, K) += du^T h, h = drop(x) */
-        const float *h = (const float *)n->in[0]->data;
+        const __nv_bfloat16 *h16;
         if (p > 0.0f) {
             float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
-            if (!hbuf || !(h = dropped(ctx, n, hbuf, M * K))) return ctx->err.status;
+            const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
+            h16 = h ? to_bf16(ctx, h, M * K) : NULL;
+        } else {
+            h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0]); /* often still the forward's */
         }
-        const __nv_bfloat16 *h16 = to_bf16(ctx, h, M * K);
         if (!h16) return ctx->err.status;
         LQ_TRY(gemm_bf16(ctx, true, false, r, K, M, 1.0f, du16, lddu, h16, K, 1.0f, gA, K));
     }

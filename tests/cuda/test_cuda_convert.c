@@ -10,6 +10,7 @@
 #include "autograd/cuda_impl.h"
 #include "core/rng.h"
 #include "quant/half.h"
+#include "quant/quant.h"
 #include "tests/cuda/cuda_testutil.h"
 #include "tests/testutil.h"
 
@@ -211,6 +212,215 @@ static void test_strided_layouts(void **state) {
     if (bad) fail_msg("%d element(s) wrong", bad);
 }
 
+/* --- the shared bf16 copy of an activation (lq_cuda_act_bf16) ----------------------------------- */
+
+enum { AM = 24, AK = 128, AN = 40, AR = 4 };
+
+typedef struct act_weights {
+    lq_tensor *w[2], *a[2], *b[2]; /* NF4 bases on the device; the adapters' host values */
+} act_weights;
+
+/* What one run gives, on the host: both outputs, then five gradients (act_step: of x, A0, B0, A1,
+ * B1; act_segments: of x0, x1, A, B, A). */
+#define ACT_PARTS 7
+typedef struct act_run {
+    float *p[ACT_PARTS];
+    int64_t n[ACT_PARTS];
+} act_run;
+
+static void act_run_free(act_run *r) {
+    for (int i = 0; i < ACT_PARTS; i++) free(r->p[i]);
+}
+
+static float *act_fetch(lq_ctx *ctx, const lq_tensor *t, int64_t *n) {
+    *n = lq_numel(t);
+    float *h = malloc((size_t)*n * sizeof *h);
+    assert_non_null(h);
+    if (lq_tensor_download(ctx, t, h) != LQ_OK) fail_msg("download: %s", lq_ctx_error(ctx)->msg);
+    return h;
+}
+
+/* Two QLoRA linears (bf16 math) read one x, as q, k and v do, then a backward through
+ * sum(y0 * c0) + sum(y1 * c1). shared: x = reshape(1 * x0), a recorded view of an op's output (the
+ * model's x: rows() of the norm), whose bf16 copy the second forward and both backwards take from
+ * lq_cuda_act_bf16's buffer; else x = x0, a leaf, converted by each call into scratch. */
+static act_run act_step(lq_ctx *ctx, const act_weights *W, const lq_tensor *xh, bool shared) {
+    act_run out;
+    lq_tensor *x0 = lq_to_ctx_device(ctx, xh), *ad[2], *bd[2], *y[2];
+    assert_non_null(x0);
+    x0->flags |= LQ_TENSOR_REQUIRES_GRAD;
+    lq_tensor *x = shared ? lq_reshape(ctx, lq_scale(ctx, x0, 1.0f), 2, (int64_t[]){AM, AK}) : x0;
+    lq_tensor *loss = NULL;
+    for (int j = 0; j < 2; j++) {
+        ad[j] = lq_to_ctx_device(ctx, W->a[j]);
+        bd[j] = lq_to_ctx_device(ctx, W->b[j]);
+        assert_true(ad[j] && bd[j]);
+        ad[j]->flags |= LQ_TENSOR_REQUIRES_GRAD;
+        bd[j]->flags |= LQ_TENSOR_REQUIRES_GRAD;
+        y[j] = lq_lora_linear_fused(ctx, x, W->w[j], NULL, ad[j], bd[j], 2.0f, 0.0f, NULL);
+        lq_tensor *c = lq_scale(ctx, y[j], 0.5f + (float)j); /* distinct weights on the two outputs */
+        lq_tensor *term = lq_sum(ctx, lq_mul(ctx, y[j], c), LQ_AXIS_ALL, false);
+        loss = j ? lq_add(ctx, loss, term) : term;
+    }
+    if (!loss || lq_backward(ctx, loss) != LQ_OK) fail_msg("act step: %s", lq_ctx_error(ctx)->msg);
+    const lq_tensor *parts[ACT_PARTS] = {y[0], y[1], x0->grad, ad[0]->grad, bd[0]->grad, ad[1]->grad, bd[1]->grad};
+    for (int i = 0; i < ACT_PARTS; i++) {
+        assert_non_null(parts[i]);
+        out.p[i] = act_fetch(ctx, parts[i], &out.n[i]);
+    }
+    return out;
+}
+
+/* got against want, part by part: bit for bit when bound is 0, else nmse <= bound. */
+static int act_same(const char *what, const act_run *got, const act_run *want, double bound) {
+    static const char *const names[ACT_PARTS] = {"y0", "y1", "grad 0", "grad 1", "grad 2", "grad 3", "grad 4"};
+    int bad = 0;
+    for (int i = 0; i < ACT_PARTS; i++) {
+        int64_t at = -1;
+        double e = got->n[i] == want->n[i] ? lq_nmse(got->p[i], want->p[i], got->n[i], &at) : INFINITY;
+        bool same = got->n[i] == want->n[i] && memcmp(got->p[i], want->p[i], (size_t)got->n[i] * sizeof(float)) == 0;
+        if (at >= 0 || (bound > 0 ? !(e <= bound) : !same)) {
+            print_error("%s: %s differs from the reference's (nmse %.3g, bound %.0e)\n", what, names[i], e, bound);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+/* Checkpointed segments: each re-runs in backward in the checkpoint scratch arena, the second
+ * segment's re-run (backward runs it first) then the first's in the same place, so the first's x
+ * lands where the second's was, with other values. Two segments lora(reshape(1 * x)) on two inputs,
+ * sharing one adapter, against the same graph without checkpointing: bit for bit. */
+typedef struct act_seg {
+    lq_tensor *w, *a, *b;
+} act_seg;
+
+static lq_tensor *act_segment(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
+    (void)n_in;
+    const act_seg *u = user;
+    lq_tensor *x = lq_reshape(ctx, lq_scale(ctx, in[0], 1.0f), 2, (int64_t[]){AM, AK});
+    return lq_lora_linear_fused(ctx, x, u->w, NULL, u->a, u->b, 2.0f, 0.0f, NULL);
+}
+
+static act_run act_segments(lq_ctx *ctx, const act_weights *W, lq_tensor *const *xh, bool checkpoint) {
+    act_run out;
+    act_seg u = {W->w[0], lq_to_ctx_device(ctx, W->a[0]), lq_to_ctx_device(ctx, W->b[0])};
+    assert_true(u.a && u.b);
+    u.a->flags |= LQ_TENSOR_REQUIRES_GRAD;
+    u.b->flags |= LQ_TENSOR_REQUIRES_GRAD;
+    lq_tensor *x[2], *y[2], *loss = NULL;
+    for (int j = 0; j < 2; j++) {
+        x[j] = lq_to_ctx_device(ctx, xh[j]);
+        assert_non_null(x[j]);
+        x[j]->flags |= LQ_TENSOR_REQUIRES_GRAD;
+        y[j] = checkpoint ? lq_checkpoint(ctx, act_segment, &u, 1, &x[j]) : act_segment(ctx, &x[j], 1, &u);
+        lq_tensor *term = lq_sum(ctx, lq_mul(ctx, y[j], lq_scale(ctx, y[j], 0.5f + (float)j)), LQ_AXIS_ALL, false);
+        loss = j ? lq_add(ctx, loss, term) : term;
+    }
+    if (!loss || lq_backward(ctx, loss) != LQ_OK) fail_msg("segments: %s", lq_ctx_error(ctx)->msg);
+    const lq_tensor *parts[ACT_PARTS] = {y[0], y[1], x[0]->grad, x[1]->grad, u.a->grad, u.b->grad, u.a->grad}; /* 7: A again */
+    for (int i = 0; i < ACT_PARTS; i++) {
+        assert_non_null(parts[i]);
+        out.p[i] = act_fetch(ctx, parts[i], &out.n[i]);
+    }
+    return out;
+}
+
+/* The shared copy changes no bit: outputs and gradients equal those of the same graph on a leaf x
+ * (never shared), with the copy made once and taken three times (counted). Then x with new values
+ * at the same addresses, after the step reset and after a rewind to a mark (tensors dropped, new
+ * ones in their place), and a leaf overwritten in place, must be converted afresh: a stale copy
+ * would give the old x's results. */
+static void test_act_bf16_shared(void **state) {
+    (void)state;
+    lq_err err;
+    lq_err_clear(&err);
+    lq_ctx *ctx = lq_cuda_test_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_BF16);
+    assert_non_null(ctx);
+    lq_rng r;
+    lq_rng_seed(&r, g_seed ^ 0xac7u);
+    act_weights W;
+    lq_tensor *xh[2];
+    for (int j = 0; j < 2; j++) {
+        lq_tensor *wf = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){AN, AK}, "w", &err);
+        W.w[j] = lq_tensor_alloc(LQ_DTYPE_NF4, 2, (int64_t[]){AN, AK}, j ? "w1" : "w0", &err);
+        W.a[j] = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){AR, AK}, "A", &err);
+        W.b[j] = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){AN, AR}, "B", &err);
+        xh[j] = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){AM, AK}, "x", &err);
+        if (!wf || !W.w[j] || !W.a[j] || !W.b[j] || !xh[j]) fail_msg("alloc: %s", err.msg);
+        lq_fill_normal(wf, &r, 0.1f);
+        lq_fill_normal(W.a[j], &r, 0.1f);
+        lq_fill_normal(W.b[j], &r, 0.1f);
+        lq_fill_normal(xh[j], &r, 1.0f);
+        if (lq_bnb4_quantize(LQ_DTYPE_NF4, wf->data, AN * AK, 64, true, W.w[j]->data, &W.w[j]->qs, &err) != LQ_OK ||
+            lq_tensor_to_device(W.w[j], &err) != LQ_OK)
+            fail_msg("NF4 weight: %s", err.msg);
+        lq_tensor_free(wf);
+    }
+    int bad = 0;
+    uint64_t s0, c0, s1, c1;
+    act_run ref[2];
+    for (int v = 0; v < 2; v++) { /* the references: leaf x, nothing shared */
+        lq_ctx_step_reset(ctx);
+        ref[v] = act_step(ctx, &W, xh[v], false);
+    }
+    lq_ctx_step_reset(ctx);
+    lq_cuda_act_bf16_counts(ctx, &s0, &c0);
+    act_run got = act_step(ctx, &W, xh[0], true);
+    lq_cuda_act_bf16_counts(ctx, &s1, &c1);
+    print_message("  shared x: %llu conversion(s), %llu use(s) of the kept copy\n", (unsigned long long)(c1 - c0),
+                  (unsigned long long)(s1 - s0));
+    if (c1 - c0 != 1 || s1 - s0 != 3) {
+        print_error("shared x: %llu conversions and %llu shared uses; want 1 and 3\n", (unsigned long long)(c1 - c0),
+                    (unsigned long long)(s1 - s0));
+        bad++;
+    }
+    bad += act_same("shared x", &got, &ref[0], 0);
+    act_run_free(&got);
+    lq_ctx_step_reset(ctx); /* the next step's x sits where this one's did */
+    got = act_step(ctx, &W, xh[1], true);
+    bad += act_same("new values after the step reset", &got, &ref[1], 0);
+    act_run_free(&got);
+    lq_ctx_mark m = lq_ctx_get_mark(ctx);
+    got = act_step(ctx, &W, xh[0], true);
+    act_run_free(&got);
+    lq_ctx_reset_to(ctx, m); /* drops that run's tensors: the next ones take their place */
+    got = act_step(ctx, &W, xh[1], true);
+    bad += act_same("new values after a rewind to a mark", &got, &ref[1], 0);
+    act_run_free(&got);
+    /* a leaf's data is its owner's to overwrite: never kept (x0 gets x1's values, then the same call) */
+    lq_tensor *x0 = lq_to_ctx_device(ctx, xh[0]), *a0 = lq_to_ctx_device(ctx, W.a[0]), *b0 = lq_to_ctx_device(ctx, W.b[0]);
+    assert_true(x0 && a0 && b0);
+    lq_tensor *y = lq_lora_linear_fused(ctx, x0, W.w[0], NULL, a0, b0, 2.0f, 0.0f, NULL);
+    if (!y || lq_tensor_upload(ctx, x0, xh[1]->data) != LQ_OK ||
+        !(y = lq_lora_linear_fused(ctx, x0, W.w[0], NULL, a0, b0, 2.0f, 0.0f, NULL)))
+        fail_msg("leaf x: %s", lq_ctx_error(ctx)->msg);
+    int64_t ny;
+    float *hy = act_fetch(ctx, y, &ny);
+    if (ny != ref[1].n[0] || memcmp(hy, ref[1].p[0], (size_t)ny * sizeof(float)) != 0) {
+        print_error("a leaf x overwritten in place: y0 is not the new values' y0\n");
+        bad++;
+    }
+    free(hy);
+    lq_ctx_step_reset(ctx);
+    act_run plain = act_segments(ctx, &W, xh, false);
+    lq_ctx_step_reset(ctx);
+    got = act_segments(ctx, &W, xh, true);
+    bad += act_same("checkpointed segments", &got, &plain, 0);
+    act_run_free(&got);
+    act_run_free(&plain);
+    for (int j = 0; j < 2; j++) {
+        act_run_free(&ref[j]);
+        lq_qstate_free(W.w[j]->qs);
+        lq_tensor_free(W.w[j]);
+        lq_tensor_free(W.a[j]);
+        lq_tensor_free(W.b[j]);
+        lq_tensor_free(xh[j]);
+    }
+    lq_ctx_free(ctx);
+    if (bad) fail_msg("%d check(s) failed", bad);
+}
+
 int main(void) {
     int rc = 0;
     if (!lq_cuda_test_should_run(&rc)) return rc;
@@ -218,6 +428,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_to_bf16_layouts),
         cmocka_unit_test(test_strided_layouts),
+        cmocka_unit_test(test_act_bf16_shared),
     };
     return cmocka_run_group_tests_name("test_cuda_convert", tests, NULL, NULL);
 }

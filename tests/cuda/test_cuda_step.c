@@ -224,8 +224,8 @@ static void test_step_bf16_loss(void **state) {
 }
 
 /* The loss and the adapter gradient block of one device step in the given math, with or without
- * gradient release (*grads malloc'd). */
-static double device_step(lq_cuda_math math, bool release, float **grads) {
+ * gradient release and checkpointing (*grads malloc'd). */
+static double device_step(lq_cuda_math math, bool release, bool checkpoint, float **grads) {
     lq_err err;
     lq_err_clear(&err);
     lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .dropout = 0.0f, .rslora = false, .targets = LQ_LORA_ALL_LINEAR};
@@ -239,7 +239,7 @@ static double device_step(lq_cuda_math math, bool release, float **grads) {
     if (lq_params_to_device(g.set->params, &err) != LQ_OK) fail_msg("lq_params_to_device: %s", err.msg);
     lq_tensor *ids, *lab;
     make_batch(g.ctx, lq_llama_model_config(g.m)->vocab_size, &ids, &lab);
-    lq_llama_fwd_opts fo = {.checkpoint = false};
+    lq_llama_fwd_opts fo = {.checkpoint = checkpoint};
     lq_tensor *loss = lq_llama_loss(g.ctx, g.m, ids, lab, &fo, NULL);
     if (!loss || lq_backward(g.ctx, loss) != LQ_OK) fail_msg("GPU step: %s", lq_ctx_error(g.ctx)->msg);
     double v = lq_tensor_get_f32(g.ctx, loss, 0);
@@ -254,16 +254,19 @@ static double device_step(lq_cuda_math math, bool release, float **grads) {
  * skip shows) instead of adding into a zeroed one. In tf32 and bf16 math (the bf16 path with the
  * adapter's dX inside the base product), the same step without release is the reference: equal
  * up to a product's summation order (cuBLAS may pick another kernel for beta 0 than for beta 1). */
-static void release_same(lq_cuda_math math, const char *mode) {
+static void release_same(lq_cuda_math math, const char *mode, bool checkpoint) {
     float *off = NULL, *on = NULL;
-    double l_off = device_step(math, false, &off), l_on = device_step(math, true, &on);
+    double l_off = device_step(math, false, false, &off), l_on = device_step(math, true, checkpoint, &on);
     lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .targets = LQ_LORA_ALL_LINEAR};
     side c; /* the CPU side only for the parameter layout */
     lq_err err;
     lq_err_clear(&err);
     if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
-    print_message("  %s loss: %.9g without release, %.9g with\n", mode, l_off, l_on);
-    int fails = compare_params("gradient (release against none)", &c, off, on, 1e-10);
+    print_message("  %s loss: %.9g without release, %.9g with%s\n", mode, l_off, l_on,
+                  checkpoint ? " and checkpointing" : "");
+    int fails = compare_params(checkpoint ? "gradient (release and checkpointing against neither)"
+                                          : "gradient (release against none)",
+                               &c, off, on, 1e-10);
     double sum = 0;
     for (int64_t i = 0; i < lq_params_numel(c.set->params); i++) sum += (double)off[i] * off[i];
     side_free(&c);
@@ -276,12 +279,20 @@ static void release_same(lq_cuda_math math, const char *mode) {
 
 static void test_release_same_tf32(void **state) {
     (void)state;
-    release_same(LQ_CUDA_MATH_TF32, "tf32");
+    release_same(LQ_CUDA_MATH_TF32, "tf32", false);
 }
 
 static void test_release_same_bf16(void **state) {
     (void)state;
-    release_same(LQ_CUDA_MATH_BF16, "bf16");
+    release_same(LQ_CUDA_MATH_BF16, "bf16", false);
+}
+
+/* The trainer's memory settings in bf16 math: each layer's forward runs again in backward, in the
+ * checkpoint scratch arena, where the bf16 copies of its activations (lq_cuda_act_bf16) are made
+ * and shared anew. Against the same step without either, within the bound above. */
+static void test_checkpoint_same_bf16(void **state) {
+    (void)state;
+    release_same(LQ_CUDA_MATH_BF16, "bf16", true);
 }
 
 /* bf16 math converts a frozen weight (a device leaf that owns its data and needs no gradient: the
@@ -359,6 +370,7 @@ int main(void) {
         cmocka_unit_test(test_step_bf16_loss),
         cmocka_unit_test(test_release_same_tf32),
         cmocka_unit_test(test_release_same_bf16),
+        cmocka_unit_test(test_checkpoint_same_bf16),
         cmocka_unit_test(test_frozen_bf16_per_step),
     };
     return cmocka_run_group_tests_name("test_cuda_step", tests, NULL, NULL);
