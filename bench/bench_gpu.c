@@ -20,6 +20,7 @@ int main(void) {
 #include <cuda_runtime_api.h>
 
 #define BENCH_NAME "bench_gpu"
+#include "autograd/cuda_impl.h"
 #include "bench/bench_gpu_util.h"
 #include "core/cuda.h"
 #include "core/rng.h"
@@ -419,6 +420,11 @@ static int bench_step(const st_opts *o) {
         fprintf(stderr, "bench_gpu: per-op time over the %d timed steps (%s):\n%s", o->steps, o->label ? o->label : "",
                 rep);
     }
+    uint64_t act_shared = 0, act_made = 0;
+    lq_cuda_act_bf16_counts(ctx, &act_shared, &act_made);
+    if (act_made)
+        fprintf(stderr, "bench_gpu: bf16 activation copies per step: %.1f made, %.1f shared\n",
+                (double)act_made / (o->warmup + o->steps), (double)act_shared / (o->warmup + o->steps));
     lq_cuda_mem mem = lq_cuda_mem_stats();
     double total_mb = -1, used_mb = o->cpu ? -1 : device_used_mb(&total_mb);
     double med = lq_bench_median(times, o->steps);
