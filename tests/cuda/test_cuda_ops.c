@@ -589,17 +589,23 @@ static lq_status attn_long_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
     return ctx->err.status;
 }
 
-static void test_attention_long(void **state) {
-    (void)state;
-    int op = lq_op_find("attention"), fails = 0;
+/* N_CASES cases of op `name` in fp32 from make, case k drawn with *variant = k, each against the
+ * op's nmse bound. */
+static void run_variants(const char *name, lq_gc_make_fn make, int *variant, int mode_id, const char *mode) {
+    int op = lq_op_find(name), fails = 0;
     assert_true(op >= 0);
-    const op_bound *b = bound_of("attention");
+    const op_bound *b = bound_of(name);
     assert_non_null(b);
     for (int k = 0; k < N_CASES; k++) {
-        g_attn_variant = k;
-        fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 6), b->nmse, 0.0, "fp32 long rows", attn_long_make);
+        *variant = k;
+        fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, mode_id), b->nmse, 0.0, mode, make);
     }
-    if (fails) fail_msg("attention long rows: %d comparison(s) failed (bound %.0e: %s)", fails, b->nmse, b->why);
+    if (fails) fail_msg("%s [%s]: %d comparison(s) failed (bound %.0e: %s)", name, mode, fails, b->nmse, b->why);
+}
+
+static void test_attention_long(void **state) {
+    (void)state;
+    run_variants("attention", attn_long_make, &g_attn_variant, 6, "fp32 long rows");
 }
 
 /* rope at head sizes the random cases never reach (they keep D <= 7 for the CPU gradcheck), where
@@ -638,15 +644,7 @@ static lq_status rope_wide_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
 
 static void test_rope_wide(void **state) {
     (void)state;
-    int op = lq_op_find("rope"), fails = 0;
-    assert_true(op >= 0);
-    const op_bound *b = bound_of("rope");
-    assert_non_null(b);
-    for (int k = 0; k < N_CASES; k++) {
-        g_rope_variant = k;
-        fails += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 7), b->nmse, 0.0, "fp32 wide", rope_wide_make);
-    }
-    if (fails) fail_msg("rope wide: %d comparison(s) failed (bound %.0e: %s)", fails, b->nmse, b->why);
+    run_variants("rope", rope_wide_make, &g_rope_variant, 7, "fp32 wide");
 }
 
 static int group_setup(void **state) {
