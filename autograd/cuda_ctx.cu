@@ -387,6 +387,18 @@ static lq_status to_bf16(lq_ctx *ctx, const float *src, int64_t rows, int64_t co
     return LQ_OK;
 }
 
+/* A kept bf16 buffer (*buf, room *cap) with room for n: reallocated when smaller, after the stream
+ * has finished every product that may still read it. */
+static lq_status bf16_room(lq_ctx *ctx, __nv_bfloat16 **buf, int64_t *cap, int64_t n) {
+    if (*cap >= n) return LQ_OK;
+    if (*buf) LQ_TRY(lq_cuda_sync(ctx->cuda->stream, &ctx->err));
+    lq_cuda_free(*buf);
+    *cap = 0;
+    if (!(*buf = (__nv_bfloat16 *)lq_cuda_malloc((size_t)n * sizeof(__nv_bfloat16), &ctx->err))) return ctx->err.status;
+    *cap = n;
+    return LQ_OK;
+}
+
 /* The bf16 copy of a frozen f32 operand of n contiguous elements, converted at most once per step
  * (see frozen16). NULL with an error in ctx. */
 static const __nv_bfloat16 *frozen_bf16(lq_ctx *ctx, const float *src, int64_t n) {
@@ -408,14 +420,9 @@ static const __nv_bfloat16 *frozen_bf16(lq_ctx *ctx, const float *src, int64_t n
         for (int i = 1; i < FZ_SLOTS; i++)
             if (c->fz[i].used < slot->used) slot = &c->fz[i];
     }
+    slot->src = NULL; /* not valid until converted */
     if (slot->cap < n) {
-        if (slot->buf && lq_cuda_sync(c->stream, &ctx->err) != LQ_OK) return NULL; /* no product still reads it */
-        lq_cuda_free(slot->buf);
-        slot->buf = NULL;
-        slot->cap = 0;
-        slot->src = NULL;
-        if (!(slot->buf = (__nv_bfloat16 *)lq_cuda_malloc((size_t)n * sizeof(__nv_bfloat16), &ctx->err))) return NULL;
-        slot->cap = n;
+        if (bf16_room(ctx, &slot->buf, &slot->cap, n) != LQ_OK) return NULL;
         epoch = lq_cuda_free_epoch();
     }
     if (convert(ctx, slot->buf, src, n) != LQ_OK) return NULL;
@@ -440,10 +447,10 @@ extern "C" const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x) {
     lq_cuda_state *c = ctx->cuda;
     const float *src = (const float *)x->data;
     int64_t n = lq_numel(x);
-    if (n <= 0 || !act_owner(x) || !lq_is_contiguous(x)) {
-        __nv_bfloat16 *d = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n > 0 ? n : 1) * sizeof(__nv_bfloat16));
-        if (!d || n <= 0) return d;
-        return convert(ctx, d, src, n) == LQ_OK ? d : NULL;
+    if (n <= 0) return lq_ctx_dalloc(ctx, sizeof(__nv_bfloat16)); /* nothing to convert */
+    if (!act_owner(x) || !lq_is_contiguous(x)) {
+        __nv_bfloat16 *d = NULL;
+        return to_bf16(ctx, src, 1, n, n, 0, 1, &d) == LQ_OK ? d : NULL;
     }
     act16 *a = &c->act;
     uint64_t epoch = lq_cuda_free_epoch();
@@ -451,17 +458,12 @@ extern "C" const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x) {
         a->shared++;
         return a->buf;
     }
+    a->src = NULL; /* not valid until converted */
     if (a->cap < n) {
-        if (a->buf && lq_cuda_sync(c->stream, &ctx->err) != LQ_OK) return NULL; /* no product still reads it */
-        lq_cuda_free(a->buf);
-        a->buf = NULL;
-        a->cap = 0;
-        if (!(a->buf = (__nv_bfloat16 *)lq_cuda_malloc((size_t)n * sizeof(__nv_bfloat16), &ctx->err))) return NULL;
-        a->cap = n;
+        if (bf16_room(ctx, &a->buf, &a->cap, n) != LQ_OK) return NULL;
         epoch = lq_cuda_free_epoch();
     }
     a->converted++;
-    a->src = NULL; /* not valid until converted */
     if (convert(ctx, a->buf, src, n) != LQ_OK) return NULL;
     a->src = src;
     a->n = n;

@@ -172,6 +172,18 @@ static bool rope_vec_ok(const float *src, const float *dst, const float2 *cs, in
            (uintptr_t)cs % 16 == 0;
 }
 
+/* One rope launch with index type I: k_rope4 when vec (rope_vec_ok), else k_rope. */
+template <typename I>
+static void rope_go(lq_ctx *ctx, bool vec, unsigned blocks, const float *src, float *dst, const float2 *cs, int64_t rows,
+                    int64_t T, int64_t H, int64_t D, int64_t rot, int il, int per_batch, float sign, int acc) {
+    if (vec)
+        k_rope4<I><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, (I)rows, (I)T, (I)H, (I)D, (I)rot, il,
+                                                                  per_batch, sign, acc);
+    else
+        k_rope<I><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, (I)rows, (I)T, (I)H, (I)D, (I)rot, il,
+                                                                 per_batch, sign, acc);
+}
+
 /* saved[0] is the host inv_freq the entry built; the forward keeps the device (cos, sin) table in
  * saved[1] for the backward (the CPU keeps its own cos / sin there; a node runs on one device). */
 static lq_status rope_launch(lq_ctx *ctx, lq_node *n, const float *src, float *dst, float sign, bool acc) {
@@ -195,28 +207,13 @@ static lq_status rope_launch(lq_ctx *ctx, lq_node *n, const float *src, float *d
     }
     const float2 *cs = (const float2 *)n->saved[1];
     int il = n->ip[0] == LQ_ROPE_INTERLEAVED ? 1 : 0;
-    if (rope_vec_ok(src, dst, cs, D, rot, il)) {
-        int64_t items = rows * ((il ? rot / 4 : rot / 8) + (D - rot) / 4);
-        unsigned blocks = lq_cuda_blocks(items);
-        if (rows * D + (int64_t)blocks * LQ_CUDA_THREADS <= INT32_MAX)
-            k_rope4<int32_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, (int32_t)rows, (int32_t)T,
-                                                                            (int32_t)H, (int32_t)D, (int32_t)rot, il,
-                                                                            per_batch, sign, acc ? 1 : 0);
-        else
-            k_rope4<int64_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, rows, T, H, D, rot, il,
-                                                                            per_batch, sign, acc ? 1 : 0);
-        LQ_CUDA_LAUNCHED(ctx, "rope");
-        return LQ_OK;
-    }
-    unsigned blocks = lq_cuda_blocks(rows * D);
+    bool vec = rope_vec_ok(src, dst, cs, D, rot, il);
+    unsigned blocks = lq_cuda_blocks(vec ? rows * ((il ? rot / 4 : rot / 8) + (D - rot) / 4) : rows * D);
     /* 32-bit indices when the grid-stride loop cannot pass INT32_MAX either */
     if (rows * D + (int64_t)blocks * LQ_CUDA_THREADS <= INT32_MAX)
-        k_rope<int32_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, (int32_t)rows, (int32_t)T,
-                                                                       (int32_t)H, (int32_t)D, (int32_t)rot, il,
-                                                                       per_batch, sign, acc ? 1 : 0);
+        rope_go<int32_t>(ctx, vec, blocks, src, dst, cs, rows, T, H, D, rot, il, per_batch, sign, acc ? 1 : 0);
     else
-        k_rope<int64_t><<<blocks, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(src, dst, cs, rows, T, H, D, rot, il, per_batch,
-                                                                       sign, acc ? 1 : 0);
+        rope_go<int64_t>(ctx, vec, blocks, src, dst, cs, rows, T, H, D, rot, il, per_batch, sign, acc ? 1 : 0);
     LQ_CUDA_LAUNCHED(ctx, "rope");
     return LQ_OK;
 }
