@@ -13,7 +13,10 @@ extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, 
  * Dv from O (k_flash_dvec): one dot product per row instead of a pass over P. Then two kernels,
  * each output element written by exactly one block (no atomics; the sums run in a fixed order):
  *   k_flash_bwd_kv: per 64 keys of one (batch, kv head): over the g query heads of the group and
- *     their query steps of 32 rows (causal: from the step holding the tile's first key on);
+ *     their query steps of 32 rows (causal: from the step holding the tile's first key on); or,
+ *     where that gives too few blocks to fill the GPU (kv_split), per 64 keys of one (batch, query
+ *     head) into a partial dK / dV per query head, which k_flash_kv_sum then adds up over the group
+ *     in head order;
  *   k_flash_bwd_q: per 64 query rows of one (batch, query head): over the key tiles (causal: up
  *     to the tile's last row). */
 
@@ -33,13 +36,17 @@ __global__ static void __launch_bounds__(32 * DV_WARPS) k_flash_dvec(fa_args a, 
     }
 }
 
-/* dK, dV of keys [k0, k0 + 64) of unit u = b Hkv + kh (blockIdx.y, blockIdx.x). Warp w owns keys
+/* dK, dV of keys [k0, k0 + 64) of unit u = b Hkv + kh (blockIdx.y / hs, blockIdx.x) from the query
+ * heads kh g + s hper .. + hper - 1 (s = blockIdx.y % hs, hs = g / hper). hs 1: gk += scale dK,
+ * gv += dV directly; else written (not added) to slice s (pn floats each) of pk / pv (hs, B, T, Hkv,
+ * D), unscaled,
+ * every key row < T (zeros where no query step ran), for k_flash_kv_sum. Warp w owns keys
  * 16 w .. 16 w + 15 of the tile and their rows of S^T, dP^T, P^T, dS^T, dK, dV; lane l handles
  * key r = 16 w + l / 2 and the query columns (l & 1) + 2 t of each step. Per query step:
  *   S^T = K_w Q^T, dP^T = V_w dO^T (16 x 32 each), P^T = exp(scale S^T - L), dS^T = P^T (dP^T - Dv)
  *   (bf16), dV_w += P^T dO, dK_w += dS^T Q (fp32 in shared memory, loaded into the accumulator
- *   fragments and stored back). At the end gk += scale dK, gv += dV for keys < T. */
-__global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a) {
+ *   fragments and stored back). */
+__global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a, int hper, float *pk, float *pv, int64_t pn) {
     extern __shared__ __align__(128) unsigned char fa_smem[];
     const int D = a.D, T = a.T, ldh = D + FA_PADH, ldo = D + FA_PADF, lds = FA_KQ + FA_PADF, ldp = FA_KQ + FA_PADH;
     const fa_kv_layout y = fa_bwd_kv_layout(D);
@@ -51,7 +58,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a) {
     float *Lq = (float *)(fa_smem + y.lq), *Dq = (float *)(fa_smem + y.dq);
     int32_t *docq = (int32_t *)(fa_smem + y.docq);
     const int tid = (int)threadIdx.x, w = tid >> 5, lane = tid & 31, half = lane & 1, r = 16 * w + (lane >> 1);
-    const int64_t u = blockIdx.y, b = u / a.Hkv, kh = u % a.Hkv;
+    const int hs = a.g / hper, s = (int)(blockIdx.y % hs);
+    const int64_t u = blockIdx.y / hs, b = u / a.Hkv, kh = u % a.Hkv;
     const int k0 = (int)blockIdx.x * FA_KB, j = k0 + r;
     const int32_t *docb = a.doc ? a.doc + b * T : NULL;
     const int32_t docj = docb && j < T ? docb[j] : 0;
@@ -60,7 +68,7 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a) {
     fa_zero(dKs, FA_KB * ldo);
     fa_zero(dVs, FA_KB * ldo);
     const int qstart = a.causal ? k0 / FA_KQ * FA_KQ : 0; /* queries before k0 see none of these keys */
-    for (int rh = 0; rh < a.g; rh++) {
+    for (int rh = s * hper; rh < (s + 1) * hper; rh++) {
         const int64_t h = kh * a.g + rh, p = b * a.Hq + h;
         const float *qh = a.q + b * a.qsb + h * a.qsh, *dh = a.dO + b * a.dsb + h * a.dsh;
         for (int q0 = qstart; q0 < T; q0 += FA_KQ) {
@@ -99,10 +107,41 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a) {
         const int row = 16 * w + rr, gj = k0 + row;
         if (gj >= T) break; /* uniform over the warp */
         const int64_t off = ((b * T + gj) * a.Hkv + kh) * (int64_t)D;
-        for (int d = lane; d < D; d += 32) {
-            if (a.gk) a.gk[off + d] += a.scale * dKs[row * ldo + d];
-            if (a.gv) a.gv[off + d] += dVs[row * ldo + d];
+        if (hs > 1) {
+            const int64_t po = off + s * pn;
+            for (int d = lane; d < D; d += 32) {
+                if (pk) pk[po + d] = dKs[row * ldo + d];
+                if (pv) pv[po + d] = dVs[row * ldo + d];
+            }
+        } else {
+            for (int d = lane; d < D; d += 32) {
+                if (a.gk) a.gk[off + d] += a.scale * dKs[row * ldo + d];
+                if (a.gv) a.gv[off + d] += dVs[row * ldo + d];
+            }
         }
+    }
+}
+
+/* g[i] += f sum_s part[s n + i] for s = 0 .. hs - 1 in order (the partial dK or dV of the hs query
+ * heads of a kv group, k_flash_bwd_kv): four floats per thread step (n % 4 == 0, 16-byte aligned
+ * buffers: the caller checks), grid-stride. */
+__global__ static void __launch_bounds__(256) k_flash_kv_sum(float *g, const float *part, int64_t n, int hs, float f) {
+    const int64_t n4 = n / 4;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
+        float4 acc = ((const float4 *)part)[i];
+        for (int t = 1; t < hs; t++) {
+            const float4 x = ((const float4 *)(part + (int64_t)t * n))[i];
+            acc.x += x.x;
+            acc.y += x.y;
+            acc.z += x.z;
+            acc.w += x.w;
+        }
+        float4 y = ((float4 *)g)[i];
+        y.x += f * acc.x;
+        y.y += f * acc.y;
+        y.z += f * acc.z;
+        y.w += f * acc.w;
+        ((float4 *)g)[i] = y;
     }
 }
 
@@ -161,6 +200,27 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_q(fa_args a) {
     }
 }
 
+/* Whether the dK / dV kernel takes one query head per block (partials summed by k_flash_kv_sum)
+ * rather than a whole kv group: only under GQA (g > 1), and only when the grouped grid has fewer
+ * than four blocks per SM. Two 91 KiB blocks fit an SM at D 64, so such a grid runs in under two
+ * waves, and under a causal mask its first key tile has (T / 32) g query steps to the last tile's
+ * 2 g: the longest block sets the time (at the 1B bench shape, 256 blocks on 132 SMs, 64 steps
+ * against 36 on average). Split, the longest has T / 32 steps, at the cost of writing and reading
+ * the partials (2 g floats per key gradient element). LOQUAT_FLASH_KV_SPLIT=0 / 1 forces either
+ * (the tests run both); the sum needs 16-byte aligned gradient buffers. */
+static bool kv_split(const fa_args *a, int64_t blocks, const float *gk, const float *gv) {
+    if (a->g <= 1 || (uintptr_t)gk % 16 != 0 || (uintptr_t)gv % 16 != 0) return false;
+    const char *e = getenv("LOQUAT_FLASH_KV_SPLIT");
+    if (e && (strcmp(e, "0") == 0 || strcmp(e, "1") == 0)) return e[0] == '1';
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        (void)cudaGetLastError(); /* a query that failed only costs the split */
+        return false;
+    }
+    return blocks < 4 * (int64_t)sms;
+}
+
 /* gq / gk / gv (NULL: not wanted; else device buffers of the inputs' contiguous shapes) +=
  * the gradients from out's gradient, L = saved[1] and the doc ids (saved[2], or uploaded here).
  * Scratch (Dv, a doc copy) comes from the device arena: the caller resets it afterwards. */
@@ -192,11 +252,24 @@ extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, 
     k_flash_dvec<<<(unsigned)(dvb > 65535 * 8 ? 65535 * 8 : dvb), 32 * DV_WARPS, 0, st>>>(a, Dv, rows);
     LQ_CUDA_LAUNCHED(ctx, "flash attention rowsum(dO O)");
     if (gk || gv) {
+        const int64_t tiles = (a.T + FA_KB - 1) / FA_KB, nk = units * a.T * (int64_t)a.D;
+        const int hper = kv_split(&a, tiles * units, gk, gv) ? 1 : a.g, hs = a.g / hper;
+        float *pk = NULL, *pv = NULL;
+        if (hs > 1 && ((gk && !(pk = (float *)lq_ctx_dalloc(ctx, (size_t)(hs * nk) * sizeof(float)))) ||
+                       (gv && !(pv = (float *)lq_ctx_dalloc(ctx, (size_t)(hs * nk) * sizeof(float))))))
+            return ctx->err.status;
         size_t smem = fa_bwd_kv_layout(a.D).total;
         FA_SMEM_OPTIN(ctx, k_flash_bwd_kv, smem);
-        dim3 grid((unsigned)((a.T + FA_KB - 1) / FA_KB), (unsigned)units);
-        k_flash_bwd_kv<<<grid, FA_THREADS, smem, st>>>(a);
+        dim3 grid((unsigned)tiles, (unsigned)(units * hs));
+        k_flash_bwd_kv<<<grid, FA_THREADS, smem, st>>>(a, hper, pk, pv, nk);
         LQ_CUDA_LAUNCHED(ctx, "flash attention dK dV");
+        for (int t = 0; t < 2 && hs > 1; t++) {
+            float *g = t ? gv : gk, *part = t ? pv : pk;
+            if (!g) continue;
+            const int64_t b4 = (nk / 4 + 255) / 256;
+            k_flash_kv_sum<<<(unsigned)(b4 < 4096 ? b4 : 4096), 256, 0, st>>>(g, part, nk, hs, t ? 1.0f : a.scale);
+            LQ_CUDA_LAUNCHED(ctx, "flash attention dK dV group sum");
+        }
     }
     if (gq) {
         size_t smem = fa_bwd_q_layout(a.D).total;

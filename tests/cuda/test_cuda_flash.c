@@ -2,8 +2,9 @@
  * LOQUAT_FLASH_ATTN=1 in bf16 math) against the CPU op (op_attention.c, fp32) on fresh random
  * inputs: the output and the gradients of q, k and v from one random upstream gradient, over
  * causal / not, doc ids, GQA groups 1 / 2 / 4, T off the 64-row tiles (1, 17, 70, 130), D 16 / 32 /
- * 64, B 1-2. One more pass runs the flash forward and the cuBLAS backward (cuda_attention.cu) on
- * its L. Every case first asserts that the node took the flash path, so a selection that silently
+ * 64, B 1-2; the dK / dV kernel both per query head (partials summed per group) and per kv group
+ * (LOQUAT_FLASH_KV_SPLIT=1 / 0). One more pass runs the flash forward and the cuBLAS backward
+ * (cuda_attention.cu) on its L. Every case first asserts that the node took the flash path, so a selection that silently
  * fell back cannot pass here. Outputs are NaN-poisoned (poison = true).
  *
  * The bound. Every operand of the flash products is rounded to bf16 (u = 2^-9) and accumulated in
@@ -263,9 +264,20 @@ static void run_all(bool flash_bwd) {
     if (fails) fail_msg("%d comparison(s) failed", fails);
 }
 
+/* The dK / dV kernel per query head, its partials summed per kv group (what the heuristic picks at
+ * these sizes), then per whole kv group (what it picks when the grid is large): the same bound. */
 static void test_flash(void **state) {
     (void)state;
+    setenv("LOQUAT_FLASH_KV_SPLIT", "1", 1);
     run_all(true);
+    unsetenv("LOQUAT_FLASH_KV_SPLIT");
+}
+
+static void test_flash_kv_grouped(void **state) {
+    (void)state;
+    setenv("LOQUAT_FLASH_KV_SPLIT", "0", 1);
+    run_all(true);
+    unsetenv("LOQUAT_FLASH_KV_SPLIT");
 }
 
 static void test_flash_fwd_cublas_bwd(void **state) {
@@ -293,6 +305,7 @@ int main(void) {
     g_seed = lq_cuda_test_seed("test_cuda_flash");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_flash),
+        cmocka_unit_test(test_flash_kv_grouped),
         cmocka_unit_test(test_flash_fwd_cublas_bwd),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
