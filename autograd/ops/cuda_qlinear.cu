@@ -74,16 +74,24 @@ static __nv_bfloat16 *to_bf16(lq_ctx *ctx, const float *src, int64_t n) {
 }
 
 /* Row-major C (m, n) = alpha op(A) op(B) + beta C with bf16 A and B (row strides lda, ldb as
- * stored), fp32 accumulation and an fp32 C: lq_cuda_gemm's mapping onto column-major cuBLAS
- * (B first), for operands that are bf16 already. m, n, k >= 1. */
-static lq_status gemm_bf16(lq_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
-                           const __nv_bfloat16 *A, int64_t lda, const __nv_bfloat16 *B, int64_t ldb, float beta,
-                           float *C, int64_t ldc) {
+ * stored), fp32 accumulation and C of type ct (f32, or bf16: the fp32 result rounded to nearest
+ * even): lq_cuda_gemm's mapping onto column-major cuBLAS (B first), for operands that are bf16
+ * already. m, n, k >= 1. */
+static lq_status gemm_bf16_to(lq_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                              const __nv_bfloat16 *A, int64_t lda, const __nv_bfloat16 *B, int64_t ldb, float beta,
+                              void *C, cudaDataType ct, int64_t ldc) {
     cublasHandle_t h = (cublasHandle_t)lq_cuda_blas(ctx);
     LQ_CUBLAS(&ctx->err, cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
                                       (int)m, (int)k, &alpha, B, CUDA_R_16BF, (int)ldb, A, CUDA_R_16BF, (int)lda,
-                                      &beta, C, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                      &beta, C, ct, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return LQ_OK;
+}
+
+/* gemm_bf16_to with an fp32 C. */
+static lq_status gemm_bf16(lq_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                           const __nv_bfloat16 *A, int64_t lda, const __nv_bfloat16 *B, int64_t ldb, float beta,
+                           float *C, int64_t ldc) {
+    return gemm_bf16_to(ctx, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, CUDA_R_32F, ldc);
 }
 
 /* --- the frozen weight ------------------------------------------------------------------------- */
@@ -269,9 +277,10 @@ static const float *dropped(lq_ctx *ctx, const lq_node *n, float *dst, int64_t m
  * operand is converted to bf16 once per call and shared by every product that reads it: x by the
  * base product and u = s h A^T, dY by dX, dB and du (lq_cuda_gemm converts its operands per
  * product: dY three times over); x's copy comes from lq_cuda_act_bf16, which also shares it
- * between calls (the projections that read one x, and a backward right after its forward). Each
- * product sees the values lq_cuda_gemm's own conversion gives (round to nearest even); only the
- * grouping changes. Without dropout, with W in one tile, the
+ * between calls (the projections that read one x, and a backward right after its forward); u, A
+ * and B are converted once per forward and kept for the backward. Each product sees the values
+ * lq_cuda_gemm's own conversion gives (round to nearest even); only the grouping changes. Without
+ * dropout, with W in one tile, the
  * adapter's share of dX rides in the base product, one gemm over N + r:
  *   dX (M, K) += [dY | du] (M, N + r) [deq(W) ; A] (N + r, K)
  * so gx is read and written once instead of twice. */
@@ -281,30 +290,29 @@ static bool lora_bf16_path(lq_ctx *ctx, const lq_node *n) {
     return w_bf16(ctx, w->dtype) && !lq_cuda_fused_qlinear_wanted(ctx, w->dtype) && n->ip[5] >= 1 && n->ip[1] >= 1;
 }
 
-/* bf16 copies (arena) of two small f32 arrays, in one launch: the adapter's A and B, or u and B. */
-static lq_status to_bf16_two(lq_ctx *ctx, const float *s0, int64_t n0, const __nv_bfloat16 **d0, const float *s1,
-                             int64_t n1, const __nv_bfloat16 **d1) {
-    __nv_bfloat16 *a = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n0 > 0 ? n0 : 1) * sizeof(__nv_bfloat16));
-    __nv_bfloat16 *b = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(n1 > 0 ? n1 : 1) * sizeof(__nv_bfloat16));
-    if (!a || !b) return ctx->err.status;
-    LQ_TRY(lq_cuda_to_bf16_pair(ctx, a, s0, n0, b, s1, n1));
-    *d0 = a;
-    *d1 = b;
-    return LQ_OK;
-}
-
-/* The forward of the bf16 path; u (M, r) f32 is where u goes (the saved buffer, or NULL: scratch).
+/* The forward of the bf16 path. u = s h A^T comes out of its product in bf16 (the only form any
+ * later product reads), and when the node is recorded, u and the bf16 copies of A and B made here
+ * are kept for the backward (saved[1], [2], [3]; saved[0], the f32 path's u, stays NULL), so it
+ * converts none of them again.
  * The adapter's product comes first: y = u B^T (a thin product that only writes y), then the base
  * product adds into it (beta 1: y is read once, inside a compute-bound gemm) and the bias last.
  * The CPU's order (x W^T, bias, then += u B^T) would have the thin product read and rewrite all of
  * y: at the 1B bench shape 2.7 ms of a 50 ms step went to that. The sum is the same up to
  * rounding order. */
-static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
+static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
     float s = n->fp[0], *y = (float *)n->out->data;
+    __nv_bfloat16 *keep[3] = {NULL, NULL, NULL}; /* u, A, B in bf16: kept (recorded) or scratch */
+    const int64_t len[3] = {M * r, r * K, N * r};
+    for (int i = 0; i < 3 && n->recorded; i++)
+        if (!(keep[i] = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)len[i] * sizeof(__nv_bfloat16))))
+            return ctx->err.status;
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
-    if (!u && !(u = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)))) return ctx->err.status;
+    for (int i = 0; i < 3 && !n->recorded; i++)
+        if (!(keep[i] = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)len[i] * sizeof(__nv_bfloat16))))
+            return ctx->err.status;
+    __nv_bfloat16 *u16 = keep[0], *A16 = keep[1], *B16 = keep[2];
     lq_qstate tmp;
     const lq_qstate *qs;
     LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
@@ -316,17 +324,19 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n, float *u) {
         const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
         if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
     }
-    const __nv_bfloat16 *A16, *B16;
-    LQ_TRY(to_bf16_two(ctx, (const float *)n->in[2]->data, r * K, &A16, (const float *)n->in[3]->data, N * r, &B16));
-    LQ_TRY(gemm_bf16(ctx, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u, r)); /* u = s h A^T */
-    const __nv_bfloat16 *u16 = to_bf16(ctx, u, M * r);
-    if (!u16) return ctx->err.status;
-    LQ_TRY(gemm_bf16(ctx, false, true, M, N, r, 1.0f, u16, r, B16, r, 0.0f, y, N));  /* y = u B^T */
-    LQ_TRY(w_product(ctx, w, qs, false, x16, K, y, M, N, K, 1.0f));                     /* y += x deq(W)^T */
+    LQ_TRY(lq_cuda_to_bf16_pair(ctx, A16, (const float *)n->in[2]->data, r * K, B16, (const float *)n->in[3]->data,
+                                N * r));
+    LQ_TRY(gemm_bf16_to(ctx, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u16, CUDA_R_16BF, r)); /* u = s h A^T */
+    LQ_TRY(gemm_bf16(ctx, false, true, M, N, r, 1.0f, u16, r, B16, r, 0.0f, y, N)); /* y = u B^T */
+    LQ_TRY(w_product(ctx, w, qs, false, x16, K, y, M, N, K, 1.0f));                 /* y += x deq(W)^T */
     if (n->n_in == 5) {
         k_add_bias<<<lq_cuda_blocks(M * N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
             y, (const float *)n->in[4]->data, N, M * N);
         LQ_CUDA_LAUNCHED(ctx, "lora_linear bias");
+    }
+    if (n->recorded) {
+        n->saved[0] = NULL;
+        for (int i = 0; i < 3; i++) n->saved[1 + i] = keep[i];
     }
     lq_ctx_reset_to(ctx, mark);
     return LQ_OK;
@@ -337,7 +347,12 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
     float s = n->fp[0], p = n->fp[1];
-    const float *gy = (const float *)n->out->grad->data, *u = (const float *)n->saved[0];
+    const float *gy = (const float *)n->out->grad->data;
+    const __nv_bfloat16 *u16 = (const __nv_bfloat16 *)n->saved[1], *A16 = (const __nv_bfloat16 *)n->saved[2];
+    const __nv_bfloat16 *B16 = (const __nv_bfloat16 *)n->saved[3];
+    if (!u16 || !A16 || !B16)
+        return LQ_ERR(&ctx->err, LQ_ERR_INTERNAL,
+                      "lora_linear: the bf16 backward found no bf16 operands from the forward (math mode changed?)");
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     /* the adapter's dX in the base product: no dropout mask to apply, W in one tile of scratch */
     bool cat = gx && p <= 0.0f && !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N;
@@ -345,8 +360,6 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     __nv_bfloat16 *gy16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * ld) * sizeof(__nv_bfloat16));
     if (!gy16) return ctx->err.status;
     LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));
-    const __nv_bfloat16 *u16, *B16;
-    LQ_TRY(to_bf16_two(ctx, u, gB ? M * r : 0, &u16, (const float *)n->in[3]->data, N * r, &B16));
     if (gB) LQ_TRY(gemm_bf16(ctx, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r)); /* dB (N, r) += dY^T u */
     if (!gA && !gx) {
         lq_ctx_reset_to(ctx, mark);
@@ -376,18 +389,16 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
         lq_qstate tmp;
         const lq_qstate *qs;
         LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
-        const float *Ad = (const float *)n->in[2]->data;
         if (cat) { /* W' (N + r, K) = [deq(W) ; A] in one scratch, then one product */
             __nv_bfloat16 *wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)((N + r) * K) * sizeof(__nv_bfloat16));
             const void *tile;
             if (!wc) return ctx->err.status;
             LQ_TRY(w_rows(ctx, w, qs, 0, N, wc, &tile));
-            LQ_TRY(lq_cuda_to_bf16(ctx, wc + N * K, K, Ad, K, r, K));
+            LQ_CU(&ctx->err, cudaMemcpyAsync(wc + N * K, A16, (size_t)(r * K) * sizeof(__nv_bfloat16),
+                                             cudaMemcpyDeviceToDevice, stream_of(ctx)));
             LQ_TRY(gemm_bf16(ctx, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K));
         } else {
             LQ_TRY(w_product(ctx, w, qs, true, gy16, ld, gx, M, N, K, beta0)); /* dX = beta0 dX + dY deq(W) */
-            const __nv_bfloat16 *A16 = to_bf16(ctx, Ad, r * K);
-            if (!A16) return ctx->err.status;
             if (p > 0.0f) { /* dX += m (du A) / q */
                 float *buf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
                 if (!buf) return ctx->err.status;
@@ -411,10 +422,7 @@ extern "C" lq_status lq_cuda_lora_linear_fwd(lq_ctx *ctx, lq_node *n) {
     const float *xd = (const float *)x->data;
     if (M == 0 || N == 0) return LQ_OK;
     if (lora_bf16_path(ctx, n)) {
-        float *us = NULL;
-        if (n->recorded && !(us = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float)))) return ctx->err.status;
-        n->saved[0] = us;
-        return lora_fwd_bf16(ctx, n, us);
+        return lora_fwd_bf16(ctx, n);
     }
     LQ_TRY(qmm_forward(ctx, w, xd, y, M, N, K)); /* an f32 W is used in place: no copy */
     if (n->n_in == 5) {
@@ -467,6 +475,9 @@ extern "C" lq_status lq_cuda_lora_linear_bwd(lq_ctx *ctx, lq_node *n) {
         LQ_CUDA_LAUNCHED(ctx, "lora_linear bias grad");
     }
     if (lora_bf16_path(ctx, n)) return lora_bwd_bf16(ctx, n, gx, gA, gB, beta0);
+    if (!u)
+        return LQ_ERR(&ctx->err, LQ_ERR_INTERNAL,
+                      "lora_linear: the backward found no saved u from the forward (math mode changed?)");
     if (gB) LQ_TRY(lq_cuda_gemm(ctx, true, false, N, r, M, 1.0f, gy, N, 0, u, r, 0, 1.0f, gB, r, 0, 1));
     if (gx && K > 0) LQ_TRY(qmm(ctx, w, true, gy, gx, M, N, K, beta0));
     if ((!gA && !gx) || K == 0) return LQ_OK;
