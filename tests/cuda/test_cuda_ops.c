@@ -647,6 +647,43 @@ static void test_rope_wide(void **state) {
     run_variants("rope", rope_wide_make, &g_rope_variant, 7, "fp32 wide");
 }
 
+/* swiglu over sizes the random cases seldom reach, where cuda_elementwise.cu's float4 kernels run
+ * (m % 4 == 0), and one they decline (m odd); swiglu(x, x), where the gate's and the up's gradient
+ * are one buffer (assigned, then added to); and the gate and up read by two swiglus, so the second
+ * backward adds to gradients the first assigned. Variant v is case v. */
+static int g_swiglu_variant;
+
+static lq_tensor *swiglu_wide_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
+    (void)n_in;
+    const lq_gc_case *c = user;
+    lq_tensor *u = c->ip[0] ? in[0] : in[1], *y = lq_swiglu(ctx, in[0], u);
+    return c->ip[1] && y ? lq_add(ctx, y, lq_swiglu(ctx, in[0], u)) : y;
+}
+
+static lq_status swiglu_wide_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
+    static const struct {
+        int64_t F;
+        int alias, twice;
+    } v[] = {{64, 0, 0}, {63, 0, 0}, {96, 1, 0}, {40, 0, 1}, {36, 1, 1}, {125, 0, 1}};
+    int k = g_swiglu_variant % (int)(sizeof v / sizeof v[0]);
+    int64_t B = lq_rng_int(rng, 1, 2), T = v[k].F % 2 ? 2 * lq_rng_int(rng, 8, 30) + 1 : lq_rng_int(rng, 8, 60);
+    int64_t shape[3] = {B, T, v[k].F};
+    c->n_in = 2;
+    c->in[0] = lq_gc_input(ctx, rng, 3, shape, -4, 4);
+    c->in[1] = lq_gc_input(ctx, rng, 3, shape, -2, 2);
+    c->ip[0] = v[k].alias;
+    c->ip[1] = v[k].twice;
+    c->call = swiglu_wide_call;
+    snprintf(c->desc, sizeof c->desc, "(%lld, %lld, %lld)%s%s", (long long)B, (long long)T, (long long)v[k].F,
+             v[k].alias ? " swiglu(x, x)" : "", v[k].twice ? ", read twice" : "");
+    return ctx->err.status;
+}
+
+static void test_swiglu_wide(void **state) {
+    (void)state;
+    run_variants("swiglu", swiglu_wide_make, &g_swiglu_variant, 8, "fp32 wide");
+}
+
 static int group_setup(void **state) {
     (void)state;
     g_cpu = lq_cuda_test_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
@@ -670,7 +707,7 @@ int main(void) {
         printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
         return 1;
     }
-    struct CMUnitTest tests[64 + 7];
+    struct CMUnitTest tests[64 + 8];
     int n = 0;
     for (int i = 0; i < n_ops; i++) {
         g_op_index[i] = i;
@@ -683,5 +720,6 @@ int main(void) {
     tests[n++] = (struct CMUnitTest){"qlinear_fused_bf16", test_qlinear_fused_bf16, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"attention_long_rows", test_attention_long, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"rope_wide", test_rope_wide, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"swiglu_wide", test_swiglu_wide, NULL, NULL, NULL};
     return _cmocka_run_group_tests("test_cuda_ops", tests, (size_t)n, group_setup, group_teardown);
 }
