@@ -35,6 +35,15 @@ extern "C" {
 
 /* ============================== add, sub, mul (broadcast.c) ===================================== */
 
+/* Whether the float4 kernels (binop, accumulate, swiglu) apply: m % 4 == 0 and every non-NULL pointer 16-byte aligned. */
+static bool aligned4(int64_t m, const void *const *p, int np) {
+    if (m % 4 != 0) return false;
+    for (int i = 0; i < np; i++)
+        if ((uintptr_t)p[i] % 16 != 0) return false;
+    return true;
+}
+
+
 /* ops as lq_binop: 0 add, 1 sub, 2 mul */
 __device__ static inline float binop(int op, float x, float y) { return op == 0 ? x + y : op == 1 ? x - y : x * y; }
 
@@ -43,6 +52,15 @@ __device__ static inline float binop(int op, float x, float y) { return op == 0 
 template <int OP>
 __global__ static void k_binop(float *o, const float *x, const float *y, int64_t m) {
     FOR_EACH(i, m) o[i] = binop(OP, x[i], y[i]);
+}
+
+/* k_binop four elements per thread step (aligned4): the residual adds of a transformer block */
+template <int OP>
+__global__ static void k_binop4(float4 *o, const float4 *x, const float4 *y, int64_t m4) {
+    FOR_EACH(i, m4) {
+        const float4 a = x[i], b = y[i];
+        o[i] = make_float4(binop(OP, a.x, b.x), binop(OP, a.y, b.y), binop(OP, a.z, b.z), binop(OP, a.w, b.w));
+    }
 }
 
 /* A 4-dim walk of the contiguous output (ne4), a and b read through byte strides that are 0 along
@@ -75,9 +93,20 @@ static lq_status bcast_fwd(lq_ctx *ctx, lq_node *n, int op) {
     int64_t m = lq_numel(out);
     if (lq_same_shape(a, b) && lq_is_contiguous(a) && lq_is_contiguous(b)) {
         const float *x = (const float *)a->data, *y = (const float *)b->data;
-        if (op == 0) LAUNCH(ctx, "add", k_binop<0>, m, o, x, y, m);
-        else if (op == 1) LAUNCH(ctx, "sub", k_binop<1>, m, o, x, y, m);
-        else LAUNCH(ctx, "mul", k_binop<2>, m, o, x, y, m);
+        const void *ptrs[3] = {o, x, y};
+        if (aligned4(m, ptrs, 3)) {
+            float4 *o4 = (float4 *)o;
+            const float4 *x4 = (const float4 *)x, *y4 = (const float4 *)y;
+            if (op == 0) LAUNCH(ctx, "add", k_binop4<0>, m / 4, o4, x4, y4, m / 4);
+            else if (op == 1) LAUNCH(ctx, "sub", k_binop4<1>, m / 4, o4, x4, y4, m / 4);
+            else LAUNCH(ctx, "mul", k_binop4<2>, m / 4, o4, x4, y4, m / 4);
+        } else if (op == 0) {
+            LAUNCH(ctx, "add", k_binop<0>, m, o, x, y, m);
+        } else if (op == 1) {
+            LAUNCH(ctx, "sub", k_binop<1>, m, o, x, y, m);
+        } else {
+            LAUNCH(ctx, "mul", k_binop<2>, m, o, x, y, m);
+        }
         return LQ_OK;
     }
     int64_t ne4[4];
@@ -101,6 +130,18 @@ __global__ static void k_acc_same(float *g, const float *gy, const float *w, flo
         FOR_EACH(i, m) g[i] += sign * (gy[i] * w[i]);
     } else {
         FOR_EACH(i, m) g[i] += sign * gy[i];
+    }
+}
+
+/* k_acc_same four elements per thread step (aligned4) */
+__global__ static void k_acc_same4(float4 *g, const float4 *gy, const float4 *w, float sign, int64_t m4) {
+    FOR_EACH(i, m4) {
+        float4 d = gy[i], o = g[i];
+        if (w) {
+            const float4 v = w[i];
+            d = make_float4(d.x * v.x, d.y * v.y, d.z * v.z, d.w * v.w);
+        }
+        g[i] = make_float4(o.x + sign * d.x, o.y + sign * d.y, o.z + sign * d.z, o.w + sign * d.w);
     }
 }
 
@@ -186,7 +227,13 @@ static lq_status bcast_acc(lq_ctx *ctx, float *g, const lq_tensor *t, const lq_t
     if (m <= 0) return LQ_OK;
     bool same = lq_same_shape(t, out);
     if (same && (!other || (lq_same_shape(other, out) && lq_is_contiguous(other)))) {
-        LAUNCH(ctx, "broadcast grad", k_acc_same, m, g, gy, other ? (const float *)other->data : NULL, sign, m);
+        const float *w = other ? (const float *)other->data : NULL;
+        const void *ptrs[3] = {g, gy, w};
+        if (aligned4(m, ptrs, 3))
+            LAUNCH(ctx, "broadcast grad", k_acc_same4, m / 4, (float4 *)g, (const float4 *)gy, (const float4 *)w, sign,
+                   m / 4);
+        else
+            LAUNCH(ctx, "broadcast grad", k_acc_same, m, g, gy, w, sign, m);
         return LQ_OK;
     }
     size_t gcs[LQ_MAX_DIMS];
@@ -495,14 +542,6 @@ __global__ static void k_swiglu_bwd4(float4 *gg, float4 *gu, const float4 *g, co
             gu[i] = vu;
         }
     }
-}
-
-/* Whether the float4 kernels apply: m % 4 == 0 and every non-NULL pointer 16-byte aligned. */
-static bool aligned4(int64_t m, const void *const *p, int np) {
-    if (m % 4 != 0) return false;
-    for (int i = 0; i < np; i++)
-        if ((uintptr_t)p[i] % 16 != 0) return false;
-    return true;
 }
 
 static lq_status relu_fwd(lq_ctx *ctx, lq_node *n) {
