@@ -22,8 +22,9 @@ typedef struct lq_cuda_op {
 
 /* Each group's table, terminated by an entry with name NULL (autograd/ops/cuda_<group>.cu). */
 extern const lq_cuda_op lq_cuda_ops_elementwise[]; /* add sub mul scale sum mean relu gelu swiglu silu dropout */
-extern const lq_cuda_op lq_cuda_ops_nn[];         /* embedding rope attention rmsnorm layernorm softmax
-                                                     log_softmax cross_entropy */
+extern const lq_cuda_op lq_cuda_ops_nn[];         /* embedding rope attention softmax log_softmax
+                                                     cross_entropy */
+extern const lq_cuda_op lq_cuda_ops_norm[];       /* rmsnorm layernorm */
 extern const lq_cuda_op lq_cuda_ops_linear[];     /* matmul qmatmul lora_linear */
 extern const lq_cuda_op lq_cuda_ops_quant[];      /* fake_quant fake_quant_lsq pact fake_quant_dynamic
                                                      fake_quant_bnb4 */

@@ -684,6 +684,40 @@ static void test_swiglu_wide(void **state) {
     run_variants("swiglu", swiglu_wide_make, &g_swiglu_variant, 8, "fp32 wide");
 }
 
+/* rmsnorm over rows wider than the random cases' (C <= 9), where cuda_norm.cu's four-wide row
+ * kernels run (C % 4 == 0), and one they decline (C 258); with and without a weight, and x read
+ * by two rmsnorms, so the second backward adds to the gradient the first wrote. Variant v is
+ * case v. */
+static int g_rms_variant;
+
+static lq_tensor *rms_wide_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
+    const lq_gc_case *c = user;
+    lq_tensor *w = n_in > 1 ? in[1] : NULL, *y = lq_rmsnorm(ctx, in[0], w, 1e-5f);
+    return c->ip[0] && y ? lq_add(ctx, y, lq_rmsnorm(ctx, in[0], w, 1e-5f)) : y;
+}
+
+static lq_status rms_wide_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
+    static const struct {
+        int64_t C;
+        int weight, twice;
+    } v[] = {{256, 1, 0}, {64, 0, 0}, {258, 1, 1}, {512, 1, 1}, {36, 0, 1}, {2048, 1, 0}};
+    int k = g_rms_variant % (int)(sizeof v / sizeof v[0]);
+    int64_t R = lq_rng_int(rng, 1, 40), C = v[k].C;
+    c->n_in = 1;
+    c->in[0] = lq_gc_input(ctx, rng, 2, (int64_t[]){R, C}, -2, 2);
+    if (v[k].weight) c->in[c->n_in++] = lq_gc_input(ctx, rng, 1, &C, 0.5f, 1.5f);
+    c->ip[0] = v[k].twice;
+    c->call = rms_wide_call;
+    snprintf(c->desc, sizeof c->desc, "x (%lld, %lld)%s%s", (long long)R, (long long)C, v[k].weight ? " weight" : "",
+             v[k].twice ? ", read twice" : "");
+    return ctx->err.status;
+}
+
+static void test_rms_wide(void **state) {
+    (void)state;
+    run_variants("rmsnorm", rms_wide_make, &g_rms_variant, 9, "fp32 wide");
+}
+
 static int group_setup(void **state) {
     (void)state;
     g_cpu = lq_cuda_test_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
@@ -707,7 +741,7 @@ int main(void) {
         printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
         return 1;
     }
-    struct CMUnitTest tests[64 + 8];
+    struct CMUnitTest tests[64 + 9];
     int n = 0;
     for (int i = 0; i < n_ops; i++) {
         g_op_index[i] = i;
@@ -721,5 +755,6 @@ int main(void) {
     tests[n++] = (struct CMUnitTest){"attention_long_rows", test_attention_long, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"rope_wide", test_rope_wide, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"swiglu_wide", test_swiglu_wide, NULL, NULL, NULL};
+    tests[n++] = (struct CMUnitTest){"rmsnorm_wide", test_rms_wide, NULL, NULL, NULL};
     return _cmocka_run_group_tests("test_cuda_ops", tests, (size_t)n, group_setup, group_teardown);
 }
