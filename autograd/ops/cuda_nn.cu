@@ -318,8 +318,14 @@ static lq_status log_softmax_bwd(lq_ctx *ctx, lq_node *n) { return softmax_bwd_a
 
 /* --- cross_entropy: logits (N, V), targets (N) i32; ip[0] ignore, ip[1] reduction, ip[2] count ---- */
 
-/* Per row: loss = logsumexp - x[t] (0 for an ignored row), lse the float logsumexp (0 if ignored). */
-__global__ static void k_ce_rows(const float *x, const int32_t *t, double *loss, float *lse, int64_t N, int64_t V,
+/* Per row: loss = logsumexp - x[t] (0 for an ignored row), lse the float logsumexp (0 if ignored).
+ * One block per row, ce_threads(V) threads: a language model's rows are a vocabulary wide (32000 at
+ * the 1B bench shape) and its chunks have few of them (128 rows: one 256-thread block per SM, 40 us
+ * per chunk there, under 0.5 TB/s), so wide rows get 1024 threads. */
+#define CE_WIDE_THREADS 1024
+static unsigned ce_threads(int64_t V) { return V >= 4 * CE_WIDE_THREADS ? CE_WIDE_THREADS : LQ_CUDA_THREADS; }
+
+__global__ static void __launch_bounds__(CE_WIDE_THREADS) k_ce_rows(const float *x, const int32_t *t, double *loss, float *lse, int64_t N, int64_t V,
                                  int32_t ignore) {
     FOR_ROWS(r, N) {
         if (t[r] == ignore) { /* uniform across the block: no thread reaches a barrier alone */
@@ -353,17 +359,22 @@ __global__ static void k_ce_total(const double *loss, float *y, int64_t N, int64
 }
 
 /* dx_k += c (softmax_k - [k == t]) for counted rows, c = g (SUM) or g / count (MEAN), g read from
- * the device scalar gradient of the loss */
+ * the device scalar gradient of the loss. Rows along grid y, each row's columns along grid x (no
+ * per-element division of a flat index). */
 __global__ static void k_ce_bwd(const float *x, const int32_t *t, const float *lse, const float *gout, float *gx,
                                 int64_t N, int64_t V, int32_t ignore, int64_t count, int sum_red) {
     double g = gout[0];
     float scale = (float)(sum_red ? g : g / (double)count);
-    FOR_EACH(i, N * V) {
-        int64_t r = i / V, k = i % V;
-        if (t[r] == ignore) continue;
-        float v = gx[i] + scale * expf(x[i] - lse[r]);
-        if (k == t[r]) v -= scale;
-        gx[i] = v;
+    for (int64_t r = blockIdx.y; r < N; r += gridDim.y) {
+        const int32_t tr = t[r];
+        if (tr == ignore) continue;
+        const float l = lse[r], *xr = x + r * V;
+        float *gr = gx + r * V;
+        for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < V; k += (int64_t)gridDim.x * blockDim.x) {
+            float v = gr[k] + scale * expf(xr[k] - l);
+            if (k == tr) v -= scale;
+            gr[k] = v;
+        }
     }
 }
 
@@ -383,8 +394,8 @@ static lq_status cross_entropy_fwd(lq_ctx *ctx, lq_node *n) {
     if (N > 0) {
         const int32_t *t = lq_cuda_upload_i32(ctx, n->in[1]);
         if (!t) return ctx->err.status;
-        k_ce_rows<<<row_blocks(N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>((const float *)lt->data, t, loss, lse, N, V,
-                                                                          (int32_t)n->ip[0]);
+        k_ce_rows<<<row_blocks(N), ce_threads(V), 0, stream_of(ctx)>>>((const float *)lt->data, t, loss, lse, N, V,
+                                                                        (int32_t)n->ip[0]);
         LQ_CUDA_LAUNCHED(ctx, "cross_entropy rows");
     }
     k_ce_total<<<1, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(loss, (float *)n->out->data, N, n->ip[2],
@@ -408,11 +419,13 @@ static lq_status cross_entropy_bwd(lq_ctx *ctx, lq_node *n) {
         double *loss = (double *)lq_ctx_dalloc(ctx, (size_t)N * sizeof(double));
         float *l = loss ? (float *)lq_ctx_dalloc(ctx, (size_t)N * sizeof(float)) : NULL;
         if (!l) return ctx->err.status;
-        k_ce_rows<<<row_blocks(N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, t, loss, l, N, V, (int32_t)n->ip[0]);
+        k_ce_rows<<<row_blocks(N), ce_threads(V), 0, stream_of(ctx)>>>(x, t, loss, l, N, V, (int32_t)n->ip[0]);
         LQ_CUDA_LAUNCHED(ctx, "cross_entropy rows");
         lse = l;
     }
-    k_ce_bwd<<<lq_cuda_blocks(N * V), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
+    int64_t bx = (V + LQ_CUDA_THREADS - 1) / LQ_CUDA_THREADS;
+    dim3 grid((unsigned)(bx < 1024 ? bx : 1024), (unsigned)(N < 65535 ? N : 65535));
+    k_ce_bwd<<<grid, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
         x, t, lse, (const float *)n->out->grad->data, gx, N, V, (int32_t)n->ip[0], count,
         n->ip[1] == LQ_REDUCE_SUM ? 1 : 0);
     LQ_CUDA_LAUNCHED(ctx, "cross_entropy backward");
