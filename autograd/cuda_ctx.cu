@@ -53,8 +53,9 @@ struct lq_cuda_state {
     act16 act;
 };
 
-static const lq_cuda_op *const groups[] = {lq_cuda_ops_elementwise, lq_cuda_ops_nn,    lq_cuda_ops_norm,
-                                           lq_cuda_ops_linear,      lq_cuda_ops_quant, lq_cuda_ops_conv};
+static const lq_cuda_op *const groups[] = {lq_cuda_ops_elementwise, lq_cuda_ops_activation, lq_cuda_ops_nn,
+                                           lq_cuda_ops_norm,        lq_cuda_ops_linear,     lq_cuda_ops_quant,
+                                           lq_cuda_ops_conv};
 
 extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
     int count = 0;

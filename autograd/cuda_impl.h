@@ -21,7 +21,8 @@ typedef struct lq_cuda_op {
 } lq_cuda_op;
 
 /* Each group's table, terminated by an entry with name NULL (autograd/ops/cuda_<group>.cu). */
-extern const lq_cuda_op lq_cuda_ops_elementwise[]; /* add sub mul scale sum mean relu gelu swiglu silu dropout */
+extern const lq_cuda_op lq_cuda_ops_elementwise[]; /* add sub mul scale sum mean */
+extern const lq_cuda_op lq_cuda_ops_activation[];  /* relu gelu swiglu silu dropout */
 extern const lq_cuda_op lq_cuda_ops_nn[];         /* embedding rope attention softmax log_softmax
                                                      cross_entropy */
 extern const lq_cuda_op lq_cuda_ops_norm[];       /* rmsnorm layernorm */
