@@ -23,8 +23,8 @@
         }                                                                                            \
     } while (0)
 
-/* Whether the float4 kernels (binop, accumulate, swiglu) apply: m % 4 == 0 and every non-NULL
- * pointer 16-byte aligned. */
+/* Whether the float4 kernels (binop, accumulate, swiglu; rmsnorm's rows with m = C) apply:
+ * m % 4 == 0 and every non-NULL pointer 16-byte aligned. */
 static inline bool aligned4(int64_t m, const void *const *p, int np) {
     if (m % 4 != 0) return false;
     for (int i = 0; i < np; i++)

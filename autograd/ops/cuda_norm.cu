@@ -5,6 +5,7 @@
 
 #include "autograd/cuda_impl.h"
 #include "autograd/ops/cuda_block.cuh"
+#include "autograd/ops/cuda_loop.cuh"
 #include "core/cuda_check.h"
 
 /* one block per row: blocks loop over rows, so every thread of a block runs the same iterations
@@ -34,8 +35,8 @@ template <int V> static __device__ __forceinline__ void st(float *p, const float
 }
 
 /* The rmsnorm row kernels take V consecutive elements per thread step: V 4 when C % 4 == 0 and
- * every row pointer is 16-byte aligned (norm_v4), else 1. In a Llama step they run on every
- * block's residual stream (C = hidden), twice per layer forward and backward. */
+ * every row pointer is 16-byte aligned (aligned4 with m = C), else 1. In a Llama step they run on
+ * every block's residual stream (C = hidden), twice per layer forward and backward. */
 #define ROW_LOOP(j, C, V) for (int64_t j = (int64_t)threadIdx.x * (V); j < (C); j += (int64_t)blockDim.x * (V))
 
 /* rstd = 1 / sqrtf((float)(sum x^2 / C) + eps), the sum in double; y = w * (x * rstd) when y */
@@ -97,15 +98,6 @@ __global__ static void k_rms_bwd_x(const float *x, const float *w, const float *
     }
 }
 
-/* Whether the rmsnorm row kernels take four elements per step: C % 4 == 0 and every pointer (NULL
- * or the start of row 0 of a row-major (R, C) array) 16-byte aligned. */
-static bool norm_v4(int64_t C, const void *const *p, int np) {
-    if (C % 4 != 0) return false;
-    for (int i = 0; i < np; i++)
-        if ((uintptr_t)p[i] % 16 != 0) return false;
-    return true;
-}
-
 /* Weight (and bias) gradients summed over rows: block (cx, cy) sums rows [cy * ROWS_PER, ...) of
  * its columns in double, then adds its partial to the gradient atomically. mean == NULL: rmsnorm
  * (dw += dy x rstd); else layernorm (dw += dy (x - mean) rstd, db += dy). */
@@ -164,7 +156,7 @@ static lq_status rmsnorm_fwd(lq_ctx *ctx, lq_node *n) {
     const float *x = (const float *)n->in[0]->data, *w = n->ip[0] ? (const float *)n->in[1]->data : NULL;
     float *y = (float *)n->out->data;
     const void *ptrs[3] = {x, w, y};
-    if (norm_v4(C, ptrs, 3))
+    if (aligned4(C, ptrs, 3))
         k_rms_fwd<4><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, y, rstd, R, C, n->fp[0]);
     else
         k_rms_fwd<1><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, y, rstd, R, C, n->fp[0]);
@@ -184,7 +176,7 @@ static lq_status rmsnorm_bwd(lq_ctx *ctx, lq_node *n) {
     const float *gy = (const float *)n->out->grad->data;
     float *rstd = (float *)n->saved[0];
     const void *ptrs[4] = {x, w, gy, gx};
-    const bool v4 = norm_v4(C, ptrs, 4);
+    const bool v4 = aligned4(C, ptrs, 4);
     if (!rstd) { /* not saved: recompute */
         rstd = (float *)lq_ctx_dalloc(ctx, (size_t)R * sizeof(float));
         if (!rstd) return ctx->err.status;

@@ -303,15 +303,13 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
     float s = n->fp[0], *y = (float *)n->out->data;
-    __nv_bfloat16 *keep[3] = {NULL, NULL, NULL}; /* u, A, B in bf16: kept (recorded) or scratch */
+    __nv_bfloat16 *keep[3]; /* u, A, B in bf16: kept (recorded) or scratch (rewound below) */
     const int64_t len[3] = {M * r, r * K, N * r};
-    for (int i = 0; i < 3 && n->recorded; i++)
-        if (!(keep[i] = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)len[i] * sizeof(__nv_bfloat16))))
-            return ctx->err.status;
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
-    for (int i = 0; i < 3 && !n->recorded; i++)
+    for (int i = 0; i < 3; i++)
         if (!(keep[i] = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)len[i] * sizeof(__nv_bfloat16))))
             return ctx->err.status;
+    if (n->recorded) mark = lq_ctx_get_mark(ctx); /* the rewind keeps them */
     __nv_bfloat16 *u16 = keep[0], *A16 = keep[1], *B16 = keep[2];
     lq_qstate tmp;
     const lq_qstate *qs;
