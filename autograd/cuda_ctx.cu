@@ -41,9 +41,15 @@ typedef struct act16 {
     uint64_t shared, converted; /* calls answered from the buffer, and calls that converted */
 } act16;
 
+/* The side stream (lq_cuda_fork / lq_cuda_join): a non-blocking stream with its own cuBLAS handle
+ * (a handle's workspace must not serve two streams at once), created unless
+ * LOQUAT_CUDA_SIDE_STREAM=0; without it the side's work goes on the main stream, in issue order. */
 struct lq_cuda_state {
     cudaStream_t stream;
     cublasHandle_t blas;
+    cudaStream_t side;      /* NULL: no side stream */
+    cublasHandle_t side_blas;
+    cudaEvent_t fork_ev, join_ev;
     lq_op_fn *fwd, *bwd; /* indexed like lq_op_table */
     char *pinned;        /* PIN_BYTES of page-locked host memory (NULL: uploads are synchronous) */
     size_t pin_used;
@@ -87,6 +93,14 @@ extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
     LQ_CU(err, cudaStreamCreateWithFlags(&c->stream, cudaStreamDefault));
     LQ_CUBLAS(err, cublasCreate(&c->blas));
     LQ_CUBLAS(err, cublasSetStream(c->blas, c->stream));
+    const char *side = getenv("LOQUAT_CUDA_SIDE_STREAM");
+    if (!side || strcmp(side, "0") != 0) {
+        LQ_CU(err, cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking));
+        LQ_CUBLAS(err, cublasCreate(&c->side_blas));
+        LQ_CUBLAS(err, cublasSetStream(c->side_blas, c->side));
+        LQ_CU(err, cudaEventCreateWithFlags(&c->fork_ev, cudaEventDisableTiming));
+        LQ_CU(err, cudaEventCreateWithFlags(&c->join_ev, cudaEventDisableTiming));
+    }
     if (cudaHostAlloc((void **)&c->pinned, PIN_BYTES, cudaHostAllocDefault) != cudaSuccess) {
         (void)cudaGetLastError(); /* no pinned memory: uploads stay synchronous, nothing else changes */
         c->pinned = NULL;
@@ -108,11 +122,16 @@ extern "C" lq_status lq_cuda_step_reset(lq_ctx *ctx) {
 extern "C" void lq_cuda_ctx_free(lq_ctx *ctx) {
     lq_cuda_state *c = ctx->cuda;
     if (!c) return;
+    if (c->side) cudaStreamSynchronize(c->side);
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->pinned) cudaFreeHost(c->pinned);
     for (int i = 0; i < FZ_SLOTS; i++) lq_cuda_free(c->fz[i].buf);
     lq_cuda_free(c->act.buf);
     if (c->blas) cublasDestroy(c->blas);
+    if (c->side_blas) cublasDestroy(c->side_blas);
+    if (c->fork_ev) cudaEventDestroy(c->fork_ev);
+    if (c->join_ev) cudaEventDestroy(c->join_ev);
+    if (c->side) cudaStreamDestroy(c->side);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->fwd);
     free(c->bwd);
@@ -122,6 +141,27 @@ extern "C" void lq_cuda_ctx_free(lq_ctx *ctx) {
 
 extern "C" void *lq_cuda_stream(lq_ctx *ctx) { return ctx->cuda ? (void *)ctx->cuda->stream : NULL; }
 extern "C" void *lq_cuda_blas(lq_ctx *ctx) { return ctx->cuda ? (void *)ctx->cuda->blas : NULL; }
+
+extern "C" void *lq_cuda_side_blas(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    return c ? (void *)(c->side ? c->side_blas : c->blas) : NULL;
+}
+
+extern "C" lq_status lq_cuda_fork(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    if (!c || !c->side) return LQ_OK;
+    LQ_CU(&ctx->err, cudaEventRecord(c->fork_ev, c->stream));
+    LQ_CU(&ctx->err, cudaStreamWaitEvent(c->side, c->fork_ev, 0));
+    return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_join(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    if (!c || !c->side) return LQ_OK;
+    LQ_CU(&ctx->err, cudaEventRecord(c->join_ev, c->side));
+    LQ_CU(&ctx->err, cudaStreamWaitEvent(c->stream, c->join_ev, 0));
+    return LQ_OK;
+}
 
 static int op_index(const lq_op_def *op) {
     for (int i = 0; i < lq_op_table_len; i++)

@@ -41,6 +41,17 @@ lq_status lq_cuda_step_reset(lq_ctx *ctx);
  * kernel of a context goes on its stream. */
 void *lq_cuda_stream(lq_ctx *ctx);
 void *lq_cuda_blas(lq_ctx *ctx);
+/* A side stream for independent work inside one op (the adapter's thin products beside the NF4
+ * dequant and the base product): lq_cuda_fork makes the side wait for everything queued on the
+ * main stream so far; products issued through lq_cuda_side_blas's handle then run on the side,
+ * concurrently with what the main stream does next; lq_cuda_join makes the main stream wait for
+ * the side. An op that forks joins before it returns (also on its error paths), so every later
+ * kernel, arena reuse and host read is ordered after the side's work. Queue side work right after
+ * a fork (the CPU emulator checks this). With LOQUAT_CUDA_SIDE_STREAM=0 at context creation there
+ * is no side stream: the side handle is the main one, fork and join do nothing. */
+void *lq_cuda_side_blas(lq_ctx *ctx);
+lq_status lq_cuda_fork(lq_ctx *ctx);
+lq_status lq_cuda_join(lq_ctx *ctx);
 
 /* Device helpers on the context's stream; errors go into ctx->err and come back as the status. */
 lq_status lq_cuda_fill_f32(lq_ctx *ctx, float *d, float v, int64_t n);

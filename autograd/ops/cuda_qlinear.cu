@@ -76,11 +76,12 @@ static __nv_bfloat16 *to_bf16(lq_ctx *ctx, const float *src, int64_t n) {
 /* Row-major C (m, n) = alpha op(A) op(B) + beta C with bf16 A and B (row strides lda, ldb as
  * stored), fp32 accumulation and C of type ct (f32, or bf16: the fp32 result rounded to nearest
  * even): lq_cuda_gemm's mapping onto column-major cuBLAS (B first), for operands that are bf16
- * already. m, n, k >= 1. */
-static lq_status gemm_bf16_to(lq_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+ * already. side: on the side stream (lq_cuda_fork / lq_cuda_join), else the main one.
+ * m, n, k >= 1. */
+static lq_status gemm_bf16_to(lq_ctx *ctx, bool side, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                               const __nv_bfloat16 *A, int64_t lda, const __nv_bfloat16 *B, int64_t ldb, float beta,
                               void *C, cudaDataType ct, int64_t ldc) {
-    cublasHandle_t h = (cublasHandle_t)lq_cuda_blas(ctx);
+    cublasHandle_t h = (cublasHandle_t)(side ? lq_cuda_side_blas(ctx) : lq_cuda_blas(ctx));
     LQ_CUBLAS(&ctx->err, cublasGemmEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
                                       (int)m, (int)k, &alpha, B, CUDA_R_16BF, (int)ldb, A, CUDA_R_16BF, (int)lda,
                                       &beta, C, ct, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -88,10 +89,10 @@ static lq_status gemm_bf16_to(lq_ctx *ctx, bool ta, bool tb, int64_t m, int64_t 
 }
 
 /* gemm_bf16_to with an fp32 C. */
-static lq_status gemm_bf16(lq_ctx *ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+static lq_status gemm_bf16(lq_ctx *ctx, bool side, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                            const __nv_bfloat16 *A, int64_t lda, const __nv_bfloat16 *B, int64_t ldb, float beta,
                            float *C, int64_t ldc) {
-    return gemm_bf16_to(ctx, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, CUDA_R_32F, ldc);
+    return gemm_bf16_to(ctx, side, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, CUDA_R_32F, ldc);
 }
 
 /* --- the frozen weight ------------------------------------------------------------------------- */
@@ -176,9 +177,11 @@ static lq_status tile_scratch(lq_ctx *ctx, const lq_tensor *w, int64_t rows, voi
  *              from the forward (as bitsandbytes does), so the step holds no copy of it; the sum
  *              over n splits over the tiles, out (+)= act[:, n0:n0+rows] tile, the first with beta0
  *              (0: a fresh gradient, lq_grad_get_fresh). M, N, K >= 1.
- * The tile scratch stays on the arena: the caller's mark rewinds it. */
+ * The tile scratch stays on the arena: the caller's mark rewinds it. joined: NULL, or a forked side
+ * stream the first product must wait for (it writes out): joined after the first tile's dequant,
+ * which so runs beside the side's work, and *joined set. */
 static lq_status w_product(lq_ctx *ctx, const lq_tensor *w, const lq_qstate *qs, bool bwd, const void *act, int64_t lda,
-                           float *out, int64_t M, int64_t N, int64_t K, float beta0) {
+                           float *out, int64_t M, int64_t N, int64_t K, float beta0, bool *joined) {
     bool bf = w_bf16(ctx, w->dtype);
     int64_t tr = tile_rows(ctx, w, N, K);
     void *scratch;
@@ -187,14 +190,19 @@ static lq_status w_product(lq_ctx *ctx, const lq_tensor *w, const lq_qstate *qs,
         int64_t rows = N - n0 < tr ? N - n0 : tr;
         const void *tile;
         LQ_TRY(w_rows(ctx, w, qs, n0, rows, scratch, &tile));
+        if (joined && !*joined) {
+            LQ_TRY(lq_cuda_join(ctx));
+            *joined = true;
+        }
         const __nv_bfloat16 *a16 = (const __nv_bfloat16 *)act, *t16 = (const __nv_bfloat16 *)tile;
         const float *a32 = (const float *)act, *t32 = (const float *)tile;
         if (!bwd && bf)
-            LQ_TRY(gemm_bf16(ctx, false, true, M, rows, K, 1.0f, a16, lda, t16, K, beta0, out + n0, N));
+            LQ_TRY(gemm_bf16(ctx, false, false, true, M, rows, K, 1.0f, a16, lda, t16, K, beta0, out + n0, N));
         else if (!bwd)
             LQ_TRY(lq_cuda_gemm(ctx, false, true, M, rows, K, 1.0f, a32, lda, 0, t32, K, 0, beta0, out + n0, N, 0, 1));
         else if (bf)
-            LQ_TRY(gemm_bf16(ctx, false, false, M, K, rows, 1.0f, a16 + n0, lda, t16, K, n0 == 0 ? beta0 : 1.0f, out, K));
+            LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, rows, 1.0f, a16 + n0, lda, t16, K, n0 == 0 ? beta0 : 1.0f,
+                             out, K));
         else
             LQ_TRY(lq_cuda_gemm(ctx, false, false, M, K, rows, 1.0f, a32 + n0, lda, 0, t32, K, 0, n0 == 0 ? beta0 : 1.0f,
                                 out, K, 0, 1));
@@ -219,7 +227,7 @@ static lq_status qmm(lq_ctx *ctx, const lq_tensor *w, bool bwd, const float *act
         int64_t lda = bwd ? N : K;
         const void *a = act;
         if (w_bf16(ctx, w->dtype) && !(a = to_bf16(ctx, act, M * lda))) return ctx->err.status;
-        LQ_TRY(w_product(ctx, w, qs, bwd, a, lda, out, M, N, K, beta0));
+        LQ_TRY(w_product(ctx, w, qs, bwd, a, lda, out, M, N, K, beta0, NULL));
     }
     lq_ctx_reset_to(ctx, mark);
     return LQ_OK;
@@ -298,7 +306,9 @@ static bool lora_bf16_path(lq_ctx *ctx, const lq_node *n) {
  * product adds into it (beta 1: y is read once, inside a compute-bound gemm) and the bias last.
  * The CPU's order (x W^T, bias, then += u B^T) would have the thin product read and rewrite all of
  * y: at the 1B bench shape 2.7 ms of a 50 ms step went to that. The sum is the same up to
- * rounding order. */
+ * rounding order. The two adapter products run on the side stream while the main stream
+ * dequantizes W (cuBLAS gives the skinny u = s h A^T only 32-64 blocks: alone it leaves most of
+ * the GPU idle); the base product waits for both. */
 static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
@@ -324,9 +334,16 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     }
     LQ_TRY(lq_cuda_to_bf16_pair(ctx, A16, (const float *)n->in[2]->data, r * K, B16, (const float *)n->in[3]->data,
                                 N * r));
-    LQ_TRY(gemm_bf16_to(ctx, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u16, CUDA_R_16BF, r)); /* u = s h A^T */
-    LQ_TRY(gemm_bf16(ctx, false, true, M, N, r, 1.0f, u16, r, B16, r, 0.0f, y, N)); /* y = u B^T */
-    LQ_TRY(w_product(ctx, w, qs, false, x16, K, y, M, N, K, 1.0f));                 /* y += x deq(W)^T */
+    LQ_TRY(lq_cuda_fork(ctx));
+    bool joined = false;
+    lq_status st = gemm_bf16_to(ctx, true, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u16, CUDA_R_16BF, r);
+    if (st == LQ_OK) st = gemm_bf16(ctx, true, false, true, M, N, r, 1.0f, u16, r, B16, r, 0.0f, y, N); /* y = u B^T */
+    if (st == LQ_OK) st = w_product(ctx, w, qs, false, x16, K, y, M, N, K, 1.0f, &joined); /* y += x deq(W)^T */
+    if (!joined) {
+        lq_status js = lq_cuda_join(ctx);
+        st = st != LQ_OK ? st : js;
+    }
+    LQ_TRY(st);
     if (n->n_in == 5) {
         k_add_bias<<<lq_cuda_blocks(M * N), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
             y, (const float *)n->in[4]->data, N, M * N);
@@ -340,38 +357,25 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     return LQ_OK;
 }
 
-/* The backward of the bf16 path (the gradient buffers fetched by the caller). */
-static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0) {
+/* The backward of the bf16 path after the fork (see lora_bwd_bf16). */
+static lq_status lora_bwd_bf16_forked(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0,
+                                      __nv_bfloat16 *gy16, int64_t ld, bool cat) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
     float s = n->fp[0], p = n->fp[1];
-    const float *gy = (const float *)n->out->grad->data;
     const __nv_bfloat16 *u16 = (const __nv_bfloat16 *)n->saved[1], *A16 = (const __nv_bfloat16 *)n->saved[2];
     const __nv_bfloat16 *B16 = (const __nv_bfloat16 *)n->saved[3];
-    if (!u16 || !A16 || !B16)
-        return LQ_ERR(&ctx->err, LQ_ERR_INTERNAL,
-                      "lora_linear: the bf16 backward found no bf16 operands from the forward (math mode changed?)");
-    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
-    /* the adapter's dX in the base product: no dropout mask to apply, W in one tile of scratch */
-    bool cat = gx && p <= 0.0f && !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N;
-    int64_t ld = cat ? N + r : N; /* dY16's row stride: [dY | du] when cat */
-    __nv_bfloat16 *gy16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * ld) * sizeof(__nv_bfloat16));
-    if (!gy16) return ctx->err.status;
-    LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));
-    if (gB) LQ_TRY(gemm_bf16(ctx, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r)); /* dB (N, r) += dY^T u */
-    if (!gA && !gx) {
-        lq_ctx_reset_to(ctx, mark);
-        return LQ_OK;
-    }
+    if (gB) LQ_TRY(gemm_bf16(ctx, true, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r)); /* dB += dY^T u */
+    if (!gA && !gx) return LQ_OK;
     /* du (M, r) = s dY B, then its bf16 copy: beside dY when cat */
     float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float));
     if (!du) return ctx->err.status;
-    LQ_TRY(gemm_bf16(ctx, false, false, M, r, N, s, gy16, ld, B16, r, 0.0f, du, r));
+    LQ_TRY(gemm_bf16(ctx, false, false, false, M, r, N, s, gy16, ld, B16, r, 0.0f, du, r));
     const __nv_bfloat16 *du16 = cat ? gy16 + N : to_bf16(ctx, du, M * r);
     int64_t lddu = cat ? ld : r;
     if (!du16) return ctx->err.status;
     if (cat) LQ_TRY(lq_cuda_to_bf16(ctx, gy16 + N, ld, du, r, M, r));
-    if (gA) { /* dA (r, K) += du^T h, h = drop(x) */
+    if (gA) { /* dA (r, K) += du^T h, h = drop(x), on the side beside dX's dequant and product */
         const __nv_bfloat16 *h16;
         if (p > 0.0f) {
             float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
@@ -381,7 +385,8 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
             h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0]); /* often still the forward's */
         }
         if (!h16) return ctx->err.status;
-        LQ_TRY(gemm_bf16(ctx, true, false, r, K, M, 1.0f, du16, lddu, h16, K, 1.0f, gA, K));
+        LQ_TRY(lq_cuda_fork(ctx));
+        LQ_TRY(gemm_bf16(ctx, true, true, false, r, K, M, 1.0f, du16, lddu, h16, K, 1.0f, gA, K));
     }
     if (gx) {
         lq_qstate tmp;
@@ -394,19 +399,45 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
             LQ_TRY(w_rows(ctx, w, qs, 0, N, wc, &tile));
             LQ_CU(&ctx->err, cudaMemcpyAsync(wc + N * K, A16, (size_t)(r * K) * sizeof(__nv_bfloat16),
                                              cudaMemcpyDeviceToDevice, stream_of(ctx)));
-            LQ_TRY(gemm_bf16(ctx, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K));
+            LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K));
         } else {
-            LQ_TRY(w_product(ctx, w, qs, true, gy16, ld, gx, M, N, K, beta0)); /* dX = beta0 dX + dY deq(W) */
+            /* dX = beta0 dX + dY deq(W) */
+            LQ_TRY(w_product(ctx, w, qs, true, gy16, ld, gx, M, N, K, beta0, NULL));
             if (p > 0.0f) { /* dX += m (du A) / q */
                 float *buf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
                 if (!buf) return ctx->err.status;
-                LQ_TRY(gemm_bf16(ctx, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 0.0f, buf, K));
+                LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 0.0f, buf, K));
                 LQ_TRY(dropout_apply(ctx, true, (uint64_t)n->ip[7], (uint64_t)n->ip[6], p, buf, gx, M * K));
             } else {
-                LQ_TRY(gemm_bf16(ctx, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 1.0f, gx, K));
+                LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 1.0f, gx, K));
             }
         }
     }
+    return LQ_OK;
+}
+
+/* The backward of the bf16 path (the gradient buffers fetched by the caller). dY is converted to
+ * bf16 once; then dB += dY^T u goes to the side stream beside du = s dY B, and dA += du^T h to the
+ * side beside dX's dequant and product (all of the skinny products cuBLAS runs on few blocks);
+ * the main stream joins the side before the scratch is rewound. */
+static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0) {
+    const lq_tensor *w = n->in[1];
+    int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
+    const float *gy = (const float *)n->out->grad->data;
+    if (!n->saved[1] || !n->saved[2] || !n->saved[3])
+        return LQ_ERR(&ctx->err, LQ_ERR_INTERNAL,
+                      "lora_linear: the bf16 backward found no bf16 operands from the forward (math mode changed?)");
+    lq_ctx_mark mark = lq_ctx_get_mark(ctx);
+    /* the adapter's dX in the base product: no dropout mask to apply, W in one tile of scratch */
+    bool cat = gx && n->fp[1] <= 0.0f && !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N;
+    int64_t ld = cat ? N + r : N; /* dY16's row stride: [dY | du] when cat */
+    __nv_bfloat16 *gy16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * ld) * sizeof(__nv_bfloat16));
+    if (!gy16) return ctx->err.status;
+    LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));
+    LQ_TRY(lq_cuda_fork(ctx));
+    lq_status st = lora_bwd_bf16_forked(ctx, n, gx, gA, gB, beta0, gy16, ld, cat);
+    lq_status js = lq_cuda_join(ctx);
+    LQ_TRY(st != LQ_OK ? st : js);
     lq_ctx_reset_to(ctx, mark);
     return LQ_OK;
 }

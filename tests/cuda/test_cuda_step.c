@@ -5,8 +5,10 @@
  * backward (normalized MSE), and every adapter parameter after one lq_adamw_step; with and without
  * gradient checkpointing in fp32 mode, and once in bf16 mode (the loss only, loosely: it shows
  * the mode runs end to end, with finite gradients); and, in tf32 and bf16 modes, the device step
- * with gradient release against the same step without; and the per-step bf16 copy of a frozen weight
- * (lq_cuda_gemm_frozen). Without CUDA it prints "SKIPPED: <reason>". */
+ * with gradient release against the same step without; the bf16 step with the side stream against
+ * one stream; and the per-step bf16 copy of a frozen weight (lq_cuda_gemm_frozen). Without CUDA it
+ * prints "SKIPPED: <reason>". */
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/cuda.h"
@@ -295,6 +297,37 @@ static void test_checkpoint_same_bf16(void **state) {
     release_same(LQ_CUDA_MATH_BF16, "bf16", true);
 }
 
+/* The side stream (lq_cuda_fork / lq_cuda_join: the adapter's products beside the NF4 dequant and
+ * dX's product) against a context made with LOQUAT_CUDA_SIDE_STREAM=0, where all of it runs on one
+ * stream in issue order: the same products, so the same loss and gradients within the bound
+ * above, with and without checkpointing. On a GPU a missing wait shows here as a difference (or
+ * NaN from the poisoned fresh gradient blocks); the CPU emulator runs the side's work as late as
+ * its waits allow. */
+static void test_side_stream_same_bf16(void **state) {
+    (void)state;
+    lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .targets = LQ_LORA_ALL_LINEAR};
+    side c; /* the CPU side only for the parameter layout */
+    lq_err err;
+    lq_err_clear(&err);
+    if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
+    int fails = 0;
+    for (int ck = 0; ck < 2; ck++) {
+        float *one = NULL, *two = NULL;
+        setenv("LOQUAT_CUDA_SIDE_STREAM", "0", 1);
+        double l_one = device_step(LQ_CUDA_MATH_BF16, true, ck, &one);
+        unsetenv("LOQUAT_CUDA_SIDE_STREAM");
+        double l_two = device_step(LQ_CUDA_MATH_BF16, true, ck, &two);
+        print_message("  bf16%s loss: %.9g on one stream, %.9g with the side stream\n", ck ? " ckpt" : "", l_one, l_two);
+        fails += compare_params(ck ? "gradient (side stream against one, checkpointing)" : "gradient (side stream against one)",
+                                &c, one, two, 1e-10);
+        if (!isfinite(l_two) || fabs(l_two - l_one) > 1e-6 * fabs(l_one)) fails++;
+        free(one);
+        free(two);
+    }
+    side_free(&c);
+    if (fails) fail_msg("%d loss(es) / tensor(s) differ with the side stream", fails);
+}
+
 /* bf16 math converts a frozen weight (a device leaf that owns its data and needs no gradient: the
  * tied lm_head) to bf16 once per step and shares the copy (lq_cuda_gemm_frozen). Within a step a
  * product reads the same values as before; after lq_ctx_step_reset, a weight changed in between is
@@ -371,6 +404,7 @@ int main(void) {
         cmocka_unit_test(test_release_same_tf32),
         cmocka_unit_test(test_release_same_bf16),
         cmocka_unit_test(test_checkpoint_same_bf16),
+        cmocka_unit_test(test_side_stream_same_bf16),
         cmocka_unit_test(test_frozen_bf16_per_step),
     };
     return cmocka_run_group_tests_name("test_cuda_step", tests, NULL, NULL);

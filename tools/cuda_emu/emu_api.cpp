@@ -1,25 +1,40 @@
 /* tools/cuda_emu/emu_api.cpp: the CUDA runtime and cuBLAS calls loquat makes, for the CPU emulator:
- * device memory is 256-byte aligned host memory, streams and events are handles and everything is
- * synchronous, and the GEMMs are a plain column-major reference (fp32 accumulation, k ascending)
- * that rounds its operands to tf32 / bf16 / fp16 as the compute type says, so the suites' reduced
- * precision bounds are exercised for real. Only the calls the project makes (grep cuda* / cublas*). */
+ * device memory is 256-byte aligned host memory; work on a blocking stream (and the legacy NULL
+ * stream) is done when its call returns; work on a non-blocking stream (cudaStreamNonBlocking: a
+ * side stream forked from another) is queued and runs as late as CUDA allows, when another stream
+ * or the host waits for it (see "streams and events"); the GEMMs are a plain column-major reference
+ * (fp32 accumulation, k ascending) that rounds its operands to tf32 / bf16 / fp16 as the compute
+ * type says, so the suites' reduced precision bounds are exercised for real. Only the calls the
+ * project makes (grep cuda* / cublas*). */
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
 #include <sys/sysinfo.h>
 #include <time.h>
+#include <utility>
 #include <vector>
 
 #include "lq_cuda_emu.h"
 
+/* A deferred stream's queue holds (sequence number, work); `waited` maps each stream it has waited
+ * on to the tick of the latest event of that stream it waited for (the lint in lq_emu_enqueue). */
 struct CUstream_st {
     unsigned flags;
+    std::deque<std::pair<uint64_t, std::function<void()>>> q;
+    uint64_t issued = 0;                       /* sequence number of the last work queued */
+    uint64_t last_tick = 0;                    /* global tick of its last work (immediate streams) */
+    std::map<const CUstream_st *, uint64_t> waited;
 };
 struct CUevent_st {
     double t;
+    cudaStream_t s = nullptr;
+    uint64_t seq = 0, tick = 0; /* the recording stream's work up to seq (deferred) / tick (immediate) */
 };
 struct cublasContext {
     cudaStream_t stream;
@@ -42,6 +57,24 @@ double now_s() {
 
 /* "device" memory: at most this much at once, so a huge request fails as cudaMalloc would */
 const size_t DEVICE_BYTES = (size_t)80 << 30;
+
+uint64_t g_tick = 0;                   /* work issued so far, all streams */
+CUstream_st g_null_stream;             /* the legacy stream's record */
+std::vector<CUstream_st *> g_deferred; /* the live non-blocking streams */
+
+CUstream_st *rec(cudaStream_t s) { return s ? s : &g_null_stream; }
+
+void flush(CUstream_st *s, uint64_t upto) { /* s's queued work through sequence number upto, in order */
+    while (!s->q.empty() && s->q.front().first <= upto) {
+        std::function<void()> f = std::move(s->q.front().second);
+        s->q.pop_front();
+        f();
+    }
+}
+
+void flush_all() {
+    for (CUstream_st *s : g_deferred) flush(s, UINT64_MAX);
+}
 } // namespace
 
 void lq_emu_set_error(cudaError_t e) { g_last = e; }
@@ -153,7 +186,10 @@ extern "C" cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, con
     return cudaSuccess;
 }
 
-extern "C" cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+extern "C" cudaError_t cudaDeviceSynchronize(void) {
+    flush_all();
+    return cudaSuccess;
+}
 
 /* --- memory: host memory; fresh device memory is NaN bytes (0xff), as garbage to be overwritten */
 extern "C" cudaError_t cudaMalloc(void **p, size_t bytes) {
@@ -171,6 +207,7 @@ extern "C" cudaError_t cudaMalloc(void **p, size_t bytes) {
 }
 
 extern "C" cudaError_t cudaFree(void *p) {
+    flush_all(); /* cudaFree waits for the device */
     free(p);
     return cudaSuccess;
 }
@@ -184,6 +221,7 @@ extern "C" cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
 }
 
 extern "C" cudaError_t cudaFreeHost(void *p) {
+    flush_all();
     free(p);
     return cudaSuccess;
 }
@@ -200,11 +238,10 @@ extern "C" cudaError_t cudaMemGetInfo(size_t *freeb, size_t *total) {
 
 extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind,
                                        cudaStream_t s) {
-    (void)s;
     if ((unsigned)kind > (unsigned)cudaMemcpyDefault) return fail(cudaErrorInvalidValue);
     if (!n) return cudaSuccess;
     if (!dst || !src) return fail(cudaErrorInvalidValue);
-    memmove(dst, src, n);
+    lq_emu_enqueue(s, "cudaMemcpyAsync", [=]() { memmove(dst, src, n); });
     return cudaSuccess;
 }
 
@@ -213,47 +250,103 @@ extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cud
 }
 
 extern "C" cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
-    (void)s;
     if (!n) return cudaSuccess;
     if (!p) return fail(cudaErrorInvalidValue);
-    memset(p, v, n);
+    lq_emu_enqueue(s, "cudaMemsetAsync", [=]() { memset(p, v, n); });
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaMemset(void *p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
 
-/* --- streams and events: handles; work is done when its call returns */
+/* --- streams and events. Work on an immediate stream (the NULL stream, a blocking stream) runs in
+ * the call that issues it. Work on a non-blocking stream is queued and runs only when something
+ * must see it: a cudaStreamWaitEvent on an event recorded on that stream, a synchronize, a free, or
+ * the stream's destruction. A consumer that forgets to wait then reads stale memory, and work that
+ * reads memory its forking stream rewrites before the join reads the new contents; either shows as
+ * a wrong result. The lint: a non-blocking stream must have waited, since the last work of each
+ * stream it has ever waited on, for that work (queue it right after the fork); otherwise the call
+ * aborts with the work's name. */
+
+bool lq_emu_defers(cudaStream_t s) { return s && (s->flags & cudaStreamNonBlocking); }
+
+void lq_emu_enqueue(cudaStream_t s, const char *what, std::function<void()> work) {
+    CUstream_st *r = rec(s);
+    ++g_tick;
+    if (!lq_emu_defers(s)) {
+        r->last_tick = g_tick;
+        work();
+        return;
+    }
+    bool covered = !r->waited.empty();
+    for (const auto &w : r->waited) covered = covered && w.first->last_tick <= w.second;
+    if (!covered) {
+        fprintf(stderr,
+                "cuda emulator: %s queued on a non-blocking stream that has not waited (cudaStreamWaitEvent) "
+                "for the latest work of the stream it was forked from\n",
+                what);
+        abort();
+    }
+    r->q.emplace_back(++r->issued, std::move(work));
+}
+
 extern "C" cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
     if (!s) return fail(cudaErrorInvalidValue);
-    *s = new CUstream_st{flags};
+    *s = new CUstream_st;
+    (*s)->flags = flags;
+    if (flags & cudaStreamNonBlocking) g_deferred.push_back(*s);
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (!s) return fail(cudaErrorInvalidResourceHandle);
+    flush(s, UINT64_MAX); /* CUDA finishes a destroyed stream's work */
+    g_deferred.erase(std::remove(g_deferred.begin(), g_deferred.end(), s), g_deferred.end());
+    for (CUstream_st *d : g_deferred) d->waited.erase(s);
     delete s;
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-    (void)s;
+    if (lq_emu_defers(s)) flush(s, UINT64_MAX);
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaEventCreate(cudaEvent_t *e) {
     if (!e) return fail(cudaErrorInvalidValue);
-    *e = new CUevent_st{0};
+    *e = new CUevent_st;
+    (*e)->t = 0;
     return cudaSuccess;
 }
 
+extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
+    (void)flags;
+    return cudaEventCreate(e);
+}
+
 extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-    (void)s;
     if (!e) return fail(cudaErrorInvalidResourceHandle);
     e->t = now_s();
+    e->s = s;
+    e->seq = lq_emu_defers(s) ? s->issued : 0;
+    e->tick = rec(s)->last_tick;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
+    (void)flags;
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    if (lq_emu_defers(e->s)) flush(e->s, e->seq);
+    if (lq_emu_defers(s)) {
+        uint64_t &w = s->waited[rec(e->s)];
+        w = std::max(w, e->tick);
+    }
     return cudaSuccess;
 }
 
 extern "C" cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-    return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
+    if (lq_emu_defers(e->s)) flush(e->s, e->seq);
+    return cudaSuccess;
 }
 
 /* host wall time between the records: the emulator's time, meaningless as a GPU figure */
@@ -418,7 +511,9 @@ extern "C" cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, c
     cublasStatus_t s = check(h, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, cmp, 1);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
-    gemm1(ta, tb, m, n, k, *(const float *)alpha, A, at, lda, B, ldb, *(const float *)beta, C, ct, ldc, cmp);
+    const float al = *(const float *)alpha, be = *(const float *)beta; /* host scalars: read now */
+    lq_emu_enqueue(h->stream, "cublasGemmEx",
+                   [=]() { gemm1(ta, tb, m, n, k, al, A, at, lda, B, ldb, be, C, ct, ldc, cmp); });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -433,10 +528,13 @@ extern "C" cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOpe
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
     const size_t ea = elem_size(at), ec = elem_size(ct);
-    for (int i = 0; i < batch; i++)
-        gemm1(ta, tb, m, n, k, *(const float *)alpha, (const char *)A + (ptrdiff_t)(sa * i) * (ptrdiff_t)ea, at, lda,
-              (const char *)B + (ptrdiff_t)(sb * i) * (ptrdiff_t)ea, ldb, *(const float *)beta,
-              (char *)C + (ptrdiff_t)(sc * i) * (ptrdiff_t)ec, ct, ldc, cmp);
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    lq_emu_enqueue(h->stream, "cublasGemmStridedBatchedEx", [=]() {
+        for (int i = 0; i < batch; i++)
+            gemm1(ta, tb, m, n, k, al, (const char *)A + (ptrdiff_t)(sa * i) * (ptrdiff_t)ea, at, lda,
+                  (const char *)B + (ptrdiff_t)(sb * i) * (ptrdiff_t)ea, ldb, be,
+                  (char *)C + (ptrdiff_t)(sc * i) * (ptrdiff_t)ec, ct, ldc, cmp);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -449,8 +547,10 @@ extern "C" cublasStatus_t cublasGemmBatchedEx(cublasHandle_t h, cublasOperation_
     cublasStatus_t s = check(h, ta, tb, m, n, k, lda, ldb, ldc, at, bt, ct, cmp, batch);
     if (s != CUBLAS_STATUS_SUCCESS) return s;
     if (!alpha || !beta || (batch && (!Aarray || !Barray || !Carray))) return CUBLAS_STATUS_INVALID_VALUE;
-    for (int i = 0; i < batch; i++)
-        gemm1(ta, tb, m, n, k, *(const float *)alpha, Aarray[i], at, lda, Barray[i], ldb, *(const float *)beta,
-              Carray[i], ct, ldc, cmp);
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    lq_emu_enqueue(h->stream, "cublasGemmBatchedEx", [=]() { /* the pointer arrays are device data: read then */
+        for (int i = 0; i < batch; i++)
+            gemm1(ta, tb, m, n, k, al, Aarray[i], at, lda, Barray[i], ldb, be, Carray[i], ct, ldc, cmp);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -432,19 +432,25 @@ void lq_emu_set_max_dyn_shared(const void *fn, size_t bytes) {
     g_optin[fn] = bytes;
 }
 
-void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const char *name, void (*body)(void *),
-                void *arg, const void *fn) {
-    (void)stream; /* everything is synchronous: stream order is program order */
+bool lq_emu_launch_ok(dim3 grid, dim3 block, size_t shmem, const void *fn) {
     const unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || !block.x || !block.y || !block.z || nt > 1024 || block.z > 64 ||
         grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu) {
         lq_emu_set_error(cudaErrorInvalidConfiguration);
-        return;
+        return false;
     }
     if (shmem > 48 * 1024 && shmem > lq_emu_max_dyn_shared(fn)) { /* over 48 KiB and the kernel's opt-in */
         lq_emu_set_error(cudaErrorInvalidValue);
-        return;
+        return false;
     }
+    return true;
+}
+
+void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const char *name, void (*body)(void *),
+                void *arg, const void *fn) {
+    (void)stream; /* called in stream order (lq_emu_launch) */
+    const unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
+    if (!lq_emu_launch_ok(grid, block, shmem, fn)) return;
     if (S.in_kernel) die("a launch of %s from inside a kernel (dynamic parallelism) is not emulated", name);
     std::lock_guard<std::mutex> lock(g_launch_mu);
     static bool init = false;

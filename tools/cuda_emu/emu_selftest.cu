@@ -105,6 +105,12 @@ __global__ void k_divergent(int *x) {
     }
 }
 
+/* x[i] = v for i < n */
+__global__ void k_set(float *x, float v, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = v;
+}
+
 /* 48 threads: warp 1's lanes 0-15 xor 16 read lanes 16-31, which do not exist */
 __global__ void k_idle_lane(int *x) { x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, 16); }
 
@@ -238,6 +244,83 @@ static void test_deadlock_reported(void **state) {
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
 }
 
+/* A non-blocking stream's work runs only when something waits for it: before the join the main
+ * stream (and a host copy on the legacy stream) still sees the old contents; work the main stream
+ * queued after the fork is done before the side's. */
+static void test_side_stream_order(void **state) {
+    (void)state;
+    cudaStream_t main_s, side;
+    cudaEvent_t fork_ev, join_ev;
+    assert_int_equal(cudaStreamCreateWithFlags(&main_s, cudaStreamDefault), cudaSuccess);
+    assert_int_equal(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking), cudaSuccess);
+    assert_int_equal(cudaEventCreateWithFlags(&fork_ev, cudaEventDisableTiming), cudaSuccess);
+    assert_int_equal(cudaEventCreateWithFlags(&join_ev, cudaEventDisableTiming), cudaSuccess);
+    float *x, h[4];
+    assert_int_equal(cudaMalloc((void **)&x, 4 * sizeof(float)), cudaSuccess);
+    k_set<<<1, 32, 0, main_s>>>(x, 1.0f, 4);
+    assert_int_equal(cudaEventRecord(fork_ev, main_s), cudaSuccess);
+    assert_int_equal(cudaStreamWaitEvent(side, fork_ev, 0), cudaSuccess);
+    k_set<<<1, 32, 0, side>>>(x, 2.0f, 2); /* x[0..1] = 2 on the side */
+    assert_int_equal(cudaEventRecord(join_ev, side), cudaSuccess);
+    k_set<<<1, 32, 0, main_s>>>(x + 2, 3.0f, 2); /* x[2..3] = 3 on main, after the fork */
+    assert_int_equal(cudaMemcpy(h, x, sizeof h, cudaMemcpyDeviceToHost), cudaSuccess);
+    assert_true(h[0] == 1.0f && h[1] == 1.0f && h[2] == 3.0f && h[3] == 3.0f); /* no join yet */
+    assert_int_equal(cudaStreamWaitEvent(main_s, join_ev, 0), cudaSuccess);
+    assert_int_equal(cudaMemcpy(h, x, sizeof h, cudaMemcpyDeviceToHost), cudaSuccess);
+    assert_true(h[0] == 2.0f && h[1] == 2.0f && h[2] == 3.0f && h[3] == 3.0f);
+    /* a side gemm waits as well; a synchronize of the side stream runs it */
+    cublasHandle_t hb;
+    assert_int_equal(cublasCreate(&hb), CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cublasSetStream(hb, side), CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cudaEventRecord(fork_ev, main_s), cudaSuccess);
+    assert_int_equal(cudaStreamWaitEvent(side, fork_ev, 0), cudaSuccess);
+    const float one = 1.0f, zero = 0.0f; /* x[0] = x[1] x[2] (1 x 1 x 1) */
+    assert_int_equal(cublasGemmEx(hb, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, x + 1, CUDA_R_32F, 1, x + 2, CUDA_R_32F,
+                                  1, &zero, x, CUDA_R_32F, 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                     CUBLAS_STATUS_SUCCESS);
+    assert_int_equal(cudaMemcpy(h, x, sizeof h, cudaMemcpyDeviceToHost), cudaSuccess);
+    assert_true(h[0] == 2.0f);
+    assert_int_equal(cudaStreamSynchronize(side), cudaSuccess);
+    assert_int_equal(cudaMemcpy(h, x, sizeof h, cudaMemcpyDeviceToHost), cudaSuccess);
+    assert_true(h[0] == 6.0f);
+    cublasDestroy(hb);
+    cudaEventDestroy(fork_ev), cudaEventDestroy(join_ev);
+    cudaStreamDestroy(side), cudaStreamDestroy(main_s);
+    cudaFree(x);
+}
+
+/* The lint: work queued on a non-blocking stream while the stream it was forked from has newer work
+ * it has not waited for aborts (a child process), and so does work on one that never waited. */
+static void test_side_stream_lint(void **state) {
+    (void)state;
+    for (int never = 0; never < 2; never++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            if (!freopen("/dev/null", "w", stderr)) _exit(3);
+            cudaStream_t main_s, side;
+            cudaEvent_t ev;
+            float *x;
+            if (cudaStreamCreateWithFlags(&main_s, cudaStreamDefault) != cudaSuccess ||
+                cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) != cudaSuccess ||
+                cudaEventCreate(&ev) != cudaSuccess || cudaMalloc((void **)&x, 4 * sizeof(float)) != cudaSuccess)
+                _exit(3);
+            if (!never) {
+                cudaEventRecord(ev, main_s);
+                cudaStreamWaitEvent(side, ev, 0);
+                k_set<<<1, 32, 0, side>>>(x, 2.0f, 4); /* fine: nothing newer on main */
+                k_set<<<1, 32, 0, main_s>>>(x, 1.0f, 4);
+            }
+            k_set<<<1, 32, 0, side>>>(x, 2.0f, 4); /* aborts */
+            _exit(0);
+        }
+        int st = 0;
+        assert_int_equal(waitpid(pid, &st, 0), pid);
+        assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    }
+}
+
 /* the emulator's warnings go to stderr: a child writes them to a file the parent reads */
 static void test_warnings(void **state) {
     (void)state;
@@ -358,6 +441,7 @@ int main(void) {
         cmocka_unit_test(test_block_sum_and_ids), cmocka_unit_test(test_warp),
         cmocka_unit_test(test_shared_poison_and_dynamic), cmocka_unit_test(test_launch_rules),
         cmocka_unit_test(test_deadlock_reported), cmocka_unit_test(test_warnings), cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_side_stream_order), cmocka_unit_test(test_side_stream_lint),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -159,6 +160,12 @@ template <typename K> using lq_emu_args = typename lq_emu_params<std::remove_cv_
  * cudaFuncSetAttribute opt-in to more than 48 KiB of dynamic shared memory is looked up by it). */
 void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const char *name,
                 void (*body)(void *), void *arg, const void *fn);
+/* Whether a launch's configuration is one CUDA accepts; if not, sets the sticky launch error. */
+bool lq_emu_launch_ok(dim3 grid, dim3 block, size_t shmem, const void *fn);
+/* Stream order (emu_api.cpp): work on a non-blocking stream is queued until something waits for it;
+ * on any other stream it runs now. */
+bool lq_emu_defers(cudaStream_t s);
+void lq_emu_enqueue(cudaStream_t s, const char *what, std::function<void()> work);
 /* A kernel's dynamic shared memory limit: 48 KiB unless cudaFuncSetAttribute
  * (cudaFuncAttributeMaxDynamicSharedMemorySize, at most LQ_EMU_SHARED_OPTIN) raised it. */
 #define LQ_EMU_SHARED_OPTIN (227 << 10) /* an H100's opt-in maximum per block */
@@ -179,11 +186,16 @@ template <typename K, typename T> struct lq_emu_call {
     }
 };
 
+/* A bad configuration fails at the launch, as on a GPU; the work itself runs in stream order (a
+ * queued launch holds its own copy of the converted arguments). */
 template <typename K, typename T>
 static inline void lq_emu_launch(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const char *name, K *kernel,
                                  T args) {
-    lq_emu_call<K *, T> c{kernel, &args};
-    lq_emu_run(grid, block, shmem, stream, name, &lq_emu_call<K *, T>::run, &c, (const void *)kernel);
+    if (!lq_emu_launch_ok(grid, block, shmem, (const void *)kernel)) return;
+    lq_emu_enqueue(stream, name, [=]() mutable {
+        lq_emu_call<K *, T> c{kernel, &args};
+        lq_emu_run(grid, block, shmem, stream, name, &lq_emu_call<K *, T>::run, &c, (const void *)kernel);
+    });
 }
 
 #endif /* __cplusplus */
