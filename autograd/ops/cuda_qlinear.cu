@@ -9,6 +9,10 @@
 #include "core/cuda_check.h"
 #include "quant/dequant_cuda.h"
 
+/* cuda_qlinear_dy.cu: dY to bf16 and du = s dY B in one pass, for the shapes it takes. */
+extern "C" bool lq_cuda_dy_du_fits(const float *gy, int64_t N, const void *gy16, int64_t ld, const void *B, int64_t r);
+extern "C" lq_status lq_cuda_dy_du(lq_ctx *ctx, const float *gy, int64_t M, int64_t N, void *gy16, int64_t ld,
+                                   const void *B, int64_t r, float s, void *du, int64_t lddu);
 /* cuda_qlinear_fused.cu: the optional fused NF4 / FP4 kernels (LOQUAT_FUSED_QLINEAR=1). */
 extern "C" bool lq_cuda_fused_qlinear_wanted(lq_ctx *ctx, lq_dtype t);
 extern "C" lq_status lq_cuda_fused_qlinear(lq_ctx *ctx, bool backward, const lq_tensor *w, const lq_qstate *qs,
@@ -357,85 +361,84 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     return LQ_OK;
 }
 
-/* The backward of the bf16 path after the fork (see lora_bwd_bf16). */
-static lq_status lora_bwd_bf16_forked(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0,
-                                      __nv_bfloat16 *gy16, int64_t ld, bool cat) {
+/* dX = beta0 dX + dY deq(W) + m (du A) / q on the main stream (the bf16 path's backward): one
+ * product over [dY | du] and [deq(W) ; A] when cat (see above), else the base product and then
+ * the adapter's share. */
+static lq_status lora_bwd_dx(lq_ctx *ctx, lq_node *n, float *gx, float beta0, const __nv_bfloat16 *gy16, int64_t ld,
+                             const __nv_bfloat16 *du16, int64_t lddu, bool cat) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
-    float s = n->fp[0], p = n->fp[1];
-    const __nv_bfloat16 *u16 = (const __nv_bfloat16 *)n->saved[1], *A16 = (const __nv_bfloat16 *)n->saved[2];
-    const __nv_bfloat16 *B16 = (const __nv_bfloat16 *)n->saved[3];
-    if (gB) LQ_TRY(gemm_bf16(ctx, true, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r)); /* dB += dY^T u */
-    if (!gA && !gx) return LQ_OK;
-    /* du (M, r) = s dY B, then its bf16 copy: beside dY when cat */
-    float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float));
-    if (!du) return ctx->err.status;
-    LQ_TRY(gemm_bf16(ctx, false, false, false, M, r, N, s, gy16, ld, B16, r, 0.0f, du, r));
-    const __nv_bfloat16 *du16 = cat ? gy16 + N : to_bf16(ctx, du, M * r);
-    int64_t lddu = cat ? ld : r;
-    if (!du16) return ctx->err.status;
-    if (cat) LQ_TRY(lq_cuda_to_bf16(ctx, gy16 + N, ld, du, r, M, r));
-    if (gA) { /* dA (r, K) += du^T h, h = drop(x), on the side beside dX's dequant and product */
-        const __nv_bfloat16 *h16;
-        if (p > 0.0f) {
-            float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
-            const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
-            h16 = h ? to_bf16(ctx, h, M * K) : NULL;
-        } else {
-            h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0]); /* often still the forward's */
-        }
-        if (!h16) return ctx->err.status;
-        LQ_TRY(lq_cuda_fork(ctx));
-        LQ_TRY(gemm_bf16(ctx, true, true, false, r, K, M, 1.0f, du16, lddu, h16, K, 1.0f, gA, K));
+    float p = n->fp[1];
+    const __nv_bfloat16 *A16 = (const __nv_bfloat16 *)n->saved[2];
+    lq_qstate tmp;
+    const lq_qstate *qs;
+    LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
+    if (cat) { /* W' (N + r, K) = [deq(W) ; A] in one scratch, then one product */
+        __nv_bfloat16 *wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)((N + r) * K) * sizeof(__nv_bfloat16));
+        const void *tile;
+        if (!wc) return ctx->err.status;
+        LQ_TRY(w_rows(ctx, w, qs, 0, N, wc, &tile));
+        LQ_CU(&ctx->err, cudaMemcpyAsync(wc + N * K, A16, (size_t)(r * K) * sizeof(__nv_bfloat16),
+                                         cudaMemcpyDeviceToDevice, stream_of(ctx)));
+        return gemm_bf16(ctx, false, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K);
     }
-    if (gx) {
-        lq_qstate tmp;
-        const lq_qstate *qs;
-        LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
-        if (cat) { /* W' (N + r, K) = [deq(W) ; A] in one scratch, then one product */
-            __nv_bfloat16 *wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)((N + r) * K) * sizeof(__nv_bfloat16));
-            const void *tile;
-            if (!wc) return ctx->err.status;
-            LQ_TRY(w_rows(ctx, w, qs, 0, N, wc, &tile));
-            LQ_CU(&ctx->err, cudaMemcpyAsync(wc + N * K, A16, (size_t)(r * K) * sizeof(__nv_bfloat16),
-                                             cudaMemcpyDeviceToDevice, stream_of(ctx)));
-            LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K));
-        } else {
-            /* dX = beta0 dX + dY deq(W) */
-            LQ_TRY(w_product(ctx, w, qs, true, gy16, ld, gx, M, N, K, beta0, NULL));
-            if (p > 0.0f) { /* dX += m (du A) / q */
-                float *buf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
-                if (!buf) return ctx->err.status;
-                LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 0.0f, buf, K));
-                LQ_TRY(dropout_apply(ctx, true, (uint64_t)n->ip[7], (uint64_t)n->ip[6], p, buf, gx, M * K));
-            } else {
-                LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 1.0f, gx, K));
-            }
-        }
-    }
-    return LQ_OK;
+    LQ_TRY(w_product(ctx, w, qs, true, gy16, ld, gx, M, N, K, beta0, NULL)); /* dX = beta0 dX + dY deq(W) */
+    if (p <= 0.0f) return gemm_bf16(ctx, false, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 1.0f, gx, K);
+    float *buf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float)); /* dX += m (du A) / q */
+    if (!buf) return ctx->err.status;
+    LQ_TRY(gemm_bf16(ctx, false, false, false, M, K, r, 1.0f, du16, lddu, A16, K, 0.0f, buf, K));
+    return dropout_apply(ctx, true, (uint64_t)n->ip[7], (uint64_t)n->ip[6], p, buf, gx, M * K);
 }
 
-/* The backward of the bf16 path (the gradient buffers fetched by the caller). dY is converted to
- * bf16 once; then dB += dY^T u goes to the side stream beside du = s dY B, and dA += du^T h to the
- * side beside dX's dequant and product (all of the skinny products cuBLAS runs on few blocks);
- * the main stream joins the side before the scratch is rewound. */
+/* The backward of the bf16 path (the gradient buffers fetched by the caller). dY goes to bf16 once,
+ * with du = s dY B (in bf16, the only form any product reads) computed in the same pass where
+ * lq_cuda_dy_du takes the shape (else a conversion, then the product). Then the side stream runs
+ * dB += dY^T u and dA += du^T h (skinny products that cuBLAS runs on few blocks) beside dX's
+ * dequant and product on the main stream, which joins the side before the scratch is rewound. */
 static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
+    float s = n->fp[0], p = n->fp[1];
     const float *gy = (const float *)n->out->grad->data;
-    if (!n->saved[1] || !n->saved[2] || !n->saved[3])
+    const __nv_bfloat16 *u16 = (const __nv_bfloat16 *)n->saved[1], *B16 = (const __nv_bfloat16 *)n->saved[3];
+    if (!u16 || !n->saved[2] || !B16)
         return LQ_ERR(&ctx->err, LQ_ERR_INTERNAL,
                       "lora_linear: the bf16 backward found no bf16 operands from the forward (math mode changed?)");
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
     /* the adapter's dX in the base product: no dropout mask to apply, W in one tile of scratch */
-    bool cat = gx && n->fp[1] <= 0.0f && !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N;
+    bool cat = gx && p <= 0.0f && !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N;
     int64_t ld = cat ? N + r : N; /* dY16's row stride: [dY | du] when cat */
     __nv_bfloat16 *gy16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * ld) * sizeof(__nv_bfloat16));
     if (!gy16) return ctx->err.status;
-    LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));
+    __nv_bfloat16 *du16 = NULL; /* s dY B in bf16: beside dY when cat */
+    int64_t lddu = cat ? ld : r;
+    if ((gA || gx) && !cat && !(du16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(__nv_bfloat16))))
+        return ctx->err.status;
+    if ((gA || gx) && cat) du16 = gy16 + N;
+    if (du16 && lq_cuda_dy_du_fits(gy, N, gy16, ld, B16, r)) {
+        LQ_TRY(lq_cuda_dy_du(ctx, gy, M, N, gy16, ld, B16, r, s, du16, lddu));
+    } else {
+        LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));
+        if (du16) {
+            float *du = (float *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(float));
+            if (!du) return ctx->err.status;
+            LQ_TRY(gemm_bf16(ctx, false, false, false, M, r, N, s, gy16, ld, B16, r, 0.0f, du, r));
+            LQ_TRY(lq_cuda_to_bf16(ctx, du16, lddu, du, r, M, r));
+        }
+    }
+    const __nv_bfloat16 *h16 = NULL; /* dA's h = drop(x) */
+    if (gA && p > 0.0f) {
+        float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
+        const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
+        if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
+    } else if (gA && !(h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0]))) { /* often the forward's */
+        return ctx->err.status;
+    }
     LQ_TRY(lq_cuda_fork(ctx));
-    lq_status st = lora_bwd_bf16_forked(ctx, n, gx, gA, gB, beta0, gy16, ld, cat);
+    lq_status st = LQ_OK;
+    if (gB) st = gemm_bf16(ctx, true, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r); /* dB += dY^T u */
+    if (st == LQ_OK && gA) st = gemm_bf16(ctx, true, true, false, r, K, M, 1.0f, du16, lddu, h16, K, 1.0f, gA, K);
+    if (st == LQ_OK && gx) st = lora_bwd_dx(ctx, n, gx, beta0, gy16, ld, du16, lddu, cat);
     lq_status js = lq_cuda_join(ctx);
     LQ_TRY(st != LQ_OK ? st : js);
     lq_ctx_reset_to(ctx, mark);

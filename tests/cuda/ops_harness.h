@@ -15,6 +15,10 @@
 #include "tests/testutil.h"
 
 #define N_CASES 6 /* random cases per op and mode */
+/* The magnitude bounds of products with bf16 / tf32 operands (derived in test_cuda_ops.c, above
+ * matmul_mode): |gpu - cpu| <= tol * M, M the sum of the terms' magnitudes. */
+#define TOL_BF16 (4.0 / 256.0)  /* 4 * 2^-8 */
+#define TOL_TF32 (8.0 / 2048.0) /* 8 * 2^-11 */
 
 static uint64_t g_seed;
 static lq_ctx *g_cpu, *g_cu; /* the CPU reference and a CUDA context in fp32 mode */

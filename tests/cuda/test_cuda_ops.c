@@ -52,9 +52,8 @@ static void test_op(void **state) {
  *         4 u = 8 * 2^-11 then, a factor 2 over round to nearest (u = 2^-11): tol = 8 * 2^-11
  *         (not 4 * 2^-11, which truncation could reach with no margin at all).
  * A case without a magnitude reference (magnitude_run refuses: counted and printed) is held to
- * the old nmse bound instead, `fallback` (tf32 1e-5, bf16 1e-3). */
-#define TOL_BF16 (4.0 / 256.0)  /* 4 * 2^-8 */
-#define TOL_TF32 (8.0 / 2048.0) /* 8 * 2^-11 */
+ * the old nmse bound instead, `fallback` (tf32 1e-5, bf16 1e-3). TOL_BF16 and TOL_TF32 are in
+ * ops_harness.h. */
 
 static void matmul_mode(lq_cuda_math math, double tol, double fallback, const char *mode, int mode_id,
                         const char *const *ops, size_t n_ops) {

@@ -317,8 +317,10 @@ static void test_side_stream_same_bf16(void **state) {
         double l_one = device_step(LQ_CUDA_MATH_BF16, true, ck, &one);
         unsetenv("LOQUAT_CUDA_SIDE_STREAM");
         double l_two = device_step(LQ_CUDA_MATH_BF16, true, ck, &two);
-        print_message("  bf16%s loss: %.9g on one stream, %.9g with the side stream\n", ck ? " ckpt" : "", l_one, l_two);
-        fails += compare_params(ck ? "gradient (side stream against one, checkpointing)" : "gradient (side stream against one)",
+        print_message("  bf16%s loss: %.9g on one stream, %.9g with the side stream\n", ck ? " ckpt" : "", l_one,
+                      l_two);
+        fails += compare_params(ck ? "gradient (side stream against one, checkpointing)"
+                                   : "gradient (side stream against one)",
                                 &c, one, two, 1e-10);
         if (!isfinite(l_two) || fabs(l_two - l_one) > 1e-6 * fabs(l_one)) fails++;
         free(one);

@@ -2,9 +2,11 @@
  * cases (lq_op_def.gc_make, sized for the CPU gradcheck) never or seldom reach, where the CUDA
  * kernels take other paths: attention rows longer than a warp, rope's and rmsnorm's four-wide row
  * kernels, swiglu's float4 kernels with aliased and accumulated gradients, cross-entropy over
- * vocabulary-wide rows. Each case runs forward and backward on both devices and every output and
- * gradient is held to the op's nmse bound (ops_harness.h, as in test_cuda_ops.c).
+ * vocabulary-wide rows, the bf16 QLoRA linear at real adapter ranks. Each case runs forward and
+ * backward on both devices and every output and gradient is held to the op's nmse bound
+ * (ops_harness.h, as in test_cuda_ops.c; the bf16 QLoRA linear to the magnitude bound).
  * Seeds come from the clock each run (printed); LOQUAT_CUDA_SEED=<n> replays a run. */
+#include "autograd/ops/op_shared.h"
 #include "tests/cuda/ops_harness.h"
 
 /* N_CASES cases of op `name` in fp32 from make, case k drawn with *variant = k, each against the
@@ -210,6 +212,73 @@ static void test_cross_entropy_wide(void **state) {
     run_variants("cross_entropy", ce_wide_make, &g_ce_variant, 10, "fp32 wide");
 }
 
+/* The bf16 QLoRA linear at adapter ranks and widths the random cases (r <= 4, N <= 9) never reach,
+ * where its backward converts dY and computes du = s dY B in one kernel (cuda_qlinear_dy.cu: r a
+ * multiple of 16 up to 64, N a multiple of 64; N 576: nine 64-column steps over 8 warps), with row
+ * counts that leave a partial 16-row block; dropout (du in its own buffer, dX's adapter share
+ * apart) and a bias; and shapes the kernel declines (N 100, r 8), which take the conversion and a
+ * separate product. NF4 base (block 64),
+ * bf16 math, each element within the magnitude bound (test_cuda_ops.c). Variant v is case v. */
+static int g_lora_variant;
+
+static lq_tensor *lora_wide_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
+    const lq_gc_case *c = user;
+    bool prev_training = lq_ctx_set_training(ctx, true); /* dropout on, the same mask on both devices */
+    lq_ctx_set_seed(ctx, (uint64_t)c->ip[3]);
+    lq_qmatmul_tiles tl = {c->ip[0], c->ip[1], c->ip[2]};
+    lq_tensor *y = lq_lora_linear_fused(ctx, in[0], in[1], n_in > 4 ? in[4] : NULL, in[2], in[3], c->fp[0], c->fp[1],
+                                        &tl);
+    lq_ctx_set_training(ctx, prev_training);
+    return y;
+}
+
+static lq_status lora_wide_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
+    static const struct {
+        int64_t N, K, r, M;
+        float p;
+        int bias;
+    } v[] = {{128, 64, 16, 37, 0.0f, 0}, {576, 128, 32, 16, 0.0f, 1}, {64, 64, 64, 50, 0.0f, 0},
+             {256, 64, 48, 21, 0.3f, 0}, {100, 64, 16, 19, 0.0f, 0}, {128, 64, 8, 33, 0.0f, 1}};
+    int k = g_lora_variant % (int)(sizeof v / sizeof v[0]);
+    int64_t N = v[k].N, K = v[k].K, r = v[k].r, M = v[k].M;
+    float *wf = lq_ctx_alloc(ctx, (size_t)(N * K) * sizeof(float));
+    if (!wf) return ctx->err.status;
+    for (int64_t i = 0; i < N * K; i++) wf[i] = 2.0f * lq_rng_uniform(rng) - 1.0f;
+    lq_tensor *w = lq_gc_quantize(ctx, LQ_DTYPE_NF4, wf, N, K, 64);
+    if (!w) return ctx->err.status;
+    c->n_in = v[k].bias ? 5 : 4;
+    c->in[0] = lq_gc_input(ctx, rng, 2, (int64_t[]){M, K}, -1, 1);
+    c->in[1] = w;
+    c->in[2] = lq_gc_input(ctx, rng, 2, (int64_t[]){r, K}, -1, 1);
+    c->in[3] = lq_gc_input(ctx, rng, 2, (int64_t[]){N, r}, -1, 1);
+    if (v[k].bias) c->in[4] = lq_gc_input(ctx, rng, 1, (int64_t[]){N}, -1, 1);
+    c->ip[0] = N;
+    c->ip[1] = K;
+    c->ip[2] = N;
+    c->ip[3] = (int64_t)(lq_rng_u64(rng) >> 1);
+    c->fp[0] = 0.25f + 1.75f * lq_rng_uniform(rng);
+    c->fp[1] = v[k].p;
+    c->call = lora_wide_call;
+    snprintf(c->desc, sizeof c->desc, "x (%lld, %lld), w nf4 b64 (%lld, %lld), r %lld, s %.3f, p %.2f%s", (long long)M,
+             (long long)K, (long long)N, (long long)K, (long long)r, (double)c->fp[0], (double)v[k].p,
+             v[k].bias ? ", bias" : "");
+    return ctx->err.status;
+}
+
+static void test_lora_bf16_wide(void **state) {
+    (void)state;
+    lq_ctx *cu = lq_cuda_test_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_BF16);
+    assert_non_null(cu);
+    int op = lq_op_find("lora_linear"), fails = 0;
+    assert_true(op >= 0);
+    for (int k = 0; k < N_CASES; k++) {
+        g_lora_variant = k;
+        fails += run_case(g_cpu, cu, op, k, case_seed(op, k, 11), 1e-3, TOL_BF16, "bf16 wide", lora_wide_make);
+    }
+    lq_ctx_free(cu);
+    if (fails) fail_msg("lora_linear [bf16 wide]: %d comparison(s) failed (tol %.3g x magnitude)", fails, TOL_BF16);
+}
+
 int main(void) {
     int rc = 0;
     if (!lq_cuda_test_should_run(&rc)) return rc;
@@ -220,6 +289,7 @@ int main(void) {
         {"swiglu_wide", test_swiglu_wide, NULL, NULL, NULL},
         {"rmsnorm_wide", test_rmsnorm_wide, NULL, NULL, NULL},
         {"cross_entropy_wide", test_cross_entropy_wide, NULL, NULL, NULL},
+        {"lora_bf16_wide", test_lora_bf16_wide, NULL, NULL, NULL},
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
