@@ -401,12 +401,13 @@ extern "C" lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const 
     return LQ_OK;
 }
 
-extern "C" lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
-                                          int64_t n1) {
+extern "C" lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, bool side, void *d0, const float *s0, int64_t n0, void *d1,
+                                          const float *s1, int64_t n1) {
     int64_t n = n0 > n1 ? n0 : n1;
     if (n <= 0) return LQ_OK;
     dim3 grid(lq_cuda_blocks(n), 2);
-    k_to_bf16_pair<<<grid, LQ_CUDA_THREADS, 0, ctx->cuda->stream>>>((__nv_bfloat16 *)d0, s0, n0 > 0 ? n0 : 0,
+    cudaStream_t st = side && ctx->cuda->side ? ctx->cuda->side : ctx->cuda->stream;
+    k_to_bf16_pair<<<grid, LQ_CUDA_THREADS, 0, st>>>((__nv_bfloat16 *)d0, s0, n0 > 0 ? n0 : 0,
                                                                     (__nv_bfloat16 *)d1, s1, n1 > 0 ? n1 : 0);
     LQ_CUDA_LAUNCHED(ctx, "to bf16 (pair)");
     return LQ_OK;

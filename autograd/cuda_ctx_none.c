@@ -58,9 +58,9 @@ void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted)
     (void)ctx;
     *shared = *converted = 0;
 }
-lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
-                               int64_t n1) {
-    (void)d0, (void)s0, (void)n0, (void)d1, (void)s1, (void)n1;
+lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, bool side, void *d0, const float *s0, int64_t n0, void *d1,
+                               const float *s1, int64_t n1) {
+    (void)side, (void)d0, (void)s0, (void)n0, (void)d1, (void)s1, (void)n1;
     return NO_CUDA_OP("to bf16");
 }
 lq_status lq_cuda_strided(lq_ctx *ctx, float *dst, const size_t *dst_nb, const float *src, const size_t *src_nb,

@@ -102,9 +102,10 @@ static inline bool lq_cuda_is_frozen(const lq_tensor *t) {
 const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x);
 /* lq_cuda_act_bf16's calls so far that returned the kept copy, and those that converted into it. */
 void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted);
-/* Two contiguous f32 -> bf16 conversions (n0 and n1 elements) in one launch. */
-lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, void *d0, const float *s0, int64_t n0, void *d1, const float *s1,
-                               int64_t n1);
+/* Two contiguous f32 -> bf16 conversions (n0 and n1 elements) in one launch; side: on the side
+ * stream (after lq_cuda_fork), else the main one. */
+lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, bool side, void *d0, const float *s0, int64_t n0, void *d1,
+                               const float *s1, int64_t n1);
 
 /* Whether attention node n runs the flash kernels (autograd/ops/cuda_attention_flash.cu): opt-in,
  * LOQUAT_FLASH_ATTN=1 with bf16 math and a head size / layout they take. Always false without CUDA. */

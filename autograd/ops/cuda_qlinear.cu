@@ -310,8 +310,8 @@ static bool lora_bf16_path(lq_ctx *ctx, const lq_node *n) {
  * product adds into it (beta 1: y is read once, inside a compute-bound gemm) and the bias last.
  * The CPU's order (x W^T, bias, then += u B^T) would have the thin product read and rewrite all of
  * y: at the 1B bench shape 2.7 ms of a 50 ms step went to that. The sum is the same up to
- * rounding order. The two adapter products run on the side stream while the main stream
- * dequantizes W (cuBLAS gives the skinny u = s h A^T only 32-64 blocks: alone it leaves most of
+ * rounding order. A and B's conversion and the two adapter products run on the side stream
+ * while the main stream dequantizes W (cuBLAS gives the skinny u = s h A^T only 32-64 blocks: alone it leaves most of
  * the GPU idle); the base product waits for both. */
 static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     const lq_tensor *w = n->in[1];
@@ -336,11 +336,11 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
         const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
         if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
     }
-    LQ_TRY(lq_cuda_to_bf16_pair(ctx, A16, (const float *)n->in[2]->data, r * K, B16, (const float *)n->in[3]->data,
-                                N * r));
     LQ_TRY(lq_cuda_fork(ctx));
     bool joined = false;
-    lq_status st = gemm_bf16_to(ctx, true, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u16, CUDA_R_16BF, r);
+    lq_status st = lq_cuda_to_bf16_pair(ctx, true, A16, (const float *)n->in[2]->data, r * K, B16,
+                                        (const float *)n->in[3]->data, N * r);
+    if (st == LQ_OK) st = gemm_bf16_to(ctx, true, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u16, CUDA_R_16BF, r);
     if (st == LQ_OK) st = gemm_bf16(ctx, true, false, true, M, N, r, 1.0f, u16, r, B16, r, 0.0f, y, N); /* y = u B^T */
     if (st == LQ_OK) st = w_product(ctx, w, qs, false, x16, K, y, M, N, K, 1.0f, &joined); /* y += x deq(W)^T */
     if (!joined) {

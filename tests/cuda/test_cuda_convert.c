@@ -59,8 +59,8 @@ static int check(lq_ctx *ctx, lq_rng *r, const layout *L, bool pair) {
         fail_msg("upload: %s", err.msg);
     lq_status s;
     if (pair) /* contiguous: the pair kernel, the second array half as long, from another offset */
-        s = lq_cuda_to_bf16_pair(ctx, dd + L->doff, ds + L->soff, L->rows * L->cols, dd2 + L->doff, ds + L->soff,
-                                 L->rows * L->cols / 2);
+        s = lq_cuda_to_bf16_pair(ctx, false, dd + L->doff, ds + L->soff, L->rows * L->cols, dd2 + L->doff,
+                                 ds + L->soff, L->rows * L->cols / 2);
     else
         s = lq_cuda_to_bf16(ctx, dd + L->doff, L->ldd, ds + L->soff, L->lds, L->rows, L->cols);
     if (s != LQ_OK || lq_cuda_sync(NULL, &err) != LQ_OK) fail_msg("%s: %s", L->what, lq_ctx_error(ctx)->msg);
