@@ -35,7 +35,7 @@ typedef struct frozen16 {
  * context's tensor generation and lq_cuda_free_epoch are unchanged. */
 typedef struct act16 {
     const float *src;
-    int64_t n, cap;
+    int64_t n, ld, cap; /* elements converted, the copy's row stride, the buffer's room */
     __nv_bfloat16 *buf;
     uint64_t gen, epoch;
     uint64_t shared, converted; /* calls answered from the buffer, and calls that converted */
@@ -145,6 +145,11 @@ extern "C" void *lq_cuda_blas(lq_ctx *ctx) { return ctx->cuda ? (void *)ctx->cud
 extern "C" void *lq_cuda_side_blas(lq_ctx *ctx) {
     lq_cuda_state *c = ctx->cuda;
     return c ? (void *)(c->side ? c->side_blas : c->blas) : NULL;
+}
+
+extern "C" void *lq_cuda_side_stream(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    return c ? (void *)(c->side ? c->side : c->stream) : NULL;
 }
 
 extern "C" lq_status lq_cuda_fork(lq_ctx *ctx) {
@@ -485,28 +490,31 @@ static const lq_tensor *act_owner(const lq_tensor *t) {
     return t && t->node ? t : NULL;
 }
 
-extern "C" const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x) {
+extern "C" void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) {
     lq_cuda_state *c = ctx->cuda;
     const float *src = (const float *)x->data;
-    int64_t n = lq_numel(x);
+    int64_t n = lq_numel(x), K = x->ndim > 0 ? x->ne[x->ndim - 1] : 1, rows = K > 0 ? n / K : 0;
+    *ld = K + LQ_CUDA_ACT_PAD;
+    int64_t room = rows * *ld; /* elements: rows of K values and the pad */
     if (n <= 0) return lq_ctx_dalloc(ctx, sizeof(__nv_bfloat16)); /* nothing to convert */
-    if (!act_owner(x) || !lq_is_contiguous(x)) {
-        __nv_bfloat16 *d = NULL;
-        return to_bf16(ctx, src, 1, n, n, 0, 1, &d) == LQ_OK ? d : NULL;
+    if (!act_owner(x) || !lq_is_contiguous(x)) { /* into the arena (x's elements read as packed) */
+        __nv_bfloat16 *d = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)room * sizeof(__nv_bfloat16));
+        return d && lq_cuda_to_bf16(ctx, d, *ld, src, K, rows, K) == LQ_OK ? d : NULL;
     }
     act16 *a = &c->act;
     uint64_t epoch = lq_cuda_free_epoch();
-    if (a->buf && a->src == src && a->n == n && a->gen == ctx->tensor_gen && a->epoch == epoch) {
+    if (a->buf && a->src == src && a->n == n && a->ld == *ld && a->gen == ctx->tensor_gen && a->epoch == epoch) {
         a->shared++;
         return a->buf;
     }
     a->src = NULL; /* not valid until converted */
-    if (a->cap < n) {
-        if (bf16_room(ctx, &a->buf, &a->cap, n) != LQ_OK) return NULL;
+    if (a->cap < room) {
+        if (bf16_room(ctx, &a->buf, &a->cap, room) != LQ_OK) return NULL;
         epoch = lq_cuda_free_epoch();
     }
     a->converted++;
-    if (convert(ctx, a->buf, src, n) != LQ_OK) return NULL;
+    if (lq_cuda_to_bf16(ctx, a->buf, *ld, src, K, rows, K) != LQ_OK) return NULL;
+    a->ld = *ld;
     a->src = src;
     a->n = n;
     a->gen = ctx->tensor_gen;

@@ -49,8 +49,9 @@ lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src,
     (void)dst, (void)ldd, (void)src, (void)lds, (void)rows, (void)cols;
     return NO_CUDA_OP("to bf16");
 }
-const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x) {
+void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) {
     (void)x;
+    *ld = 0;
     NO_CUDA_OP("activation to bf16");
     return NULL;
 }

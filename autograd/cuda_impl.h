@@ -50,6 +50,7 @@ void *lq_cuda_blas(lq_ctx *ctx);
  * a fork (the CPU emulator checks this). With LOQUAT_CUDA_SIDE_STREAM=0 at context creation there
  * is no side stream: the side handle is the main one, fork and join do nothing. */
 void *lq_cuda_side_blas(lq_ctx *ctx);
+void *lq_cuda_side_stream(lq_ctx *ctx); /* the side's cudaStream_t (the main one without a side) */
 lq_status lq_cuda_fork(lq_ctx *ctx);
 lq_status lq_cuda_join(lq_ctx *ctx);
 
@@ -98,8 +99,13 @@ static inline bool lq_cuda_is_frozen(const lq_tensor *t) {
  * keeps, and the next call on the same data returns it unconverted: q, k and v read one x, gate and
  * up another, and a product's backward often follows its forward's. The copy is valid until the
  * next call (kernels queued before it still read the old one: the stream orders them). Any other x
- * is converted into the device arena, which the caller's mark rewinds. NULL with an error in ctx. */
-const void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x);
+ * is converted into the device arena, which the caller's mark rewinds. NULL with an error in ctx.
+ * The copy is rows of x's last dimension K with a row stride of *ld = K + LQ_CUDA_ACT_PAD elements:
+ * columns K .. *ld - 1 of each row are the caller's scratch, for operands that extend x along K
+ * (the bf16 QLoRA linear puts its u = s h A^T there: [x | u] [W | B]^T in one product); a later
+ * caller finds them overwritten. x is contiguous (its elements are read packed). */
+#define LQ_CUDA_ACT_PAD 64
+void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld);
 /* lq_cuda_act_bf16's calls so far that returned the kept copy, and those that converted into it. */
 void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted);
 /* Two contiguous f32 -> bf16 conversions (n0 and n1 elements) in one launch; side: on the side

@@ -43,7 +43,9 @@ int main(void) {
  * warm-up; medians. Bytes counted read + written: dequant n/2 codes + n/64 absmax codes + n/16384
  * floats + 4n out; copy 4n + 4n. With --check 1 the f32 result is compared bit for bit with the CPU
  * dequant (lq_bnb4_dequantize) over the whole weight. lq_cuda_dequant_bf16 (bf16 output, 2n bytes
- * written) is timed too where this build has it, and checked against the CPU result rounded to bf16.
+ * written) is timed too where this build has it, and checked against the CPU result rounded to bf16;
+ * so is lq_cuda_dequant_bf16_rows into rows of cols + 16 (the bf16 QLoRA forward's [W | B] tile:
+ * the same bytes, row-strided stores; "bf16_rows_*" fields, timed against the copy of 2n bytes).
  * A "dequant" JSON line per shape with both outputs; the checks run on an output first poisoned
  * with NaN.
  * Before them, one "dequant_ceiling" line per shape: a cudaMemsetAsync of the same output bytes
@@ -108,7 +110,7 @@ static float event_ms(cudaEvent_t a, cudaEvent_t b) {
 
 /* Host buffers of one weight and its state, and their device copies. */
 typedef struct dq_weight {
-    int64_t n, nb, nb2;
+    int64_t n, nb, nb2, cols; /* cols: the row length of the rows variant */
     uint8_t *codes, *aq;
     float *a2, offset;
     uint8_t *d_codes, *d_aq;
@@ -146,7 +148,8 @@ static int dq_weight_make(dq_weight *w, int64_t n, uint64_t seed, lq_err *err) {
 
 /* What dq_time times against the copy: the dequant (f32 or bf16 output), or a memset of the same
  * output bytes (the write-only ceiling). */
-typedef enum dq_what { DQ_F32, DQ_BF16, DQ_SET_F32, DQ_SET_BF16 } dq_what;
+typedef enum dq_what { DQ_F32, DQ_BF16, DQ_BF16_ROWS, DQ_SET_F32, DQ_SET_BF16 } dq_what;
+#define DQ_ROW_PAD 16 /* the rows variant's extra columns per row */
 
 static int dq_run(const dq_weight *w, const lq_qstate *qs, void *d_out, dq_what what) {
     lq_err err;
@@ -155,6 +158,10 @@ static int dq_run(const dq_weight *w, const lq_qstate *qs, void *d_out, dq_what 
     switch (what) {
     case DQ_F32: st = lq_cuda_dequant(LQ_DTYPE_NF4, w->d_codes, d_out, w->n, 0, qs, NULL, &err); break;
     case DQ_BF16: st = lq_cuda_dequant_bf16(LQ_DTYPE_NF4, w->d_codes, d_out, w->n, 0, qs, NULL, &err); break;
+    case DQ_BF16_ROWS:
+        st = lq_cuda_dequant_bf16_rows(LQ_DTYPE_NF4, w->d_codes, d_out, w->n / w->cols, w->cols, w->cols + DQ_ROW_PAD,
+                                       0, qs, NULL, &err);
+        break;
     case DQ_SET_F32: CK(cudaMemsetAsync(d_out, 0, (size_t)w->n * 4, 0)); break;
     case DQ_SET_BF16: CK(cudaMemsetAsync(d_out, 0, (size_t)w->n * 2, 0)); break;
     }
@@ -195,8 +202,8 @@ static int64_t dq_mismatches(const dq_weight *w, const lq_qstate *qs, void *d_ou
                              const uint16_t *ref16, void *got) {
     lq_err err;
     lq_err_clear(&err);
-    const int64_t n = w->n;
-    const size_t bytes = (size_t)n * (what == DQ_F32 ? 4 : 2);
+    const int64_t n = w->n, C = w->cols, ld = what == DQ_BF16_ROWS ? C + DQ_ROW_PAD : C;
+    const size_t bytes = (size_t)(n / C * ld) * (what == DQ_F32 ? 4 : 2);
     if (lq_cuda_memset(d_out, 0xff, bytes, NULL, &err) != LQ_OK || dq_run(w, qs, d_out, what) ||
         lq_cuda_sync(NULL, &err) != LQ_OK || lq_cuda_copy(got, d_out, bytes, LQ_COPY_D2H, NULL, &err) != LQ_OK) {
         if (err.msg[0]) fail("dequant: check", err.msg);
@@ -206,7 +213,7 @@ static int64_t dq_mismatches(const dq_weight *w, const lq_qstate *qs, void *d_ou
     if (what == DQ_F32)
         for (int64_t i = 0; i < n; i++) bad += memcmp(&ref[i], (const float *)got + i, 4) != 0;
     else
-        for (int64_t i = 0; i < n; i++) bad += ((const uint16_t *)got)[i] != ref16[i];
+        for (int64_t i = 0; i < n; i++) bad += ((const uint16_t *)got)[i / C * ld + i % C] != ref16[i];
     return bad;
 }
 
@@ -223,7 +230,8 @@ static int bench_dequant(const dq_opts *o) {
         lq_err_clear(&err);
         dq_weight w;
         rc = dq_weight_make(&w, n, o->seed + (uint64_t)s, &err);
-        float *d_out = rc ? NULL : lq_cuda_malloc((size_t)n * 4, &err);
+        w.cols = C;
+        float *d_out = rc ? NULL : lq_cuda_malloc((size_t)n * 4, &err); /* room for the rows variant too */
         float *d_copy = d_out ? lq_cuda_malloc((size_t)n * 4, &err) : NULL;
         if (!rc && !d_copy) rc = fail("dequant: device memory", err.msg);
         lq_qstate qs = {.block = 64, .absmax_q = w.d_aq, .absmax2 = w.d_a2, .code2 = w.d_code2,
@@ -275,6 +283,13 @@ static int bench_dequant(const dq_opts *o) {
         if (!rc && ref && (bad = dq_mismatches(&w, &qs, d_out, DQ_F32, ref, ref16, got)) < 0) rc = 1;
         if (!rc && have_bf16) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16, o->warmup, o->reps, &bq_ms, &bc_ms);
         if (!rc && have_bf16 && ref && (bad16 = dq_mismatches(&w, &qs, d_out, DQ_BF16, ref, ref16, got)) < 0) rc = 1;
+        /* the rows variant, where the kernel takes the shape */
+        bool rows_ok = have_bf16 &&
+                       lq_cuda_dequant_bf16_rows_ok(LQ_DTYPE_NF4, w.d_codes, d_out, R, C, C + DQ_ROW_PAD, 0, &qs);
+        double rq_ms = 0, rc_ms = 0;
+        int64_t badr = -1;
+        if (!rc && rows_ok) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16_ROWS, o->warmup, o->reps, &rq_ms, &rc_ms);
+        if (!rc && rows_ok && ref && (badr = dq_mismatches(&w, &qs, d_out, DQ_BF16_ROWS, ref, ref16, got)) < 0) rc = 1;
         if (!rc) {
             double dq_gbs = dq_b / (dq_ms * 1e-3) / 1e9, cp_gbs = cp_b / (cp_ms * 1e-3) / 1e9;
             printf("{\"bench\": \"dequant\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", "
@@ -288,6 +303,12 @@ static int bench_dequant(const dq_opts *o) {
                 printf(", \"bf16_dequant_ms\": %.4f, \"bf16_copy_ms\": %.4f, \"bf16_dequant_gbps\": %.1f, "
                        "\"bf16_copy_gbps\": %.1f, \"bf16_ratio\": %.3f, \"bf16_mismatches\": %lld",
                        bq_ms, bc_ms, b_gbs, bc_gbs, b_gbs / bc_gbs, (long long)bad16);
+                if (rows_ok) {
+                    double r_gbs = b_b / (rq_ms * 1e-3) / 1e9, rc_gbs = bc_b / (rc_ms * 1e-3) / 1e9;
+                    printf(", \"bf16_rows_ms\": %.4f, \"bf16_rows_copy_ms\": %.4f, \"bf16_rows_gbps\": %.1f, "
+                           "\"bf16_rows_ratio\": %.3f, \"bf16_rows_mismatches\": %lld",
+                           rq_ms, rc_ms, r_gbs, r_gbs / rc_gbs, (long long)badr);
+                }
             } else {
                 printf(", \"bf16\": null");
             }

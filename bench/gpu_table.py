@@ -37,6 +37,9 @@ for r in rows:
     if "bf16_ratio" in r:
         s += (f"; bf16 out {r['bf16_dequant_gbps']:.0f} GB/s vs copy {r['bf16_copy_gbps']:.0f} = {r['bf16_ratio']:.2f}"
               f", mismatches {r['bf16_mismatches']}{' WRONG' if r['bf16_mismatches'] > 0 else ''}")
+    if "bf16_rows_ratio" in r:  # into rows of cols + 16 (the QLoRA forward's [W | B] tile)
+        s += (f"; bf16 rows {r['bf16_rows_gbps']:.0f} GB/s = {r['bf16_rows_ratio']:.2f} of copy"
+              f", mismatches {r['bf16_rows_mismatches']}{' WRONG' if r['bf16_rows_mismatches'] > 0 else ''}")
     print(s)
 # bench_gpu_linear (part linear): the QLoRA linear's parts per shape, one row per shape and a column per
 # variant: "ms rate" (TFLOPS for products and the op, GB/s for dequant and the cast; BAD = failed check),

@@ -177,11 +177,14 @@ __global__ static void k_bnb4_byte(const uint8_t *src, void *dst, int64_t n, int
 
 /* groups groups of G = 4 (f32) or 8 (bf16) elements from element start (a multiple of G); src: the
  * groups' codes as uint16 (f32) or uint32 (bf16), the lower address the low byte; dst: float4 or
- * uint4 per group; bs, b2s: log2 of q.block and q.block2 (b2s unused without double quant). */
-template <bool BF16>
+ * uint4 per group; bs, b2s: log2 of q.block and q.block2 (b2s unused without double quant).
+ * ROWS: the output is rows of gpr groups with a row stride of ldg groups (group i goes to
+ * (i / gpr) ldg + i % gpr: a 32-bit division, the group count checked to fit on the host), so
+ * a row of W can be followed by other columns of the same operand; else group i goes to i. */
+template <bool BF16, bool ROWS>
 __global__ static void __launch_bounds__(DQ_THREADS)
     k_bnb4_hoist(const void *__restrict__ src, void *__restrict__ dst, int64_t groups, int64_t start, dq_state q,
-                 int fp4, int bs, int b2s) {
+                 int fp4, int bs, int b2s, uint32_t gpr, int64_t ldg) {
     constexpr int G = BF16 ? 8 : 4, U = DQ_UNROLL;
     __shared__ float code[16];
     dq_code_table(code, fp4);
@@ -219,15 +222,20 @@ __global__ static void __launch_bounds__(DQ_THREADS)
             float o[G];
 #pragma unroll
             for (int b = 0; b < G / 2; b++) lq_bnb4_dequant_byte(code, (uint8_t)(v[k] >> (8 * b)), a[k], o + 2 * b);
+            int64_t di = i;
+            if constexpr (ROWS) {
+                const uint32_t i32 = (uint32_t)i, row = i32 / gpr;
+                di = (int64_t)row * ldg + (i32 - row * gpr);
+            }
             if constexpr (BF16) {
                 uint32_t w[4];
 #pragma unroll
                 for (int b = 0; b < 4; b++)
                     w[b] = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(o[2 * b])) |
                            ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(o[2 * b + 1])) << 16);
-                ((uint4 *)dst)[i] = make_uint4(w[0], w[1], w[2], w[3]);
+                ((uint4 *)dst)[di] = make_uint4(w[0], w[1], w[2], w[3]);
             } else {
-                ((float4 *)dst)[i] = make_float4(o[0], o[1], o[2], o[3]);
+                ((float4 *)dst)[di] = make_float4(o[0], o[1], o[2], o[3]);
             }
         }
     }
@@ -255,9 +263,10 @@ static lq_status bnb4_launch(const void *d_src, void *d_dst, bool bf16, int64_t 
         const int64_t per = (int64_t)DQ_THREADS * DQ_UNROLL, nb = (groups + per - 1) / per;
         const int blocks = (int)(nb < INT_MAX ? nb : INT_MAX); /* the kernel's grid-stride loop covers any rest */
         if (bf16)
-            k_bnb4_hoist<true><<<blocks, DQ_THREADS, 0, s>>>(d_src, d_dst, groups, start, q, fp4, bs, b2s);
+            k_bnb4_hoist<true, false><<<blocks, DQ_THREADS, 0, s>>>(d_src, d_dst, groups, start, q, fp4, bs, b2s, 0, 0);
         else
-            k_bnb4_hoist<false><<<blocks, DQ_THREADS, 0, s>>>(d_src, d_dst, groups, start, q, fp4, bs, b2s);
+            k_bnb4_hoist<false, false><<<blocks, DQ_THREADS, 0, s>>>(d_src, d_dst, groups, start, q, fp4, bs, b2s, 0,
+                                                                     0);
         LQ_CU_LAUNCHED(err, bf16 ? "k_bnb4_hoist<bf16>" : "k_bnb4_hoist<f32>");
     }
     const int64_t done = groups * g, rest = n - done;
@@ -391,4 +400,35 @@ extern "C" lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_
     LQ_TRY(dq_args(tr, " to bf16", d_src, d_dst, n, start, qs, &q, err));
     if (n == 0) return LQ_OK;
     return bnb4_launch(d_src, d_dst, true, n, start, q, t == LQ_DTYPE_FP4 ? 1 : 0, (cudaStream_t)stream, err);
+}
+
+/* The vector kernel's conditions (bnb4_launch) for a whole call of rows x K elements into rows of
+ * stride ld, and the 32-bit group index. */
+extern "C" bool lq_cuda_dequant_bf16_rows_ok(lq_dtype t, const void *d_src, const void *d_dst, int64_t rows,
+                                            int64_t K, int64_t ld, int64_t start, const lq_qstate *qs) {
+    if ((t != LQ_DTYPE_NF4 && t != LQ_DTYPE_FP4) || !qs || rows <= 0 || K <= 0) return false;
+    const int bs = pow2_shift(qs->block), b2s = qs->absmax ? 0 : pow2_shift(qs->block2);
+    return K % 8 == 0 && ld % 8 == 0 && ld >= K && start % 8 == 0 && qs->block % 8 == 0 && bs >= 0 && b2s >= 0 &&
+           (uintptr_t)d_src % 4 == 0 && (uintptr_t)d_dst % 16 == 0 && rows * (K / 8) <= (int64_t)UINT32_MAX;
+}
+
+extern "C" lq_status lq_cuda_dequant_bf16_rows(lq_dtype t, const void *d_src, uint16_t *d_dst, int64_t rows, int64_t K,
+                                               int64_t ld, int64_t start, const lq_qstate *qs, void *stream,
+                                               lq_err *err) {
+    const lq_dtype_traits *tr = lq_dtype_info(t);
+    if (!tr) return LQ_ERR(err, LQ_ERR_ARG, "cuda dequant to bf16 rows: unknown dtype %d", (int)t);
+    if (!lq_cuda_dequant_bf16_rows_ok(t, d_src, d_dst, rows, K, ld, start, qs))
+        return LQ_ERR(err, LQ_ERR_ARG,
+                      "cuda dequant %s to bf16 rows: %lld x %lld into a row stride of %lld from %lld is not a call "
+                      "the row kernel takes (lq_cuda_dequant_bf16_rows_ok)",
+                      tr->name, (long long)rows, (long long)K, (long long)ld, (long long)start);
+    dq_state q;
+    LQ_TRY(dq_args(tr, " to bf16 rows", d_src, d_dst, rows * K, start, qs, &q, err));
+    const int bs = pow2_shift(q.block), b2s = q.absmax ? 0 : pow2_shift(q.block2);
+    const int64_t groups = rows * (K / 8), per = (int64_t)DQ_THREADS * DQ_UNROLL, nb = (groups + per - 1) / per;
+    const int blocks = (int)(nb < INT_MAX ? nb : INT_MAX);
+    k_bnb4_hoist<true, true><<<blocks, DQ_THREADS, 0, (cudaStream_t)stream>>>(
+        d_src, d_dst, groups, start, q, t == LQ_DTYPE_FP4 ? 1 : 0, bs, b2s, (uint32_t)(K / 8), ld / 8);
+    LQ_CU_LAUNCHED(err, "k_bnb4_hoist<bf16, rows>");
+    return LQ_OK;
 }

@@ -45,6 +45,16 @@ lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_t *d_dst, i
                                const lq_qstate *qs, void *stream, lq_err *err);
 bool lq_cuda_dequant_bf16_supported(lq_dtype t);
 
+/* lq_cuda_dequant_bf16 of rows x K elements (from element start) into rows of stride ld elements:
+ * row i's K values at d_dst + i ld, the columns past K left as they are (the bf16 QLoRA linear
+ * puts the adapter's B beside W's rows there). Only what the vector kernel takes, as
+ * lq_cuda_dequant_bf16_rows_ok says: NF4 / FP4, K, ld and start multiples of 8, state blocks
+ * powers of two and multiples of 8, codes 4-byte and d_dst 16-byte aligned; LQ_ERR_ARG otherwise. */
+bool lq_cuda_dequant_bf16_rows_ok(lq_dtype t, const void *d_src, const void *d_dst, int64_t rows, int64_t K,
+                                  int64_t ld, int64_t start, const lq_qstate *qs);
+lq_status lq_cuda_dequant_bf16_rows(lq_dtype t, const void *d_src, uint16_t *d_dst, int64_t rows, int64_t K,
+                                    int64_t ld, int64_t start, const lq_qstate *qs, void *stream, lq_err *err);
+
 #ifdef __cplusplus
 }
 #endif

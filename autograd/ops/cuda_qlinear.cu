@@ -99,6 +99,15 @@ static lq_status gemm_bf16(lq_ctx *ctx, bool side, bool ta, bool tb, int64_t m, 
     return gemm_bf16_to(ctx, side, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, CUDA_R_32F, ldc);
 }
 
+/* dst (rows, cols) bf16, row stride ldd = src (rows, cols) packed, on stream st. */
+static lq_status copy_cols(lq_ctx *ctx, __nv_bfloat16 *dst, int64_t ldd, const __nv_bfloat16 *src, int64_t cols,
+                           int64_t rows, void *st) {
+    const size_t w = (size_t)cols * sizeof(__nv_bfloat16);
+    LQ_CU(&ctx->err, cudaMemcpy2DAsync(dst, (size_t)ldd * sizeof(__nv_bfloat16), src, w, w, (size_t)rows,
+                                       cudaMemcpyDeviceToDevice, (cudaStream_t)st));
+    return LQ_OK;
+}
+
 /* --- the frozen weight ------------------------------------------------------------------------- */
 
 /* w's quant state with device arrays: its own when lq_tensor_to_device moved it (qs->device), else
@@ -305,14 +314,17 @@ static bool lora_bf16_path(lq_ctx *ctx, const lq_node *n) {
 /* The forward of the bf16 path. u = s h A^T comes out of its product in bf16 (the only form any
  * later product reads), and when the node is recorded, u and the bf16 copies of A and B made here
  * are kept for the backward (saved[1], [2], [3]; saved[0], the f32 path's u, stays NULL), so it
- * converts none of them again.
- * The adapter's product comes first: y = u B^T (a thin product that only writes y), then the base
- * product adds into it (beta 1: y is read once, inside a compute-bound gemm) and the bias last.
- * The CPU's order (x W^T, bias, then += u B^T) would have the thin product read and rewrite all of
- * y: at the 1B bench shape 2.7 ms of a 50 ms step went to that. The sum is the same up to
- * rounding order. A and B's conversion and the two adapter products run on the side stream
- * while the main stream dequantizes W (cuBLAS gives the skinny u = s h A^T only 32-64 blocks: alone it leaves most of
- * the GPU idle); the base product waits for both. */
+ * converts none of them again. A and B's conversion and u's product run on the side stream while
+ * the main stream dequantizes W (cuBLAS gives the skinny u only 32-64 blocks: alone it leaves most
+ * of the GPU idle). Then, where W's dequant can write rows of K + r (cat; r a multiple of 8 up to
+ * LQ_CUDA_ACT_PAD), one product with K + r terms:
+ *   y (M, N) = [x | u] (M, K + r) [deq(W) | B]^T
+ * u in the spare columns of x's shared bf16 copy (lq_cuda_act_bf16), B beside W's rows in the tile
+ * scratch, both put there by the side stream; y is written once, by that product. Otherwise
+ * y = u B^T (a thin product that only writes y), then the base product adds into it (beta 1) and
+ * the bias comes last. The CPU's order (x W^T, bias, then += u B^T) would have the thin product read
+ * and rewrite all of y (2.7 ms of a 50 ms step at the 1B bench shape). The sums are the same up to
+ * rounding order. */
 static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
@@ -328,21 +340,41 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     lq_qstate tmp;
     const lq_qstate *qs;
     LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
-    const __nv_bfloat16 *x16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0]); /* shared (see there) */
+    int64_t ldx, ldh, ldw = K + r;
+    __nv_bfloat16 *x16 = (__nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0], &ldx); /* shared (see there) */
     if (!x16) return ctx->err.status;
     const __nv_bfloat16 *h16 = x16;
+    ldh = ldx;
     if (n->fp[1] > 0.0f) { /* h = drop(x) */
         float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
         const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
         if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
+        ldh = K;
     }
+    __nv_bfloat16 *wc = NULL; /* [deq(W) | B] (N, K + r) when cat */
+    bool cat = !w_direct(ctx, w) && w_bf16(ctx, w->dtype) && tile_rows(ctx, w, N, K) == N && r % 8 == 0 &&
+               r <= ldx - K;
+    if (cat && !(wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(N * ldw) * sizeof(__nv_bfloat16))))
+        return ctx->err.status;
+    cat = cat && lq_cuda_dequant_bf16_rows_ok(w->dtype, w->data, wc, N, K, ldw, 0, qs);
+    void *side = lq_cuda_side_stream(ctx);
     LQ_TRY(lq_cuda_fork(ctx));
     bool joined = false;
     lq_status st = lq_cuda_to_bf16_pair(ctx, true, A16, (const float *)n->in[2]->data, r * K, B16,
                                         (const float *)n->in[3]->data, N * r);
-    if (st == LQ_OK) st = gemm_bf16_to(ctx, true, false, true, M, r, K, s, h16, K, A16, K, 0.0f, u16, CUDA_R_16BF, r);
-    if (st == LQ_OK) st = gemm_bf16(ctx, true, false, true, M, N, r, 1.0f, u16, r, B16, r, 0.0f, y, N); /* y = u B^T */
-    if (st == LQ_OK) st = w_product(ctx, w, qs, false, x16, K, y, M, N, K, 1.0f, &joined); /* y += x deq(W)^T */
+    if (st == LQ_OK) st = gemm_bf16_to(ctx, true, false, true, M, r, K, s, h16, ldh, A16, K, 0.0f, u16, CUDA_R_16BF, r);
+    if (cat) { /* u beside x, B beside W's rows (side); W's rows (main); then the one product */
+        if (st == LQ_OK) st = copy_cols(ctx, x16 + K, ldx, u16, r, M, side);
+        if (st == LQ_OK) st = copy_cols(ctx, wc + K, ldw, B16, r, N, side);
+        if (st == LQ_OK)
+            st = lq_cuda_dequant_bf16_rows(w->dtype, w->data, (uint16_t *)wc, N, K, ldw, 0, qs, stream_of(ctx),
+                                           &ctx->err);
+        if (st == LQ_OK && (st = lq_cuda_join(ctx)) == LQ_OK) joined = true;
+        if (st == LQ_OK) st = gemm_bf16(ctx, false, false, true, M, N, K + r, 1.0f, x16, ldx, wc, ldw, 0.0f, y, N);
+    } else {
+        if (st == LQ_OK) st = gemm_bf16(ctx, true, false, true, M, N, r, 1.0f, u16, r, B16, r, 0.0f, y, N); /* u B^T */
+        if (st == LQ_OK) st = w_product(ctx, w, qs, false, x16, ldx, y, M, N, K, 1.0f, &joined); /* += x deq(W)^T */
+    }
     if (!joined) {
         lq_status js = lq_cuda_join(ctx);
         st = st != LQ_OK ? st : js;
@@ -426,18 +458,19 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
             LQ_TRY(lq_cuda_to_bf16(ctx, du16, lddu, du, r, M, r));
         }
     }
-    const __nv_bfloat16 *h16 = NULL; /* dA's h = drop(x) */
+    const __nv_bfloat16 *h16 = NULL; /* dA's h = drop(x), row stride ldh */
+    int64_t ldh = K;
     if (gA && p > 0.0f) {
         float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
         const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
         if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
-    } else if (gA && !(h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0]))) { /* often the forward's */
-        return ctx->err.status;
+    } else if (gA && !(h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0], &ldh))) {
+        return ctx->err.status; /* (the copy is often still the forward's) */
     }
     LQ_TRY(lq_cuda_fork(ctx));
     lq_status st = LQ_OK;
     if (gB) st = gemm_bf16(ctx, true, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r); /* dB += dY^T u */
-    if (st == LQ_OK && gA) st = gemm_bf16(ctx, true, true, false, r, K, M, 1.0f, du16, lddu, h16, K, 1.0f, gA, K);
+    if (st == LQ_OK && gA) st = gemm_bf16(ctx, true, true, false, r, K, M, 1.0f, du16, lddu, h16, ldh, 1.0f, gA, K);
     if (st == LQ_OK && gx) st = lora_bwd_dx(ctx, n, gx, beta0, gy16, ld, du16, lddu, cat);
     lq_status js = lq_cuda_join(ctx);
     LQ_TRY(st != LQ_OK ? st : js);

@@ -5,7 +5,7 @@
  * bf16 rounding of the CPU's result. NF4 / FP4 also over windows, code and output offsets that take
  * the wide kernel's whole groups, the per-byte kernel's tail, and the per-byte kernel alone (the
  * calls the wide one cannot take); outputs NaN-poisoned, the elements around the window checked
- * untouched.
+ * untouched; and NF4 / FP4 to bf16 as rows into a wider row stride (lq_cuda_dequant_bf16_rows).
  * Seeds come from the clock each run (printed); LOQUAT_CUDA_SEED=<n> replays a run. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -330,6 +330,92 @@ static void test_dequant_bf16(void **state) {
     dequant_parity(true);
 }
 
+/* lq_cuda_dequant_bf16_rows: NF4 / FP4 with and without double quantization (block 64) as rows of
+ * K elements into a row stride ld > K, from a start that is whole rows in (state blocks then fall
+ * mid-row for K 96): each row equal to the bf16 of the CPU's float32 bit for bit, the ld - K
+ * columns between rows and the elements after the last row left poisoned. Also the calls the
+ * kernel must refuse (lq_cuda_dequant_bf16_rows_ok false): K or ld not a multiple of 8, a
+ * misaligned output. */
+static void test_dequant_bf16_rows(void **state) {
+    (void)state;
+    static const struct {
+        int64_t rows, K, ld, row0;
+    } shapes[] = {{37, 192, 208, 0}, {50, 96, 160, 3}, {16, 1024, 1088, 2}, {75, 256, 264, 0}};
+    lq_rng rng;
+    lq_rng_seed(&rng, lq_mix64(g_seed ^ 0x7005u));
+    int fails = 0, checked = 0;
+    for (int t = 0; t < 2; t++)
+        for (int dq = 0; dq < 2; dq++) {
+            dq_case v = {t ? LQ_DTYPE_FP4 : LQ_DTYPE_NF4, dq == 1, false, 0};
+            lq_err err;
+            lq_err_clear(&err);
+            lq_qstate *qs = NULL, dqs;
+            uint8_t *codes = dq_make(&v, &rng, &qs, &err), *d_codes = NULL;
+            uint16_t *d_out = NULL, *got = NULL;
+            float *ref = malloc(DQ_N * sizeof *ref);
+            const size_t out_n = 80 * 1088; /* the largest rows x ld above, and more */
+            bool ok = codes && ref && (d_codes = lq_cuda_malloc(lq_dtype_bytes(v.t, DQ_N), &err)) &&
+                      (d_out = lq_cuda_malloc(out_n * 2, &err)) && (got = malloc(out_n * 2)) &&
+                      dq_device_state(qs, &dqs, &err) == LQ_OK &&
+                      lq_cuda_copy(d_codes, codes, lq_dtype_bytes(v.t, DQ_N), LQ_COPY_H2D, NULL, &err) == LQ_OK;
+            if (!ok) fail_msg("dequant rows %s: setting up: %s", lq_dtype_name(v.t), err.msg);
+            for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+                const int64_t rows = shapes[k].rows, K = shapes[k].K, ld = shapes[k].ld, start = shapes[k].row0 * K;
+                if (start + rows * K > DQ_N) fail_msg("shape %zu does not fit the tensor", k);
+                char where[160];
+                snprintf(where, sizeof where, "dequant bf16 rows %s%s: %lld x %lld (ld %lld) from %lld",
+                         lq_dtype_name(v.t), dq ? " (double quant)" : "", (long long)rows, (long long)K,
+                         (long long)ld, (long long)start);
+                checked++;
+                const uint8_t *src = d_codes + lq_dtype_bytes(v.t, start);
+                if (!lq_cuda_dequant_bf16_rows_ok(v.t, src, d_out, rows, K, ld, start, &dqs)) {
+                    print_error("%s: refused\n", where);
+                    fails++;
+                    continue;
+                }
+                lq_status s = lq_cuda_memset(d_out, 0xff, out_n * 2, NULL, &err);
+                if (s == LQ_OK) s = lq_cuda_dequant_bf16_rows(v.t, src, d_out, rows, K, ld, start, &dqs, NULL, &err);
+                if (s == LQ_OK) s = lq_cuda_sync(NULL, &err);
+                if (s == LQ_OK) s = lq_cuda_copy(got, d_out, out_n * 2, LQ_COPY_D2H, NULL, &err);
+                if (s != LQ_OK) {
+                    print_error("%s: %s\n", where, err.msg);
+                    lq_err_clear(&err);
+                    fails++;
+                    continue;
+                }
+                lq_dtype_info(v.t)->to_f32(codes + lq_dtype_bytes(v.t, start), ref, rows * K, qs, start);
+                int64_t bad = -1;
+                for (int64_t i = 0; i < rows * ld && bad < 0; i++) {
+                    int64_t r = i / ld, c = i % ld;
+                    uint16_t want = c < K ? lq_f32_to_bf16(ref[r * K + c]) : 0xffffu;
+                    if (got[i] != want) bad = i;
+                }
+                for (size_t i = (size_t)(rows * ld); i < out_n && bad < 0; i++)
+                    if (got[i] != 0xffffu) bad = (int64_t)i;
+                if (bad >= 0) {
+                    print_error("%s: output element %lld (row %lld, column %lld) is 0x%04x\n", where, (long long)bad,
+                                (long long)(bad / ld), (long long)(bad % ld), (unsigned)got[bad]);
+                    fails++;
+                }
+            }
+            /* refusals: a K or ld off the group of 8, an output off 16 bytes */
+            if (lq_cuda_dequant_bf16_rows_ok(v.t, d_codes, d_out, 4, 100, 112, 0, &dqs) ||
+                lq_cuda_dequant_bf16_rows_ok(v.t, d_codes, d_out, 4, 96, 100, 0, &dqs) ||
+                lq_cuda_dequant_bf16_rows_ok(v.t, d_codes, d_out + 4, 4, 96, 104, 0, &dqs)) {
+                print_error("dequant bf16 rows %s: a call the kernel cannot take was accepted\n", lq_dtype_name(v.t));
+                fails++;
+            }
+            dq_device_state_free(&dqs);
+            lq_cuda_free(d_codes);
+            lq_cuda_free(d_out);
+            free(got);
+            free(ref);
+            free(codes);
+            lq_qstate_free(qs);
+        }
+    if (fails) fail_msg("dequant bf16 rows: %d of %d calls differ (or failed)", fails, checked);
+}
+
 int main(void) {
     int rc = 0;
     if (!lq_cuda_test_should_run(&rc)) return rc;
@@ -337,6 +423,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dequant),
         cmocka_unit_test(test_dequant_bf16),
+        cmocka_unit_test(test_dequant_bf16_rows),
     };
     return cmocka_run_group_tests_name("test_cuda_dequant", tests, NULL, NULL);
 }

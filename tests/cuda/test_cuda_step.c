@@ -226,11 +226,11 @@ static void test_step_bf16_loss(void **state) {
 }
 
 /* The loss and the adapter gradient block of one device step in the given math, with or without
- * gradient release and checkpointing (*grads malloc'd). */
-static double device_step(lq_cuda_math math, bool release, bool checkpoint, float **grads) {
+ * gradient release and checkpointing, adapters of rank r (*grads malloc'd). */
+static double device_step(lq_cuda_math math, bool release, bool checkpoint, int rank, float **grads) {
     lq_err err;
     lq_err_clear(&err);
-    lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .dropout = 0.0f, .rslora = false, .targets = LQ_LORA_ALL_LINEAR};
+    lq_lora_cfg lc = {.r = rank, .alpha = 2.0f * rank, .dropout = 0.0f, .rslora = false, .targets = LQ_LORA_ALL_LINEAR};
     side g;
     if (side_init(&g, &lc, LQ_DEVICE_CUDA, math, &err) != LQ_OK) fail_msg("GPU side: %s", err.msg);
     lq_ctx_set_release_grads(g.ctx, release);
@@ -258,7 +258,7 @@ static double device_step(lq_cuda_math math, bool release, bool checkpoint, floa
  * up to a product's summation order (cuBLAS may pick another kernel for beta 0 than for beta 1). */
 static void release_same(lq_cuda_math math, const char *mode, bool checkpoint) {
     float *off = NULL, *on = NULL;
-    double l_off = device_step(math, false, false, &off), l_on = device_step(math, true, checkpoint, &on);
+    double l_off = device_step(math, false, false, 4, &off), l_on = device_step(math, true, checkpoint, 4, &on);
     lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .targets = LQ_LORA_ALL_LINEAR};
     side c; /* the CPU side only for the parameter layout */
     lq_err err;
@@ -302,10 +302,11 @@ static void test_checkpoint_same_bf16(void **state) {
  * stream in issue order: the same products, so the same loss and gradients within the bound
  * above, with and without checkpointing. On a GPU a missing wait shows here as a difference (or
  * NaN from the poisoned fresh gradient blocks); the CPU emulator runs the side's work as late as
- * its waits allow. */
+ * its waits allow. Rank 16, so the forward's one product over [x | u] and the backward's dY / du
+ * kernel run where the shapes let them. */
 static void test_side_stream_same_bf16(void **state) {
     (void)state;
-    lq_lora_cfg lc = {.r = 4, .alpha = 8.0f, .targets = LQ_LORA_ALL_LINEAR};
+    lq_lora_cfg lc = {.r = 16, .alpha = 32.0f, .targets = LQ_LORA_ALL_LINEAR};
     side c; /* the CPU side only for the parameter layout */
     lq_err err;
     lq_err_clear(&err);
@@ -314,9 +315,9 @@ static void test_side_stream_same_bf16(void **state) {
     for (int ck = 0; ck < 2; ck++) {
         float *one = NULL, *two = NULL;
         setenv("LOQUAT_CUDA_SIDE_STREAM", "0", 1);
-        double l_one = device_step(LQ_CUDA_MATH_BF16, true, ck, &one);
+        double l_one = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &one);
         unsetenv("LOQUAT_CUDA_SIDE_STREAM");
-        double l_two = device_step(LQ_CUDA_MATH_BF16, true, ck, &two);
+        double l_two = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &two);
         print_message("  bf16%s loss: %.9g on one stream, %.9g with the side stream\n", ck ? " ckpt" : "", l_one,
                       l_two);
         fails += compare_params(ck ? "gradient (side stream against one, checkpointing)"

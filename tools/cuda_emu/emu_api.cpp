@@ -245,6 +245,18 @@ extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enu
     return cudaSuccess;
 }
 
+extern "C" cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                                         size_t height, enum cudaMemcpyKind kind, cudaStream_t s) {
+    if ((unsigned)kind > (unsigned)cudaMemcpyDefault || width > dpitch || width > spitch)
+        return fail(cudaErrorInvalidValue);
+    if (!width || !height) return cudaSuccess;
+    if (!dst || !src) return fail(cudaErrorInvalidValue);
+    lq_emu_enqueue(s, "cudaMemcpy2DAsync", [=]() {
+        for (size_t i = 0; i < height; i++) memmove((char *)dst + i * dpitch, (const char *)src + i * spitch, width);
+    });
+    return cudaSuccess;
+}
+
 extern "C" cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind) {
     return cudaMemcpyAsync(dst, src, n, kind, nullptr);
 }
