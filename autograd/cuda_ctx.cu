@@ -49,7 +49,7 @@ struct lq_cuda_state {
     cublasHandle_t blas;
     cudaStream_t side;      /* NULL: no side stream */
     cublasHandle_t side_blas;
-    cudaEvent_t fork_ev, join_ev;
+    cudaEvent_t fork_ev, join_ev, part_ev;
     lq_op_fn *fwd, *bwd; /* indexed like lq_op_table */
     char *pinned;        /* PIN_BYTES of page-locked host memory (NULL: uploads are synchronous) */
     size_t pin_used;
@@ -100,6 +100,7 @@ extern "C" lq_status lq_cuda_ctx_init(lq_ctx *ctx, lq_err *err) {
         LQ_CUBLAS(err, cublasSetStream(c->side_blas, c->side));
         LQ_CU(err, cudaEventCreateWithFlags(&c->fork_ev, cudaEventDisableTiming));
         LQ_CU(err, cudaEventCreateWithFlags(&c->join_ev, cudaEventDisableTiming));
+        LQ_CU(err, cudaEventCreateWithFlags(&c->part_ev, cudaEventDisableTiming));
     }
     if (cudaHostAlloc((void **)&c->pinned, PIN_BYTES, cudaHostAllocDefault) != cudaSuccess) {
         (void)cudaGetLastError(); /* no pinned memory: uploads stay synchronous, nothing else changes */
@@ -131,6 +132,7 @@ extern "C" void lq_cuda_ctx_free(lq_ctx *ctx) {
     if (c->side_blas) cublasDestroy(c->side_blas);
     if (c->fork_ev) cudaEventDestroy(c->fork_ev);
     if (c->join_ev) cudaEventDestroy(c->join_ev);
+    if (c->part_ev) cudaEventDestroy(c->part_ev);
     if (c->side) cudaStreamDestroy(c->side);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->fwd);
@@ -157,6 +159,20 @@ extern "C" lq_status lq_cuda_fork(lq_ctx *ctx) {
     if (!c || !c->side) return LQ_OK;
     LQ_CU(&ctx->err, cudaEventRecord(c->fork_ev, c->stream));
     LQ_CU(&ctx->err, cudaStreamWaitEvent(c->side, c->fork_ev, 0));
+    return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_side_mark(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    if (!c || !c->side) return LQ_OK;
+    LQ_CU(&ctx->err, cudaEventRecord(c->part_ev, c->side));
+    return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_join_mark(lq_ctx *ctx) {
+    lq_cuda_state *c = ctx->cuda;
+    if (!c || !c->side) return LQ_OK;
+    LQ_CU(&ctx->err, cudaStreamWaitEvent(c->stream, c->part_ev, 0));
     return LQ_OK;
 }
 

@@ -53,6 +53,11 @@ void *lq_cuda_side_blas(lq_ctx *ctx);
 void *lq_cuda_side_stream(lq_ctx *ctx); /* the side's cudaStream_t (the main one without a side) */
 lq_status lq_cuda_fork(lq_ctx *ctx);
 lq_status lq_cuda_join(lq_ctx *ctx);
+/* A partial join: lq_cuda_side_mark marks the side's work queued so far, lq_cuda_join_mark makes
+ * the main stream wait for just that (work the side queues after the mark may still run); the op
+ * still ends with lq_cuda_join. */
+lq_status lq_cuda_side_mark(lq_ctx *ctx);
+lq_status lq_cuda_join_mark(lq_ctx *ctx);
 
 /* Device helpers on the context's stream; errors go into ctx->err and come back as the status. */
 lq_status lq_cuda_fill_f32(lq_ctx *ctx, float *d, float v, int64_t n);

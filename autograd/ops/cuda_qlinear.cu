@@ -394,10 +394,11 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
 }
 
 /* dX = beta0 dX + dY deq(W) + m (du A) / q on the main stream (the bf16 path's backward): one
- * product over [dY | du] and [deq(W) ; A] when cat (see above), else the base product and then
- * the adapter's share. */
+ * product over [dY | du] and [deq(W) ; A] when wc (N + r, K) is given (cat, see above: A already
+ * queued into its last r rows on the side, before lq_cuda_side_mark), else the base product and
+ * then the adapter's share. */
 static lq_status lora_bwd_dx(lq_ctx *ctx, lq_node *n, float *gx, float beta0, const __nv_bfloat16 *gy16, int64_t ld,
-                             const __nv_bfloat16 *du16, int64_t lddu, bool cat) {
+                             const __nv_bfloat16 *du16, int64_t lddu, __nv_bfloat16 *wc) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
     float p = n->fp[1];
@@ -405,13 +406,10 @@ static lq_status lora_bwd_dx(lq_ctx *ctx, lq_node *n, float *gx, float beta0, co
     lq_qstate tmp;
     const lq_qstate *qs;
     LQ_TRY(device_qstate(ctx, w, &tmp, &qs));
-    if (cat) { /* W' (N + r, K) = [deq(W) ; A] in one scratch, then one product */
-        __nv_bfloat16 *wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)((N + r) * K) * sizeof(__nv_bfloat16));
+    if (wc) { /* W' (N + r, K) = [deq(W) ; A] in one scratch, then one product */
         const void *tile;
-        if (!wc) return ctx->err.status;
         LQ_TRY(w_rows(ctx, w, qs, 0, N, wc, &tile));
-        LQ_CU(&ctx->err, cudaMemcpyAsync(wc + N * K, A16, (size_t)(r * K) * sizeof(__nv_bfloat16),
-                                         cudaMemcpyDeviceToDevice, stream_of(ctx)));
+        LQ_TRY(lq_cuda_join_mark(ctx)); /* A's rows */
         return gemm_bf16(ctx, false, false, false, M, K, N + r, 1.0f, gy16, ld, wc, K, beta0, gx, K);
     }
     LQ_TRY(w_product(ctx, w, qs, true, gy16, ld, gx, M, N, K, beta0, NULL)); /* dX = beta0 dX + dY deq(W) */
@@ -425,8 +423,9 @@ static lq_status lora_bwd_dx(lq_ctx *ctx, lq_node *n, float *gx, float beta0, co
 /* The backward of the bf16 path (the gradient buffers fetched by the caller). dY goes to bf16 once,
  * with du = s dY B (in bf16, the only form any product reads) computed in the same pass where
  * lq_cuda_dy_du takes the shape (else a conversion, then the product). Then the side stream runs
- * dB += dY^T u and dA += du^T h (skinny products that cuBLAS runs on few blocks) beside dX's
- * dequant and product on the main stream, which joins the side before the scratch is rewound. */
+ * dB += dY^T u and dA += du^T h (skinny products that cuBLAS runs on few blocks), after copying A
+ * beside W's rows for dX's one product, while the main stream dequantizes W and waits for that
+ * copy alone before the product; it joins the side before the scratch is rewound. */
 static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
@@ -467,11 +466,22 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     } else if (gA && !(h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0], &ldh))) {
         return ctx->err.status; /* (the copy is often still the forward's) */
     }
+    __nv_bfloat16 *wc = NULL; /* [deq(W) ; A] (N + r, K) when cat */
+    if (cat && !(wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)((N + r) * K) * sizeof(__nv_bfloat16))))
+        return ctx->err.status;
     LQ_TRY(lq_cuda_fork(ctx));
     lq_status st = LQ_OK;
-    if (gB) st = gemm_bf16(ctx, true, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r); /* dB += dY^T u */
+    if (wc) { /* A into wc's last r rows, on the side, marked for dX's product */
+        const __nv_bfloat16 *A16 = (const __nv_bfloat16 *)n->saved[2];
+        cudaError_t e = cudaMemcpyAsync(wc + N * K, A16, (size_t)(r * K) * sizeof(__nv_bfloat16),
+                                        cudaMemcpyDeviceToDevice, (cudaStream_t)lq_cuda_side_stream(ctx));
+        st = e == cudaSuccess ? lq_cuda_side_mark(ctx)
+                              : LQ_ERR(&ctx->err, LQ_ERR_INTERNAL, "lora_linear: copying A beside W: %s",
+                                       cudaGetErrorString(e));
+    }
+    if (st == LQ_OK && gB) st = gemm_bf16(ctx, true, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r);
     if (st == LQ_OK && gA) st = gemm_bf16(ctx, true, true, false, r, K, M, 1.0f, du16, lddu, h16, ldh, 1.0f, gA, K);
-    if (st == LQ_OK && gx) st = lora_bwd_dx(ctx, n, gx, beta0, gy16, ld, du16, lddu, cat);
+    if (st == LQ_OK && gx) st = lora_bwd_dx(ctx, n, gx, beta0, gy16, ld, du16, lddu, wc);
     lq_status js = lq_cuda_join(ctx);
     LQ_TRY(st != LQ_OK ? st : js);
     lq_ctx_reset_to(ctx, mark);
