@@ -443,9 +443,9 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     if (!gy16) return ctx->err.status;
     __nv_bfloat16 *du16 = NULL; /* s dY B in bf16: beside dY when cat */
     int64_t lddu = cat ? ld : r;
-    if ((gA || gx) && !cat && !(du16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(__nv_bfloat16))))
-        return ctx->err.status;
     if ((gA || gx) && cat) du16 = gy16 + N;
+    if ((gA || gx) && !cat && !(du16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * r) * 2))) /* bf16 */
+        return ctx->err.status;
     if (du16 && lq_cuda_dy_du_fits(gy, N, gy16, ld, B16, r)) {
         LQ_TRY(lq_cuda_dy_du(ctx, gy, M, N, gy16, ld, B16, r, s, du16, lddu));
     } else {
