@@ -6,11 +6,7 @@
 #include <cuda_runtime.h>
 #include <string.h>
 
-#include "autograd/cuda_impl.h"
-#include "core/cuda_check.h"
-
-#define FOR_EACH(i, n) \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+#include "autograd/ops/cuda_loop.cuh"
 
 /* f32 -> bf16, round to nearest even. The vector forms move 8 elements per step (two 16-byte loads,
  * one 16-byte store) where both pointers are 16-byte aligned; the scalar form takes the rest. The
@@ -80,7 +76,7 @@ __global__ static void k_to_bf16_pair(__nv_bfloat16 *d0, const float *s0, int64_
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 extern "C" lq_status lq_cuda_to_bf16_packed(lq_ctx *ctx, void *dst, const float *s, int64_t n) {
-    cudaStream_t st = (cudaStream_t)lq_cuda_stream(ctx);
+    cudaStream_t st = STREAM(ctx);
     __nv_bfloat16 *d = (__nv_bfloat16 *)dst;
     int64_t head = 0;
     if (aligned16(d) && aligned16(s) && n >= 8) {
@@ -104,7 +100,7 @@ extern "C" lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const 
     __nv_bfloat16 *d = (__nv_bfloat16 *)dst;
     if ((ldd == cols && lds == cols) || rows == 1) return lq_cuda_to_bf16_packed(ctx, d, src, rows * cols);
     dim3 grid(1, (unsigned)(rows < 65535 ? rows : 65535));
-    cudaStream_t st = (cudaStream_t)lq_cuda_stream(ctx);
+    cudaStream_t st = STREAM(ctx);
     if (cols % 8 == 0 && ldd % 8 == 0 && lds % 4 == 0 && aligned16(d) && aligned16(src)) {
         grid.x = lq_cuda_blocks(cols / 8);
         k_rows_to_bf16_v8<<<grid, LQ_CUDA_THREADS, 0, st>>>(d, ldd, src, lds, rows, cols / 8);
@@ -137,8 +133,7 @@ extern "C" lq_status lq_cuda_to_bf16_scratch(lq_ctx *ctx, const float *src, int6
     if (ld == cols && (st == 0 || st == rows * cols)) {
         LQ_TRY(lq_cuda_to_bf16_packed(ctx, d, src, n));
     } else {
-        k_to_bf16_2d<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, (cudaStream_t)lq_cuda_stream(ctx)>>>(d, src, rows, cols,
-                                                                                                 ld, st, nb);
+        k_to_bf16_2d<<<lq_cuda_blocks(n), LQ_CUDA_THREADS, 0, STREAM(ctx)>>>(d, src, rows, cols, ld, st, nb);
         LQ_CUDA_LAUNCHED(ctx, "to bf16");
     }
     *out = d;

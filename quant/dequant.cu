@@ -249,19 +249,29 @@ static int pow2_shift(int64_t v) {
     return k;
 }
 
+/* Whether k_bnb4_hoist takes a call's whole groups of g elements (see above): state blocks that are
+ * powers of two and multiples of g, start a multiple of g, codes g / 2- and the output 16-byte
+ * aligned. */
+static bool hoist_takes(const dq_state &q, int64_t start, const void *src, const void *dst, int64_t g) {
+    return q.block % g == 0 && start % g == 0 && (uintptr_t)src % (uintptr_t)(g / 2) == 0 &&
+           (uintptr_t)dst % 16 == 0 && pow2_shift(q.block) >= 0 && (q.absmax || pow2_shift(q.block2) >= 0);
+}
+
+/* k_bnb4_hoist's grid for `groups` groups (its grid-stride loop covers any rest). */
+static int hoist_blocks(int64_t groups) {
+    const int64_t per = (int64_t)DQ_THREADS * DQ_UNROLL, nb = (groups + per - 1) / per;
+    return (int)(nb < INT_MAX ? nb : INT_MAX);
+}
+
 /* NF4 / FP4 of n elements from start into f32 or bf16: k_bnb4_hoist over the whole groups when it
  * can take them, k_bnb4_byte over the rest (see above). */
 static lq_status bnb4_launch(const void *d_src, void *d_dst, bool bf16, int64_t n, int64_t start, const dq_state &q,
                              int fp4, cudaStream_t s, lq_err *err) {
     const int64_t g = bf16 ? 8 : 4;
-    const uintptr_t sa = (uintptr_t)d_src, da = (uintptr_t)d_dst;
     const int bs = pow2_shift(q.block), b2s = q.absmax ? 0 : pow2_shift(q.block2);
-    int64_t groups = 0;
-    if (q.block % g == 0 && start % g == 0 && sa % (uintptr_t)(g / 2) == 0 && da % 16 == 0 && bs >= 0 && b2s >= 0)
-        groups = n / g;
+    const int64_t groups = hoist_takes(q, start, d_src, d_dst, g) ? n / g : 0;
     if (groups > 0) {
-        const int64_t per = (int64_t)DQ_THREADS * DQ_UNROLL, nb = (groups + per - 1) / per;
-        const int blocks = (int)(nb < INT_MAX ? nb : INT_MAX); /* the kernel's grid-stride loop covers any rest */
+        const int blocks = hoist_blocks(groups);
         if (bf16)
             k_bnb4_hoist<true, false><<<blocks, DQ_THREADS, 0, s>>>(d_src, d_dst, groups, start, q, fp4, bs, b2s, 0, 0);
         else
@@ -402,14 +412,17 @@ extern "C" lq_status lq_cuda_dequant_bf16(lq_dtype t, const void *d_src, uint16_
     return bnb4_launch(d_src, d_dst, true, n, start, q, t == LQ_DTYPE_FP4 ? 1 : 0, (cudaStream_t)stream, err);
 }
 
-/* The vector kernel's conditions (bnb4_launch) for a whole call of rows x K elements into rows of
- * stride ld, and the 32-bit group index. */
+/* The vector kernel's conditions (hoist_takes) for a whole call of rows x K elements into rows of
+ * stride ld (whole groups per row), and the 32-bit group index. */
 extern "C" bool lq_cuda_dequant_bf16_rows_ok(lq_dtype t, const void *d_src, const void *d_dst, int64_t rows,
                                             int64_t K, int64_t ld, int64_t start, const lq_qstate *qs) {
     if ((t != LQ_DTYPE_NF4 && t != LQ_DTYPE_FP4) || !qs || rows <= 0 || K <= 0) return false;
-    const int bs = pow2_shift(qs->block), b2s = qs->absmax ? 0 : pow2_shift(qs->block2);
-    return K % 8 == 0 && ld % 8 == 0 && ld >= K && start % 8 == 0 && qs->block % 8 == 0 && bs >= 0 && b2s >= 0 &&
-           (uintptr_t)d_src % 4 == 0 && (uintptr_t)d_dst % 16 == 0 && rows * (K / 8) <= (int64_t)UINT32_MAX;
+    dq_state q{};
+    q.absmax = qs->absmax;
+    q.block = qs->block;
+    q.block2 = qs->block2;
+    return K % 8 == 0 && ld % 8 == 0 && ld >= K && hoist_takes(q, start, d_src, d_dst, 8) &&
+           rows * (K / 8) <= (int64_t)UINT32_MAX;
 }
 
 extern "C" lq_status lq_cuda_dequant_bf16_rows(lq_dtype t, const void *d_src, uint16_t *d_dst, int64_t rows, int64_t K,
@@ -425,9 +438,8 @@ extern "C" lq_status lq_cuda_dequant_bf16_rows(lq_dtype t, const void *d_src, ui
     dq_state q;
     LQ_TRY(dq_args(tr, " to bf16 rows", d_src, d_dst, rows * K, start, qs, &q, err));
     const int bs = pow2_shift(q.block), b2s = q.absmax ? 0 : pow2_shift(q.block2);
-    const int64_t groups = rows * (K / 8), per = (int64_t)DQ_THREADS * DQ_UNROLL, nb = (groups + per - 1) / per;
-    const int blocks = (int)(nb < INT_MAX ? nb : INT_MAX);
-    k_bnb4_hoist<true, true><<<blocks, DQ_THREADS, 0, (cudaStream_t)stream>>>(
+    const int64_t groups = rows * (K / 8);
+    k_bnb4_hoist<true, true><<<hoist_blocks(groups), DQ_THREADS, 0, (cudaStream_t)stream>>>(
         d_src, d_dst, groups, start, q, t == LQ_DTYPE_FP4 ? 1 : 0, bs, b2s, (uint32_t)(K / 8), ld / 8);
     LQ_CU_LAUNCHED(err, "k_bnb4_hoist<bf16, rows>");
     return LQ_OK;

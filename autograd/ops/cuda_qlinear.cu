@@ -293,6 +293,13 @@ static const float *dropped(lq_ctx *ctx, const lq_node *n, float *dst, int64_t m
     return dst;
 }
 
+/* h = drop(x) as a packed bf16 copy in the arena (the bf16 path with dropout). NULL on error. */
+static const __nv_bfloat16 *dropped_bf16(lq_ctx *ctx, const lq_node *n, int64_t m) {
+    float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)m * sizeof(float));
+    const float *h = hbuf ? dropped(ctx, n, hbuf, m) : NULL;
+    return h ? to_bf16(ctx, h, m) : NULL;
+}
+
 /* --- lora_linear in bf16 math -------------------------------------------------------------------
  * With W's tiles in bf16 (w_bf16: NF4 / FP4 dequantized straight to bf16, or a bf16 W), each f32
  * operand is converted to bf16 once per call and shared by every product that reads it: x by the
@@ -346,14 +353,11 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
     const __nv_bfloat16 *h16 = x16;
     ldh = ldx;
     if (n->fp[1] > 0.0f) { /* h = drop(x) */
-        float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
-        const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
-        if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
+        if (!(h16 = dropped_bf16(ctx, n, M * K))) return ctx->err.status;
         ldh = K;
     }
     __nv_bfloat16 *wc = NULL; /* [deq(W) | B] (N, K + r) when cat */
-    bool cat = !w_direct(ctx, w) && w_bf16(ctx, w->dtype) && tile_rows(ctx, w, N, K) == N && r % 8 == 0 &&
-               r <= ldx - K;
+    bool cat = !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N && r % 8 == 0 && r <= ldx - K;
     if (cat && !(wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(N * ldw) * sizeof(__nv_bfloat16))))
         return ctx->err.status;
     cat = cat && lq_cuda_dequant_bf16_rows_ok(w->dtype, w->data, wc, N, K, ldw, 0, qs);
@@ -444,7 +448,8 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     __nv_bfloat16 *du16 = NULL; /* s dY B in bf16: beside dY when cat */
     int64_t lddu = cat ? ld : r;
     if ((gA || gx) && cat) du16 = gy16 + N;
-    if ((gA || gx) && !cat && !(du16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * r) * 2))) /* bf16 */
+    if ((gA || gx) && !cat &&
+        !(du16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(__nv_bfloat16))))
         return ctx->err.status;
     if (du16 && lq_cuda_dy_du_fits(gy, N, gy16, ld, B16, r)) {
         LQ_TRY(lq_cuda_dy_du(ctx, gy, M, N, gy16, ld, B16, r, s, du16, lddu));
@@ -460,9 +465,7 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     const __nv_bfloat16 *h16 = NULL; /* dA's h = drop(x), row stride ldh */
     int64_t ldh = K;
     if (gA && p > 0.0f) {
-        float *hbuf = (float *)lq_ctx_dalloc(ctx, (size_t)(M * K) * sizeof(float));
-        const float *h = hbuf ? dropped(ctx, n, hbuf, M * K) : NULL;
-        if (!h || !(h16 = to_bf16(ctx, h, M * K))) return ctx->err.status;
+        if (!(h16 = dropped_bf16(ctx, n, M * K))) return ctx->err.status;
     } else if (gA && !(h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0], &ldh))) {
         return ctx->err.status; /* (the copy is often still the forward's) */
     }
