@@ -79,6 +79,43 @@ void flush_all() {
 
 void lq_emu_set_error(cudaError_t e) { g_last = e; }
 
+/* LQ_CUDA_EMU_HOST_ONLY=1: the host side of a run alone. Kernels, GEMMs, memsets and device-to-device
+ * copies are counted and not done; host <-> device copies are done; fresh device memory is zero
+ * bytes (not NaN), so that a skipped computation reads as 0. Results are meaningless; what it
+ * measures is the time the host spends issuing work (loquat's own code, without the driver's cost
+ * per call), and what it counts is the calls per run, printed at exit. */
+namespace {
+struct host_counts {
+    long long kernels, gemms, memsets, d2d, copies, events, syncs;
+} g_hc;
+
+void print_host_counts() {
+    fprintf(stderr,
+            "lq_cuda_emu host-only: %lld kernel launches, %lld cuBLAS calls, %lld memsets, %lld device copies "
+            "(all skipped); %lld host <-> device copies, %lld event records / waits, %lld synchronizes\n",
+            g_hc.kernels, g_hc.gemms, g_hc.memsets, g_hc.d2d, g_hc.copies, g_hc.events, g_hc.syncs);
+}
+
+bool host_only() {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("LQ_CUDA_EMU_HOST_ONLY");
+        v = e && *e && strcmp(e, "0") != 0;
+        if (v) atexit(print_host_counts);
+    }
+    return v != 0;
+}
+
+/* true: the call's work is skipped (host-only mode), counted by its kind */
+bool skip_work(const char *what) {
+    if (!host_only() || !strncmp(what, "cudaMemcpy", 10)) return false;
+    if (!strncmp(what, "cublas", 6)) g_hc.gemms++;
+    else if (!strcmp(what, "cudaMemsetAsync")) g_hc.memsets++;
+    else g_hc.kernels++;
+    return true;
+}
+} // namespace
+
 /* --- errors */
 extern "C" cudaError_t cudaGetLastError(void) {
     cudaError_t e = g_last;
@@ -187,6 +224,7 @@ extern "C" cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, con
 }
 
 extern "C" cudaError_t cudaDeviceSynchronize(void) {
+    if (host_only()) g_hc.syncs++;
     flush_all();
     return cudaSuccess;
 }
@@ -201,7 +239,7 @@ extern "C" cudaError_t cudaMalloc(void **p, size_t bytes) {
      * the end is reported */
     void *m = nullptr;
     if (posix_memalign(&m, 256, bytes) != 0) return fail(cudaErrorMemoryAllocation);
-    memset(m, 0xff, bytes);
+    memset(m, host_only() ? 0 : 0xff, bytes);
     *p = m;
     return cudaSuccess;
 }
@@ -241,6 +279,13 @@ extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enu
     if ((unsigned)kind > (unsigned)cudaMemcpyDefault) return fail(cudaErrorInvalidValue);
     if (!n) return cudaSuccess;
     if (!dst || !src) return fail(cudaErrorInvalidValue);
+    if (host_only()) {
+        if (kind == cudaMemcpyDeviceToDevice) {
+            g_hc.d2d++;
+            return cudaSuccess;
+        }
+        g_hc.copies++;
+    }
     lq_emu_enqueue(s, "cudaMemcpyAsync", [=]() { memmove(dst, src, n); });
     return cudaSuccess;
 }
@@ -251,6 +296,11 @@ extern "C" cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *s
         return fail(cudaErrorInvalidValue);
     if (!width || !height) return cudaSuccess;
     if (!dst || !src) return fail(cudaErrorInvalidValue);
+    if (host_only() && kind == cudaMemcpyDeviceToDevice) {
+        g_hc.d2d++;
+        return cudaSuccess;
+    }
+    if (host_only()) g_hc.copies++;
     lq_emu_enqueue(s, "cudaMemcpy2DAsync", [=]() {
         for (size_t i = 0; i < height; i++) memmove((char *)dst + i * dpitch, (const char *)src + i * spitch, width);
     });
@@ -282,6 +332,7 @@ extern "C" cudaError_t cudaMemset(void *p, int v, size_t n) { return cudaMemsetA
 bool lq_emu_defers(cudaStream_t s) { return s && (s->flags & cudaStreamNonBlocking); }
 
 void lq_emu_enqueue(cudaStream_t s, const char *what, std::function<void()> work) {
+    if (skip_work(what)) return;
     CUstream_st *r = rec(s);
     ++g_tick;
     if (!lq_emu_defers(s)) {
@@ -319,6 +370,7 @@ extern "C" cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 
 extern "C" cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (host_only()) g_hc.syncs++;
     if (lq_emu_defers(s)) flush(s, UINT64_MAX);
     return cudaSuccess;
 }
@@ -337,6 +389,7 @@ extern "C" cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int fla
 
 extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     if (!e) return fail(cudaErrorInvalidResourceHandle);
+    if (host_only()) g_hc.events++;
     e->t = now_s();
     e->s = s;
     e->seq = lq_emu_defers(s) ? s->issued : 0;
@@ -347,6 +400,7 @@ extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
 extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
     (void)flags;
     if (!e) return fail(cudaErrorInvalidResourceHandle);
+    if (host_only()) g_hc.events++;
     if (lq_emu_defers(e->s)) flush(e->s, e->seq);
     if (lq_emu_defers(s)) {
         uint64_t &w = s->waited[rec(e->s)];

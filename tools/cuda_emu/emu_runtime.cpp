@@ -117,7 +117,8 @@ struct emu_state {
     void (*body)(void *) = nullptr;
     void *arg = nullptr;
     int n = 0; /* threads a block */
-    std::vector<unsigned char> dyn;
+    unsigned char *dyn = nullptr; /* the launch's dynamic shared memory, 128-byte aligned as on a GPU */
+    size_t dyn_n = 0;
     /* the block */
     int next = 0, live = 0, arrived = 0;
     const void *site = nullptr; /* the call site of this phase's first __syncthreads */
@@ -275,7 +276,7 @@ void run_block() {
         W.phase = 0;
     }
     /* dynamic shared memory starts as garbage on a GPU: NaN bytes here, so a read before a write shows */
-    if (!S.dyn.empty()) memset(S.dyn.data(), 0xff, S.dyn.size());
+    if (S.dyn_n) memset(S.dyn, 0xff, S.dyn_n);
     for (;;) {
         if (!S.ready.empty()) {
             const int t = S.reverse ? -S.ready.top() : S.ready.top();
@@ -414,7 +415,7 @@ void lq_emu_shared_first(void *p, size_t bytes) {
 
 void *lq_emu_dyn_shared(void) {
     check_in_kernel("extern __shared__");
-    return S.dyn.empty() ? nullptr : S.dyn.data();
+    return S.dyn_n ? S.dyn : nullptr;
 }
 
 /* the kernels' opt-ins (cudaFuncSetAttribute): kernel -> bytes */
@@ -473,7 +474,15 @@ void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const 
     S.state.assign(S.n, T_NEW);
     S.fib_of.assign(S.n, -1);
     S.warps.assign((S.n + 31) / 32, warp_rec());
-    S.dyn.assign(shmem, 0);
+    free(S.dyn); /* exactly shmem bytes (ASan sees a read past the end), 128-byte aligned */
+    S.dyn = nullptr;
+    S.dyn_n = 0;
+    if (shmem) {
+        void *d = nullptr;
+        if (posix_memalign(&d, 128, shmem) != 0) die("no host memory for the dynamic shared memory of %s", name);
+        S.dyn = (unsigned char *)d;
+        S.dyn_n = shmem;
+    }
     lq_emu_block_dim = block;
     lq_emu_grid_dim = grid;
     S.in_kernel = true;

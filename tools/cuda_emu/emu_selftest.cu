@@ -1,6 +1,6 @@
 /* tools/cuda_emu/emu_selftest.cu: checks the CPU emulator itself (make test-cuda-emu runs it first):
  * barriers, indices, shuffles and votes, shared-memory poisoning, dynamic shared memory, launch
- * errors, argument conversion, the deadlock / divergence / idle-lane reports, and the cuBLAS
+ * errors, argument conversion, the deadlock / divergence / idle-lane reports, WMMA's address rules, and the cuBLAS
  * reference against a naive GEMM in double, with the tf32 / bf16 operand rounding. Built only with
  * EMU=1 (cu2cpp.py + g++). */
 #include <math.h>
@@ -20,6 +20,7 @@ extern "C" { /* cmocka.h has no C++ guard of its own */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 /* --- kernels ------------------------------------------------------------------------------------ */
 
@@ -113,6 +114,26 @@ __global__ void k_set(float *x, float v, int n) {
 
 /* 48 threads: warp 1's lanes 0-15 xor 16 read lanes 16-31, which do not exist */
 __global__ void k_idle_lane(int *x) { x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, 16); }
+
+/* one warp: a 16 x 16 bf16 tile from global memory into dynamic shared memory at element offset off
+ * with row stride ldm, loaded as a wmma matrix_a, times the identity, stored to out (16 x 16 f32);
+ * align[0] = the dynamic buffer's address mod 128 */
+__global__ void k_wmma_at(const __nv_bfloat16 *in, float *out, int off, int ldm, int *align) {
+    extern __shared__ __nv_bfloat16 dsm[];
+    using namespace nvcuda;
+    for (int i = threadIdx.x; i < 256; i += 32) dsm[off + (i / 16) * ldm + i % 16] = in[i];
+    for (int i = threadIdx.x; i < 256; i += 32) dsm[off + 16 * ldm + i] = __float2bfloat16(i / 16 == i % 16 ? 1.0f : 0.0f);
+    if (threadIdx.x == 0) align[0] = (int)((uintptr_t)dsm % 128);
+    __syncwarp();
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 0.0f);
+    wmma::load_matrix_sync(a, dsm + off, (unsigned)ldm);
+    wmma::load_matrix_sync(b, dsm + off + 16 * ldm, 16);
+    wmma::mma_sync(c, a, b, c);
+    wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
+}
 
 #define LAUNCH1(kernel, n, ...) kernel<<<((n) + 127) / 128, 128>>>(__VA_ARGS__)
 #define K_TWICE k_scale<float, 2>
@@ -242,6 +263,40 @@ static void test_deadlock_reported(void **state) {
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+}
+
+/* WMMA's address rules: dynamic shared memory starts 128-byte aligned; a tile at a 32-byte
+ * boundary with ldm a multiple of 16 bytes loads, stores and multiplies; a pointer 16 bytes off the
+ * boundary, or ldm 12 (24 bytes), aborts (a child process). */
+static void test_wmma_alignment(void **state) {
+    (void)state;
+    __nv_bfloat16 *in;
+    float *out;
+    int *al;
+    assert_int_equal(cudaMalloc((void **)&in, 256 * sizeof *in), cudaSuccess);
+    assert_int_equal(cudaMalloc((void **)&out, 256 * sizeof *out), cudaSuccess);
+    assert_int_equal(cudaMalloc((void **)&al, sizeof *al), cudaSuccess);
+    for (int i = 0; i < 256; i++) in[i] = __float2bfloat16((float)(i % 37) - 18.0f);
+    const size_t smem = (size_t)(16 + 32 * 24 + 256) * sizeof(__nv_bfloat16);
+    k_wmma_at<<<1, 32, smem>>>(in, out, 16, 24, al); /* 32 bytes in, ldm 48 bytes */
+    assert_int_equal(cudaGetLastError(), cudaSuccess);
+    assert_int_equal(al[0], 0);
+    for (int i = 0; i < 256; i++) assert_true(out[i] == (float)(i % 37) - 18.0f);
+    const int bad[2][2] = {{8, 24}, {0, 12}}; /* (offset, ldm): 16 bytes off; a 24-byte stride */
+    for (int k = 0; k < 2; k++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            if (!freopen("/dev/null", "w", stderr)) _exit(3);
+            k_wmma_at<<<1, 32, smem>>>(in, out, bad[k][0], bad[k][1], al);
+            _exit(0); /* not reached: the emulator aborts */
+        }
+        int st = 0;
+        assert_int_equal(waitpid(pid, &st, 0), pid);
+        assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    }
+    cudaFree(in), cudaFree(out), cudaFree(al);
 }
 
 /* A non-blocking stream's work runs only when something waits for it: before the join the main
@@ -442,6 +497,7 @@ int main(void) {
         cmocka_unit_test(test_shared_poison_and_dynamic), cmocka_unit_test(test_launch_rules),
         cmocka_unit_test(test_deadlock_reported), cmocka_unit_test(test_warnings), cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_side_stream_order), cmocka_unit_test(test_side_stream_lint),
+        cmocka_unit_test(test_wmma_alignment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,6 +8,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <type_traits>
 
 #include "lq_cuda_emu.h" /* __ballot_sync, __syncwarp, lq_emu_lane (already force-included) */
@@ -21,6 +24,18 @@ struct accumulator {};
 struct row_major {};
 struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
+
+/* WMMA's rules for a load or a store address (CUDA C++ Programming Guide, warp matrix functions):
+ * the pointer 256-bit aligned, ldm a multiple of 16 bytes. The GPU gives garbage or a fault when
+ * they are broken; here the call aborts with the offending values. */
+static inline void lq_emu_wmma_check(const void *p, unsigned ldm, size_t elem, const char *what) {
+    if ((uintptr_t)p % 32 != 0 || ((size_t)ldm * elem) % 16 != 0) {
+        fprintf(stderr, "cuda emulator: wmma::%s at %p (%zu bytes past a 32-byte boundary) with ldm %u (%zu bytes): "
+                "the pointer must be 32-byte aligned and ldm a multiple of 16 bytes\n",
+                what, p, (size_t)((uintptr_t)p % 32), ldm, (size_t)ldm * elem);
+        abort();
+    }
+}
 
 static inline float lq_emu_f(float v) { return v; }
 static inline float lq_emu_f(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -45,6 +60,7 @@ static inline void fill_fragment(fragment<Use, M, N, K, T, L> &f, const V &v) {
 template <typename Use, int M, int N, int K, typename T, typename L>
 static inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const T *p, unsigned ldm) {
     typedef fragment<Use, M, N, K, T, L> F;
+    lq_emu_wmma_check(p, ldm, sizeof(T), "load_matrix_sync");
     const bool rm = std::is_same<L, row_major>::value;
     for (int r = 0; r < F::rows; r++)
         for (int c = 0; c < F::cols; c++) f.x[r * F::cols + c] = rm ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
@@ -53,6 +69,7 @@ static inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const T *p,
 template <int M, int N, int K, typename T>
 static inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void> &f, const T *p, unsigned ldm,
                                     layout_t l) {
+    lq_emu_wmma_check(p, ldm, sizeof(T), "load_matrix_sync");
     for (int r = 0; r < M; r++)
         for (int c = 0; c < N; c++) f.x[r * N + c] = l == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
 }
@@ -60,6 +77,7 @@ static inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void> &f, 
 template <int M, int N, int K, typename T>
 static inline void store_matrix_sync(T *p, const fragment<accumulator, M, N, K, T, void> &f, unsigned ldm,
                                      layout_t l) {
+    lq_emu_wmma_check(p, ldm, sizeof(T), "store_matrix_sync");
     const unsigned live = __ballot_sync(0xffffffffu, 1); /* also the warp's first meeting */
     if (lq_emu_lane() == __builtin_ctz(live)) {
         for (int r = 0; r < M; r++)
