@@ -85,6 +85,8 @@ for r in steps:
         math = "bf16+flash"  # LOQUAT_FLASH_ATTN=1: the fused attention
     if r["impl"] == "loquat" and "bf16flash1s" in r.get("part", ""):
         math = "bf16+flash 1 stream"  # LOQUAT_CUDA_SIDE_STREAM=0: no side stream
+    if r["impl"] == "loquat" and "bf16flashnf" in r.get("part", ""):
+        math = "bf16+flash unfused"  # LOQUAT_CUDA_LORA_FUSE=0: no one-product forward, no dY / du kernel
     if r.get("checkpoint"):
         math += " ckpt"
     key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], math)

@@ -141,6 +141,15 @@ static bool w_bf16(lq_ctx *ctx, lq_dtype t) {
     return ctx->cuda_math == LQ_CUDA_MATH_BF16 && (t == LQ_DTYPE_BF16 || lq_cuda_dequant_bf16_supported(t));
 }
 
+/* LOQUAT_CUDA_LORA_FUSE=0 (read each call): the bf16 path without its two fusions, the forward as
+ * one product over [x | u] and [deq(W) | B] and the dY / du kernel; the thin product and the
+ * conversion with its own du product run instead. For timing each against the other, and a way
+ * around either should it misbehave on some GPU. */
+static bool lora_fuse(void) {
+    const char *e = getenv("LOQUAT_CUDA_LORA_FUSE");
+    return !e || strcmp(e, "0") != 0;
+}
+
 /* Whether W's own data is the gemm operand (f32; bf16 in bf16 math): no dequant, no scratch. */
 static bool w_direct(lq_ctx *ctx, const lq_tensor *w) {
     return w->dtype == LQ_DTYPE_F32 || (w->dtype == LQ_DTYPE_BF16 && w_bf16(ctx, w->dtype));
@@ -357,7 +366,7 @@ static lq_status lora_fwd_bf16(lq_ctx *ctx, lq_node *n) {
         ldh = K;
     }
     __nv_bfloat16 *wc = NULL; /* [deq(W) | B] (N, K + r) when cat */
-    bool cat = !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N && r % 8 == 0 && r <= ldx - K;
+    bool cat = lora_fuse() && !w_direct(ctx, w) && tile_rows(ctx, w, N, K) == N && r % 8 == 0 && r <= ldx - K;
     if (cat && !(wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(N * ldw) * sizeof(__nv_bfloat16))))
         return ctx->err.status;
     cat = cat && lq_cuda_dequant_bf16_rows_ok(w->dtype, w->data, wc, N, K, ldw, 0, qs);
@@ -451,7 +460,7 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     if ((gA || gx) && !cat &&
         !(du16 = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)(M * r) * sizeof(__nv_bfloat16))))
         return ctx->err.status;
-    if (du16 && lq_cuda_dy_du_fits(gy, N, gy16, ld, B16, r)) {
+    if (du16 && lora_fuse() && lq_cuda_dy_du_fits(gy, N, gy16, ld, B16, r)) {
         LQ_TRY(lq_cuda_dy_du(ctx, gy, M, N, gy16, ld, B16, r, s, du16, lddu));
     } else {
         LQ_TRY(lq_cuda_to_bf16(ctx, gy16, ld, gy, N, M, N));

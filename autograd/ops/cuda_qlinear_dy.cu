@@ -22,7 +22,7 @@ using namespace nvcuda;
 #define DD_WARPS 8
 #define DD_ROWS 16
 #define DD_STEP 64
-#define DD_LDT (DD_STEP + 8) /* the shared tile's row stride (bf16): a multiple of 8, rows 32-byte aligned */
+#define DD_LDT (DD_STEP + 8) /* the shared tile's row stride (bf16): 144 bytes, a multiple of 16 as WMMA's ldm needs */
 #define DD_RMAX 64           /* r / 16 accumulator fragments per warp, at most 4 */
 
 template <int RF>

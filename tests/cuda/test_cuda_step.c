@@ -331,6 +331,41 @@ static void test_side_stream_same_bf16(void **state) {
     if (fails) fail_msg("%d loss(es) / tensor(s) differ with the side stream", fails);
 }
 
+/* LOQUAT_CUDA_LORA_FUSE=0 turns off the bf16 path's two fusions (the forward as one product over
+ * [x | u] and [deq(W) | B]; dY to bf16 with du = s dY B in one kernel): the thin product y = u B^T
+ * and the plain conversion with du's own product run instead, in a whole step. The math is the
+ * same, rounded at other points: where the fp32 sums differ in a last bit, some element rounds to
+ * another bf16, and through the step's later conversions that spreads to bf16 noise (over 24 seeds
+ * on the emulator the gradients were either equal to ~1e-17 or apart by 2e-6 to 3.4e-5 nmse). So
+ * this is the switch's end-to-end check, with bf16-noise bounds: loss within LOSS_REL_BF16,
+ * gradients within 1e-3 nmse, all finite. The per-op check of both paths against the CPU is
+ * test_cuda_wide's lora_bf16_wide, which runs with the switch on and off. Rank 16, with and
+ * without checkpointing. */
+static void test_lora_fuse_off_bf16(void **state) {
+    (void)state;
+    lq_lora_cfg lc = {.r = 16, .alpha = 32.0f, .targets = LQ_LORA_ALL_LINEAR};
+    side c; /* the CPU side only for the parameter layout */
+    lq_err err;
+    lq_err_clear(&err);
+    if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
+    int fails = 0;
+    for (int ck = 0; ck < 2; ck++) {
+        float *off = NULL, *on = NULL;
+        setenv("LOQUAT_CUDA_LORA_FUSE", "0", 1);
+        double l_off = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &off);
+        unsetenv("LOQUAT_CUDA_LORA_FUSE");
+        double l_on = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &on);
+        print_message("  bf16%s loss: %.9g unfused, %.9g fused\n", ck ? " ckpt" : "", l_off, l_on);
+        fails += compare_params(ck ? "gradient (fused against unfused, checkpointing)" : "gradient (fused against unfused)",
+                                &c, off, on, 1e-3);
+        if (!isfinite(l_on) || !isfinite(l_off) || fabs(l_on - l_off) > LOSS_REL_BF16 * fabs(l_off)) fails++;
+        free(off);
+        free(on);
+    }
+    side_free(&c);
+    if (fails) fail_msg("%d loss(es) / tensor(s) differ with the fusions", fails);
+}
+
 /* bf16 math converts a frozen weight (a device leaf that owns its data and needs no gradient: the
  * tied lm_head) to bf16 once per step and shares the copy (lq_cuda_gemm_frozen). Within a step a
  * product reads the same values as before; after lq_ctx_step_reset, a weight changed in between is
@@ -408,6 +443,7 @@ int main(void) {
         cmocka_unit_test(test_release_same_bf16),
         cmocka_unit_test(test_checkpoint_same_bf16),
         cmocka_unit_test(test_side_stream_same_bf16),
+        cmocka_unit_test(test_lora_fuse_off_bf16),
         cmocka_unit_test(test_frozen_bf16_per_step),
     };
     return cmocka_run_group_tests_name("test_cuda_step", tests, NULL, NULL);

@@ -218,7 +218,9 @@ static void test_cross_entropy_wide(void **state) {
  * counts that leave a partial 16-row block; dropout (du in its own buffer, dX's adapter share
  * apart) and a bias; and shapes the kernel declines (N 100, r 8), which take the conversion and a
  * separate product. NF4 base (block 64),
- * bf16 math, each element within the magnitude bound (test_cuda_ops.c). Variant v is case v. */
+ * bf16 math, each element within the magnitude bound (test_cuda_ops.c). Every case runs twice: as
+ * the op picks its path, then with LOQUAT_CUDA_LORA_FUSE=0 (no one-product forward, no dY / du
+ * kernel). Variant v is case v. */
 static int g_lora_variant;
 
 static lq_tensor *lora_wide_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
@@ -271,10 +273,15 @@ static void test_lora_bf16_wide(void **state) {
     assert_non_null(cu);
     int op = lq_op_find("lora_linear"), fails = 0;
     assert_true(op >= 0);
-    for (int k = 0; k < N_CASES; k++) {
-        g_lora_variant = k;
-        fails += run_case(g_cpu, cu, op, k, case_seed(op, k, 11), 1e-3, TOL_BF16, "bf16 wide", lora_wide_make);
+    for (int fuse = 1; fuse >= 0; fuse--) { /* then LOQUAT_CUDA_LORA_FUSE=0: without the two fusions */
+        if (!fuse) setenv("LOQUAT_CUDA_LORA_FUSE", "0", 1);
+        for (int k = 0; k < N_CASES; k++) {
+            g_lora_variant = k;
+            fails += run_case(g_cpu, cu, op, k, case_seed(op, k, 11), 1e-3, TOL_BF16,
+                              fuse ? "bf16 wide" : "bf16 wide, unfused", lora_wide_make);
+        }
     }
+    unsetenv("LOQUAT_CUDA_LORA_FUSE");
     lq_ctx_free(cu);
     if (fails) fail_msg("lora_linear [bf16 wide]: %d comparison(s) failed (tol %.3g x magnitude)", fails, TOL_BF16);
 }
