@@ -9,13 +9,15 @@
 #include <string.h>
 
 #include "autograd/cuda_impl.h"
+#include "core/cuda.h"
 #include "core/cuda_check.h"
 
 extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n);
 extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n);
 /* the opt-in flash path (bf16 math, LOQUAT_FLASH_ATTN=1): cuda_attention_flash*.cu */
 extern "C" lq_status lq_cuda_flash_attn_fwd(lq_ctx *ctx, lq_node *n, float *L, const int32_t *doc);
-extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, float *gk, float *gv);
+extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, float *gk, float *gv,
+                                            const int acc[3]);
 
 /* Layout (op_attention.c): q (B, T, Hq, D), k / v (B, T, Hkv, D) (contiguous from the entry, but
  * read through their byte strides nb[]), out like q; in[3] doc ids (B, T) i32 on the host when
@@ -421,7 +423,8 @@ extern "C" lq_status lq_cuda_attention_fwd(lq_ctx *ctx, lq_node *n) {
  * Q and dO are first copied into (B, Hq, T, D) order, where the unit's g heads make a (g T, D)
  * matrix. (Per head, g calls of T x D outputs ran at about 50 TFLOP/s on an H100, 2.8 ms of a
  * 1B step.) */
-static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq, float *gk, float *gv) {
+static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq, float *gk, float *gv,
+                         const int acc[3]) {
     head_view q, k, v;
     LQ_TRY(view_of(ctx, n->in[0], &q));
     LQ_TRY(view_of(ctx, n->in[1], &k));
@@ -488,31 +491,48 @@ static lq_status bwd_body(lq_ctx *ctx, lq_node *n, const attn_dims *d, float *gq
             S, G, L, np * T, T, p0, d->Hq, doc, causal);
         LQ_CUDA_LAUNCHED(ctx, "attention softmax backward");
         if (gq) /* (T, D) += scale dS (T, T) K (T, D) */
-            LQ_TRY(bgemm(ctx, fast, false, false, T, d->D, T, scale, ARR(jg) + p0, T, ARR(jk) + p0, k.ld, 1.0f,
-                         ARR(jdq) + p0, dq.ld, np));
+            LQ_TRY(bgemm(ctx, fast, false, false, T, d->D, T, scale, ARR(jg) + p0, T, ARR(jk) + p0, k.ld,
+                         acc[0] ? 1.0f : 0.0f, ARR(jdq) + p0, dq.ld, np));
         if (gv) /* (T, D) += [P_0; ..; P_g-1]^T (T, g T) [dO_0; ..; dO_g-1] (g T, D) */
-            LQ_TRY(bgemm(ctx, fast, true, false, T, D, g * T, 1.0f, ARR(jsr) + u0, T, ARR(jdot) + u0, D, 1.0f,
-                         ARR(jdv) + u0, dv.ld, nu));
+            LQ_TRY(bgemm(ctx, fast, true, false, T, D, g * T, 1.0f, ARR(jsr) + u0, T, ARR(jdot) + u0, D,
+                         acc[2] ? 1.0f : 0.0f, ARR(jdv) + u0, dv.ld, nu));
         if (gk) /* (T, D) += scale [dS_0; ..]^T (T, g T) [Q_0; ..] (g T, D) */
-            LQ_TRY(bgemm(ctx, fast, true, false, T, D, g * T, scale, ARR(jgr) + u0, T, ARR(jqt) + u0, D, 1.0f,
-                         ARR(jdk) + u0, dk.ld, nu));
+            LQ_TRY(bgemm(ctx, fast, true, false, T, D, g * T, scale, ARR(jgr) + u0, T, ARR(jqt) + u0, D,
+                         acc[1] ? 1.0f : 0.0f, ARR(jdk) + u0, dk.ld, nu));
     }
 #undef ARR
     return LQ_OK;
 }
 
+/* The gradients of q, k and v are added into, or, where one is a fresh pool block
+ * (lq_grad_get_fresh: not zeroed), assigned by the same products and kernels (beta 0, acc 0):
+ * every element is written once, and the block needs no memset (25 MB per layer at the 1B shape).
+ * Not when two inputs are one tensor (self-attention on x, x, x): their gradients share a buffer
+ * that several products add into. */
 extern "C" lq_status lq_cuda_attention_bwd(lq_ctx *ctx, lq_node *n) {
-    float *gq, *gk, *gv;
+    float *g[3];
+    int acc[3] = {1, 1, 1};
+    const bool alias = n->in[0] == n->in[1] || n->in[0] == n->in[2] || n->in[1] == n->in[2];
     /* the gradients first: a first-use buffer comes from the arena and must outlive the mark */
-    LQ_TRY(lq_grad_get(ctx, n->in[0], &gq));
-    LQ_TRY(lq_grad_get(ctx, n->in[1], &gk));
-    LQ_TRY(lq_grad_get(ctx, n->in[2], &gv));
-    if (lq_numel(n->out) == 0 || (!gq && !gk && !gv)) return LQ_OK;
+    for (int i = 0; i < 3; i++) {
+        bool fresh = false;
+        if (alias) LQ_TRY(lq_grad_get(ctx, n->in[i], &g[i]));
+        else LQ_TRY(lq_grad_get_fresh(ctx, n->in[i], &g[i], &fresh));
+        acc[i] = fresh ? 0 : 1;
+    }
+    float *gq = g[0], *gk = g[1], *gv = g[2];
+    if (lq_numel(n->out) == 0 || (!gq && !gk && !gv)) {
+        for (int i = 0; i < 3; i++) /* nothing to assign: a fresh block is zeroed */
+            if (g[i] && !acc[i])
+                LQ_TRY(lq_cuda_memset(g[i], 0, (size_t)lq_numel(n->in[i]) * sizeof(float), lq_cuda_stream(ctx),
+                                      &ctx->err));
+        return LQ_OK;
+    }
     if (!n->saved[1]) return LQ_ERR(&ctx->err, LQ_ERR_STATE, "attention: backward without the saved row logsumexp");
     attn_dims d = dims_of(n);
     lq_ctx_mark mark = lq_ctx_get_mark(ctx);
-    lq_status s = lq_cuda_flash_attn_wanted(ctx, n) ? lq_cuda_flash_attn_bwd(ctx, n, gq, gk, gv)
-                                                    : bwd_body(ctx, n, &d, gq, gk, gv);
+    lq_status s = lq_cuda_flash_attn_wanted(ctx, n) ? lq_cuda_flash_attn_bwd(ctx, n, gq, gk, gv, acc)
+                                                    : bwd_body(ctx, n, &d, gq, gk, gv, acc);
     lq_ctx_reset_to(ctx, mark); /* scores, dS, pointers: every kernel reading them is queued */
     return s;
 }

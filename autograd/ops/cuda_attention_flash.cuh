@@ -79,7 +79,8 @@ typedef struct fa_args {
     const float *q, *k, *v, *dO;
     float *o; /* forward: written; backward: read (Dv = rowsum(dO O)) */
     int64_t qsb, qsh, qld, ksb, ksh, kld, vsb, vsh, vld, osb, osh, old, dsb, dsh, dld;
-    float *gq, *gk, *gv; /* backward: += (NULL: not wanted) */
+    float *gq, *gk, *gv; /* backward: += (NULL: not wanted); = where the acc flag below is 0 */
+    int accq, acck, accv; /* backward: 0: the buffer is fresh (garbage), its elements are assigned */
     float *L;            /* forward: written when not NULL; backward: read */
     const float *Dv;     /* backward: rowsum(dO O) per query row */
     const int32_t *doc;  /* (B, T) doc ids on the device, or NULL */

@@ -4,7 +4,8 @@
  * buffers. Selected with the forward (lq_cuda_flash_attn_wanted, cuda_attention_flash.cu). */
 #include "autograd/ops/cuda_attention_flash.cuh"
 
-extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, float *gk, float *gv);
+extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, float *gk, float *gv,
+                                            const int acc[3]);
 
 /* op_attention.c's derivation, per pair (b, h), kv head kh = h / g, with S = scale Q K^T,
  * P = exp(S - L) (0 where masked or L = +INF), O = P V:
@@ -115,17 +116,18 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_kv(fa_args a, i
             }
         } else {
             for (int d = lane; d < D; d += 32) {
-                if (a.gk) a.gk[off + d] += a.scale * dKs[row * ldo + d];
-                if (a.gv) a.gv[off + d] += dVs[row * ldo + d];
+                if (a.gk) a.gk[off + d] = (a.acck ? a.gk[off + d] : 0.0f) + a.scale * dKs[row * ldo + d];
+                if (a.gv) a.gv[off + d] = (a.accv ? a.gv[off + d] : 0.0f) + dVs[row * ldo + d];
             }
         }
     }
 }
 
 /* g[i] += f sum_s part[s n + i] for s = 0 .. hs - 1 in order (the partial dK or dV of the hs query
- * heads of a kv group, k_flash_bwd_kv): four floats per thread step (n % 4 == 0, 16-byte aligned
- * buffers: the caller checks), grid-stride. */
-__global__ static void __launch_bounds__(256) k_flash_kv_sum(float *g, const float *part, int64_t n, int hs, float f) {
+ * heads of a kv group, k_flash_bwd_kv); acc_g 0: g[i] = 0 + that (a fresh g). Four floats per
+ * thread step (n % 4 == 0, 16-byte aligned buffers: the caller checks), grid-stride. */
+__global__ static void __launch_bounds__(256)
+    k_flash_kv_sum(float *g, const float *part, int64_t n, int hs, float f, int acc_g) {
     const int64_t n4 = n / 4;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
         float4 acc = ((const float4 *)part)[i];
@@ -136,7 +138,7 @@ __global__ static void __launch_bounds__(256) k_flash_kv_sum(float *g, const flo
             acc.z += x.z;
             acc.w += x.w;
         }
-        float4 y = ((float4 *)g)[i];
+        float4 y = acc_g ? ((float4 *)g)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         y.x += f * acc.x;
         y.y += f * acc.y;
         y.z += f * acc.z;
@@ -196,7 +198,8 @@ __global__ static void __launch_bounds__(FA_THREADS) k_flash_bwd_q(fa_args a) {
         const int row = 16 * w + rr;
         if (q0 + row >= T) break; /* uniform over the warp */
         for (int d = lane; d < D; d += 32)
-            gh[(int64_t)(q0 + row) * a.Hq * D + d] += a.scale * dQs[row * ldo + d];
+            gh[(int64_t)(q0 + row) * a.Hq * D + d] =
+                (a.accq ? gh[(int64_t)(q0 + row) * a.Hq * D + d] : 0.0f) + a.scale * dQs[row * ldo + d];
     }
 }
 
@@ -222,9 +225,11 @@ static bool kv_split(const fa_args *a, int64_t blocks, const float *gk, const fl
 }
 
 /* gq / gk / gv (NULL: not wanted; else device buffers of the inputs' contiguous shapes) +=
- * the gradients from out's gradient, L = saved[1] and the doc ids (saved[2], or uploaded here).
+ * the gradients from out's gradient, L = saved[1] and the doc ids (saved[2], or uploaded here);
+ * acc[i] 0: that buffer is fresh and is assigned instead (every element written).
  * Scratch (Dv, a doc copy) comes from the device arena: the caller resets it afterwards. */
-extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, float *gk, float *gv) {
+extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, float *gk, float *gv,
+                                            const int acc[3]) {
     fa_args a;
     const float *op;
     if (!fa_args_of(n, &a) || !fa_view(n->out, &op, &a.osb, &a.osh, &a.old))
@@ -239,6 +244,9 @@ extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, 
     a.gq = gq;
     a.gk = gk;
     a.gv = gv;
+    a.accq = acc[0];
+    a.acck = acc[1];
+    a.accv = acc[2];
     a.L = (float *)n->saved[1];
     a.doc = (const int32_t *)n->saved[2];
     if (!a.doc && n->n_in > 3 && !(a.doc = lq_cuda_upload_i32(ctx, n->in[3]))) return ctx->err.status;
@@ -267,7 +275,8 @@ extern "C" lq_status lq_cuda_flash_attn_bwd(lq_ctx *ctx, lq_node *n, float *gq, 
             float *g = t ? gv : gk, *part = t ? pv : pk;
             if (!g) continue;
             const int64_t b4 = (nk / 4 + 255) / 256;
-            k_flash_kv_sum<<<(unsigned)(b4 < 4096 ? b4 : 4096), 256, 0, st>>>(g, part, nk, hs, t ? 1.0f : a.scale);
+            k_flash_kv_sum<<<(unsigned)(b4 < 4096 ? b4 : 4096), 256, 0, st>>>(g, part, nk, hs, t ? 1.0f : a.scale,
+                                                                              t ? a.accv : a.acck);
             LQ_CUDA_LAUNCHED(ctx, "flash attention dK dV group sum");
         }
     }

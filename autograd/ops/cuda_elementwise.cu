@@ -5,6 +5,7 @@
 
 #include "autograd/cuda_impl.h"
 #include "autograd/ops/cuda_loop.cuh"
+#include "core/cuda.h"
 #include "core/cuda_check.h"
 
 extern "C" {
@@ -256,15 +257,31 @@ static lq_status add_fwd(lq_ctx *ctx, lq_node *n) { return bcast_fwd(ctx, n, 0);
 static lq_status sub_fwd(lq_ctx *ctx, lq_node *n) { return bcast_fwd(ctx, n, 1); }
 static lq_status mul_fwd(lq_ctx *ctx, lq_node *n) { return bcast_fwd(ctx, n, 2); }
 
+__global__ static void k_scale(float *y, const float *x, float s, int64_t m);
+
 /* add: da += dy, db += dy; sub: da += dy, db -= dy (each summed over its broadcast dims). An
- * unbroadcast a may take dy's block itself, as on the CPU (op_add.c, lq_grad_adopt). */
+ * unbroadcast a may take dy's block itself, as on the CPU (op_add.c, lq_grad_adopt). An input
+ * whose gradient is a fresh pool block (lq_grad_get_fresh: not zeroed) of out's shape gets dy
+ * (or -dy) assigned: a copy instead of zeroing the block and reading the zeros back (in a
+ * residual stream, the branch's side of each add: 32 of a 1B step's memsets). */
 static lq_status addsub_bwd(lq_ctx *ctx, lq_node *n, float sign_b) {
     const float *gy = (const float *)n->out->grad->data;
     for (int i = 0; i < 2; i++) {
         if (i == 0 && lq_same_shape(n->in[0], n->out) && lq_grad_adopt(ctx, n->in[0], n->out)) continue;
         float *g;
-        LQ_TRY(lq_grad_get(ctx, n->in[i], &g));
-        if (g) LQ_TRY(bcast_acc(ctx, g, n->in[i], n->out, gy, NULL, i == 0 ? 1.0f : sign_b));
+        bool fresh;
+        LQ_TRY(lq_grad_get_fresh(ctx, n->in[i], &g, &fresh));
+        if (!g) continue;
+        const float sign = i == 0 ? 1.0f : sign_b;
+        int64_t m = lq_numel(n->in[i]);
+        if (fresh && lq_same_shape(n->in[i], n->out)) {
+            if (sign == 1.0f) LQ_CU(&ctx->err, cudaMemcpyAsync(g, gy, (size_t)m * sizeof(float), cudaMemcpyDeviceToDevice,
+                                                               STREAM(ctx)));
+            else LAUNCH(ctx, "sub backward", k_scale, m, g, gy, sign, m);
+            continue;
+        }
+        if (fresh) LQ_TRY(lq_cuda_memset(g, 0, (size_t)m * sizeof(float), STREAM(ctx), &ctx->err));
+        LQ_TRY(bcast_acc(ctx, g, n->in[i], n->out, gy, NULL, sign));
     }
     return LQ_OK;
 }

@@ -7,6 +7,7 @@
 
 #include "autograd/cuda_impl.h"
 #include "autograd/ops/cuda_block.cuh"
+#include "core/cuda.h"
 #include "core/cuda_check.h"
 
 /* attention lives in cuda_attention.cu; its table entry is here */
@@ -362,16 +363,22 @@ __global__ static void k_ce_total(const double *loss, float *y, int64_t N, int64
  * the device scalar gradient of the loss. Rows along grid y, each row's columns along grid x (no
  * per-element division of a flat index). */
 __global__ static void k_ce_bwd(const float *x, const int32_t *t, const float *lse, const float *gout, float *gx,
-                                int64_t N, int64_t V, int32_t ignore, int64_t count, int sum_red) {
+                                int64_t N, int64_t V, int32_t ignore, int64_t count, int sum_red, int acc) {
     double g = gout[0];
     float scale = (float)(sum_red ? g : g / (double)count);
     for (int64_t r = blockIdx.y; r < N; r += gridDim.y) {
         const int32_t tr = t[r];
-        if (tr == ignore) continue;
-        const float l = lse[r], *xr = x + r * V;
         float *gr = gx + r * V;
+        if (tr == ignore) {
+            if (!acc) /* a fresh gradient: the ignored row's zeros are written too */
+                for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < V;
+                     k += (int64_t)gridDim.x * blockDim.x)
+                    gr[k] = 0.0f;
+            continue;
+        }
+        const float l = lse[r], *xr = x + r * V;
         for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < V; k += (int64_t)gridDim.x * blockDim.x) {
-            float v = gr[k] + scale * expf(xr[k] - l);
+            float v = (acc ? gr[k] : 0.0f) + scale * expf(xr[k] - l);
             if (k == tr) v -= scale;
             gr[k] = v;
         }
@@ -404,13 +411,17 @@ static lq_status cross_entropy_fwd(lq_ctx *ctx, lq_node *n) {
     return LQ_OK;
 }
 
+/* dx += (softmax(x) - onehot(t)) dy / count on each counted row; assigned (ignored rows zeroed)
+ * into a fresh gradient block, which then needs no memset of its own. */
 static lq_status cross_entropy_bwd(lq_ctx *ctx, lq_node *n) {
     float *gx;
-    LQ_TRY(lq_grad_get(ctx, n->in[0], &gx));
+    bool fresh;
+    LQ_TRY(lq_grad_get_fresh(ctx, n->in[0], &gx, &fresh));
     if (!gx) return LQ_OK;
     const lq_tensor *lt = n->in[0];
     int64_t V = lt->ne[lt->ndim - 1], N = lq_numel(n->in[1]), count = n->ip[2];
-    if (count == 0 || N * V == 0) return LQ_OK;
+    if (count == 0 || N * V == 0)
+        return fresh ? lq_cuda_memset(gx, 0, (size_t)lq_numel(lt) * sizeof(float), stream_of(ctx), &ctx->err) : LQ_OK;
     const float *x = (const float *)lt->data;
     const int32_t *t = lq_cuda_upload_i32(ctx, n->in[1]);
     if (!t) return ctx->err.status;
@@ -427,7 +438,7 @@ static lq_status cross_entropy_bwd(lq_ctx *ctx, lq_node *n) {
     dim3 grid((unsigned)(bx < 1024 ? bx : 1024), (unsigned)(N < 65535 ? N : 65535));
     k_ce_bwd<<<grid, LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(
         x, t, lse, (const float *)n->out->grad->data, gx, N, V, (int32_t)n->ip[0], count,
-        n->ip[1] == LQ_REDUCE_SUM ? 1 : 0);
+        n->ip[1] == LQ_REDUCE_SUM ? 1 : 0, fresh ? 0 : 1);
     LQ_CUDA_LAUNCHED(ctx, "cross_entropy backward");
     return LQ_OK;
 }

@@ -22,6 +22,11 @@
 
 static uint64_t g_seed;
 static lq_ctx *g_cpu, *g_cu; /* the CPU reference and a CUDA context in fp32 mode */
+/* run_case with g_fresh_grads: on the GPU each f32 input that needs a gradient goes through a
+ * scale by 1 (exact both ways) in a context that releases gradients, as the trainer runs, so the
+ * op's backward gets fresh pool blocks for its inputs' gradients (NaN-poisoned, not zeroed: an op
+ * that assigns into them must write every element, one that adds must zero them first) */
+static bool g_fresh_grads;
 
 /* Per-op nmse bounds for fp32 mode (LQ_CUDA_MATH_FP32), each with its reason. A one-ulp difference
  * per element is an nmse of ~1e-14; these leave room for summation order and libm differences,
@@ -322,12 +327,25 @@ static int run_case(lq_ctx *cpu, lq_ctx *cu, int op, int k, uint64_t seed, doubl
         print_error("%s: CPU forward failed: %s\n", tag, ctx_msg(cpu));
         return 1;
     }
-    lq_tensor *yg = c.call(cu, din, c.n_in, &c);
+    lq_tensor *gin[LQ_MAX_INPUTS] = {0}; /* what the GPU op reads: din, or din scaled by 1 */
+    lq_ctx_set_release_grads(cu, g_fresh_grads);
+    for (int i = 0; i < c.n_in; i++) {
+        gin[i] = din[i];
+        if (g_fresh_grads && din[i] && din[i]->dtype == LQ_DTYPE_F32 && lq_requires_grad(din[i]) &&
+            !(gin[i] = lq_scale(cu, din[i], 1.0f))) {
+            print_error("%s: input %d through a scale: %s\n", tag, i, ctx_msg(cu));
+            lq_ctx_set_release_grads(cu, false);
+            return 1;
+        }
+    }
+    lq_tensor *yg = c.call(cu, gin, c.n_in, &c);
     if (!yg) {
         print_error("%s: GPU forward failed: %s\n", tag, ctx_msg(cu));
+        lq_ctx_set_release_grads(cu, false);
         return 1;
     }
     if (!lq_same_shape(yc, yg) || yg->device != LQ_DEVICE_CUDA) {
+        lq_ctx_set_release_grads(cu, false);
         char a[64], b[64];
         print_error("%s: GPU output %s (device %d), CPU %s\n", tag, lq_shape_str(yg, a, sizeof a), (int)yg->device,
                     lq_shape_str(yc, b, sizeof b));
@@ -354,9 +372,11 @@ static int run_case(lq_ctx *cpu, lq_ctx *cu, int op, int k, uint64_t seed, doubl
         }
         if (!rg || lq_backward_from(cu, yg, rg) != LQ_OK) {
             print_error("%s: GPU backward failed: %s\n", tag, ctx_msg(cu));
+            lq_ctx_set_release_grads(cu, false);
             return 1;
         }
     }
+    lq_ctx_set_release_grads(cu, false);
 
     /* the magnitude reference (tf32 / bf16 modes), on the CPU context after both backwards */
     float *mag[1 + LQ_MAX_INPUTS] = {0};

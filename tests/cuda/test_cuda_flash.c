@@ -4,7 +4,8 @@
  * causal / not, doc ids, GQA groups 1 / 2 / 4, T off the 64-row tiles (1, 17, 70, 130), D 16 / 32 /
  * 64, B 1-2; the dK / dV kernel both per query head (partials summed per group) and per kv group
  * (LOQUAT_FLASH_KV_SPLIT=1 / 0). One more pass runs the flash forward and the cuBLAS backward
- * (cuda_attention.cu) on its L. Every case first asserts that the node took the flash path, so a selection that silently
+ * (cuda_attention.cu) on its L. A last one runs both backwards with fresh (unzeroed, poisoned)
+ * gradient blocks for q, k and v, which they assign instead of adding into (g_fresh). Every case first asserts that the node took the flash path, so a selection that silently
  * fell back cannot pass here. Outputs are NaN-poisoned (poison = true).
  *
  * The bound. Every operand of the flash products is rounded to bf16 (u = 2^-9) and accumulated in
@@ -33,6 +34,10 @@
 
 static uint64_t g_seed;
 static lq_ctx *g_cpu, *g_cu; /* the CPU reference and a CUDA context in bf16 mode */
+/* q, k and v through a scale by 1 (exact) in a context that releases gradients, as the trainer
+ * runs: their gradients are then fresh pool blocks (NaN-poisoned, not zeroed), which the backward
+ * kernels assign instead of adding into */
+static bool g_fresh;
 static double g_worst_nmse, g_worst_elem;
 
 typedef struct flash_case {
@@ -173,10 +178,10 @@ static int run_case(const flash_case *fc, int k, bool flash_bwd) {
     uint64_t seed = lq_mix64(g_seed * 1000003u + (uint64_t)k * 131u + (flash_bwd ? 0u : 7u));
     lq_rng rng;
     lq_rng_seed(&rng, seed);
-    char tag[200];
-    snprintf(tag, sizeof tag, "case %d%s (B %lld T %lld Hq %lld Hkv %lld D %lld causal %d doc %d, seed %llu)", k,
-             flash_bwd ? "" : " cuBLAS backward", (long long)fc->B, (long long)fc->T, (long long)fc->Hq,
-             (long long)fc->Hkv, (long long)fc->D, fc->causal, fc->doc, (unsigned long long)seed);
+    char tag[240];
+    snprintf(tag, sizeof tag, "case %d%s%s (B %lld T %lld Hq %lld Hkv %lld D %lld causal %d doc %d, seed %llu)", k,
+             flash_bwd ? "" : " cuBLAS backward", g_fresh ? " fresh gradients" : "", (long long)fc->B,
+             (long long)fc->T, (long long)fc->Hq, (long long)fc->Hkv, (long long)fc->D, fc->causal, fc->doc, (unsigned long long)seed);
     int64_t qs[4] = {fc->B, fc->T, fc->Hq, fc->D}, ks[4] = {fc->B, fc->T, fc->Hkv, fc->D};
     lq_tensor *q = lq_new_leaf(cpu, 4, qs, true), *kk = lq_new_leaf(cpu, 4, ks, true);
     lq_tensor *v = lq_new_leaf(cpu, 4, ks, true);
@@ -209,8 +214,15 @@ static int run_case(const flash_case *fc, int k, bool flash_bwd) {
         return 1;
     }
     lq_attn_params pg = {0.0f, fc->causal, dg}; /* the doc ids stay a host tensor, as the op takes them */
+    lq_tensor *qa = qg, *ka = kg, *va = vg;
+    lq_ctx_set_release_grads(cu, g_fresh);
+    if (g_fresh && (!(qa = lq_scale(cu, qg, 1.0f)) || !(ka = lq_scale(cu, kg, 1.0f)) || !(va = lq_scale(cu, vg, 1.0f)))) {
+        print_error("%s: scale: %s\n", tag, ctx_msg(cu));
+        lq_ctx_set_release_grads(cu, false);
+        return 1;
+    }
     flash_env(true);
-    lq_tensor *yg = lq_attention(cu, qg, kg, vg, &pg);
+    lq_tensor *yg = lq_attention(cu, qa, ka, va, &pg);
     if (!yg || !yg->node || !lq_cuda_flash_attn_wanted(cu, yg->node)) {
         print_error("%s: the flash path was not taken: %s\n", tag,
                     yg ? "lq_cuda_flash_attn_wanted is false" : ctx_msg(cu));
@@ -220,6 +232,7 @@ static int run_case(const flash_case *fc, int k, bool flash_bwd) {
     if (!flash_bwd) flash_env(false);
     lq_status s = lq_backward_from(cu, yg, rg);
     flash_env(false);
+    lq_ctx_set_release_grads(cu, false);
     if (s != LQ_OK) {
         print_error("%s: GPU backward: %s\n", tag, ctx_msg(cu));
         return 1;
@@ -285,6 +298,20 @@ static void test_flash_fwd_cublas_bwd(void **state) {
     run_all(false);
 }
 
+/* Both backwards (the flash one with the dK / dV partials, then grouped; the cuBLAS one) into
+ * fresh gradient blocks: an element they skip stays NaN */
+static void test_flash_fresh_grads(void **state) {
+    (void)state;
+    g_fresh = true;
+    setenv("LOQUAT_FLASH_KV_SPLIT", "1", 1);
+    run_all(true);
+    setenv("LOQUAT_FLASH_KV_SPLIT", "0", 1);
+    run_all(true);
+    unsetenv("LOQUAT_FLASH_KV_SPLIT");
+    run_all(false);
+    g_fresh = false;
+}
+
 static int group_setup(void **state) {
     (void)state;
     g_cpu = lq_cuda_test_ctx(LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32);
@@ -307,6 +334,7 @@ int main(void) {
         cmocka_unit_test(test_flash),
         cmocka_unit_test(test_flash_kv_grouped),
         cmocka_unit_test(test_flash_fwd_cublas_bwd),
+        cmocka_unit_test(test_flash_fresh_grads),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -33,6 +33,27 @@ static void test_op(void **state) {
     if (fails) fail_msg("%s: %d comparison(s) failed (bound %.0e: %s)", def->name, fails, b->nmse, b->why);
 }
 
+/* Every op again, its inputs' gradients fresh pool blocks (g_fresh_grads, ops_harness.h): the
+ * trainer's setting, where swiglu, rope, the QLoRA linear, add / sub, attention and cross-entropy
+ * assign their gradients instead of zeroing and adding. The same bounds as test_op. */
+static void test_all_fresh_grads(void **state) {
+    (void)state;
+    int fails = 0, n_ops = lq_op_count();
+    g_fresh_grads = true;
+    for (int op = 0; op < n_ops; op++) {
+        const lq_op_def *def = lq_op_table[op];
+        const op_bound *b = bound_of(def->name);
+        if (!b || !def->gc_make || !lq_op_backward_for(g_cu, def)) continue; /* test_op fails these */
+        int f = 0;
+        for (int k = 0; k < N_CASES; k++)
+            f += run_case(g_cpu, g_cu, op, k, case_seed(op, k, 9), b->nmse, 0.0, "fp32, fresh gradients", NULL);
+        if (f) print_error("%s with fresh gradients: %d comparison(s) failed (bound %.0e)\n", def->name, f, b->nmse);
+        fails += f;
+    }
+    g_fresh_grads = false;
+    if (fails) fail_msg("%d comparison(s) failed with fresh gradient blocks", fails);
+}
+
 /* The gemm-based ops again with tensor-core inputs, each element checked against the standard
  * bound of a product of rounded operands: |gpu - cpu| <= tol * M (+ 1e-30), M the magnitude
  * reference (magnitude_run: the same sums over absolute values). An nmse relative to ||cpu||^2 is
@@ -170,12 +191,13 @@ int main(void) {
         printf("test_cuda_ops: %d ops, room for %d\n", n_ops, (int)(sizeof g_op_index / sizeof g_op_index[0]));
         return 1;
     }
-    struct CMUnitTest tests[64 + 5];
+    struct CMUnitTest tests[64 + 6];
     int n = 0;
     for (int i = 0; i < n_ops; i++) {
         g_op_index[i] = i;
         tests[n++] = (struct CMUnitTest){lq_op_name(i), test_op, NULL, NULL, &g_op_index[i]};
     }
+    tests[n++] = (struct CMUnitTest){"all_fresh_grads", test_all_fresh_grads, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"matmul_tf32", test_matmul_tf32, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"matmul_bf16", test_matmul_bf16, NULL, NULL, NULL};
     tests[n++] = (struct CMUnitTest){"lora_bnb4_tf32", test_lora_bnb4_tf32, NULL, NULL, NULL};

@@ -15,6 +15,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <string>
 #include <sys/sysinfo.h>
 #include <time.h>
 #include <utility>
@@ -88,12 +89,15 @@ namespace {
 struct host_counts {
     long long kernels, gemms, memsets, d2d, copies, events, syncs;
 } g_hc;
+std::map<std::string, long long> g_hc_names; /* with LQ_CUDA_EMU_STATS too: launches per kernel */
+bool g_hc_by_name;
 
 void print_host_counts() {
     fprintf(stderr,
             "lq_cuda_emu host-only: %lld kernel launches, %lld cuBLAS calls, %lld memsets, %lld device copies "
             "(all skipped); %lld host <-> device copies, %lld event records / waits, %lld synchronizes\n",
             g_hc.kernels, g_hc.gemms, g_hc.memsets, g_hc.d2d, g_hc.copies, g_hc.events, g_hc.syncs);
+    for (const auto &kv : g_hc_names) fprintf(stderr, "  %-40s %10lld\n", kv.first.c_str(), kv.second);
 }
 
 bool host_only() {
@@ -101,6 +105,8 @@ bool host_only() {
     if (v < 0) {
         const char *e = getenv("LQ_CUDA_EMU_HOST_ONLY");
         v = e && *e && strcmp(e, "0") != 0;
+        const char *st = getenv("LQ_CUDA_EMU_STATS");
+        g_hc_by_name = v && st && *st && strcmp(st, "0") != 0;
         if (v) atexit(print_host_counts);
     }
     return v != 0;
@@ -112,6 +118,7 @@ bool skip_work(const char *what) {
     if (!strncmp(what, "cublas", 6)) g_hc.gemms++;
     else if (!strcmp(what, "cudaMemsetAsync")) g_hc.memsets++;
     else g_hc.kernels++;
+    if (g_hc_by_name) g_hc_names[what]++;
     return true;
 }
 } // namespace
