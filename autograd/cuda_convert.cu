@@ -75,8 +75,7 @@ __global__ static void k_to_bf16_pair(__nv_bfloat16 *d0, const float *s0, int64_
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
-extern "C" lq_status lq_cuda_to_bf16_packed(lq_ctx *ctx, void *dst, const float *s, int64_t n) {
-    cudaStream_t st = STREAM(ctx);
+static lq_status packed_on(lq_ctx *ctx, cudaStream_t st, void *dst, const float *s, int64_t n) {
     __nv_bfloat16 *d = (__nv_bfloat16 *)dst;
     int64_t head = 0;
     if (aligned16(d) && aligned16(s) && n >= 8) {
@@ -92,15 +91,19 @@ extern "C" lq_status lq_cuda_to_bf16_packed(lq_ctx *ctx, void *dst, const float 
     return LQ_OK;
 }
 
-extern "C" lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
-                                     int64_t cols) {
+extern "C" lq_status lq_cuda_to_bf16_packed(lq_ctx *ctx, void *dst, const float *s, int64_t n) {
+    return packed_on(ctx, STREAM(ctx), dst, s, n);
+}
+
+extern "C" lq_status lq_cuda_to_bf16_on(lq_ctx *ctx, bool side, void *dst, int64_t ldd, const float *src, int64_t lds,
+                                        int64_t rows, int64_t cols) {
     if (rows <= 0 || cols <= 0) return LQ_OK;
     LQ_CHECK(&ctx->err, ldd >= cols && lds >= cols, LQ_ERR_ARG, "to bf16: row strides %lld / %lld under %lld columns",
              (long long)ldd, (long long)lds, (long long)cols);
     __nv_bfloat16 *d = (__nv_bfloat16 *)dst;
-    if ((ldd == cols && lds == cols) || rows == 1) return lq_cuda_to_bf16_packed(ctx, d, src, rows * cols);
+    cudaStream_t st = (cudaStream_t)(side ? lq_cuda_side_stream(ctx) : lq_cuda_stream(ctx));
+    if ((ldd == cols && lds == cols) || rows == 1) return packed_on(ctx, st, d, src, rows * cols);
     dim3 grid(1, (unsigned)(rows < 65535 ? rows : 65535));
-    cudaStream_t st = STREAM(ctx);
     if (cols % 8 == 0 && ldd % 8 == 0 && lds % 4 == 0 && aligned16(d) && aligned16(src)) {
         grid.x = lq_cuda_blocks(cols / 8);
         k_rows_to_bf16_v8<<<grid, LQ_CUDA_THREADS, 0, st>>>(d, ldd, src, lds, rows, cols / 8);
@@ -110,6 +113,11 @@ extern "C" lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const 
     }
     LQ_CUDA_LAUNCHED(ctx, "to bf16 (rows)");
     return LQ_OK;
+}
+
+extern "C" lq_status lq_cuda_to_bf16(lq_ctx *ctx, void *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows,
+                                     int64_t cols) {
+    return lq_cuda_to_bf16_on(ctx, false, dst, ldd, src, lds, rows, cols);
 }
 
 extern "C" lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, bool side, void *d0, const float *s0, int64_t n0, void *d1,

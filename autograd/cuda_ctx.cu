@@ -375,7 +375,7 @@ static const lq_tensor *act_owner(const lq_tensor *t) {
     return t && t->node ? t : NULL;
 }
 
-extern "C" void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) {
+static void *act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld, bool side) {
     lq_cuda_state *c = ctx->cuda;
     const float *src = (const float *)x->data;
     int64_t n = lq_numel(x), K = x->ndim > 0 ? x->ne[x->ndim - 1] : 1, rows = K > 0 ? n / K : 0;
@@ -384,7 +384,7 @@ extern "C" void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) 
     if (n <= 0) return lq_ctx_dalloc(ctx, sizeof(__nv_bfloat16)); /* nothing to convert */
     if (!act_owner(x) || !lq_is_contiguous(x)) { /* into the arena (x's elements read as packed) */
         __nv_bfloat16 *d = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)room * sizeof(__nv_bfloat16));
-        return d && lq_cuda_to_bf16(ctx, d, *ld, src, K, rows, K) == LQ_OK ? d : NULL;
+        return d && lq_cuda_to_bf16_on(ctx, side, d, *ld, src, K, rows, K) == LQ_OK ? d : NULL;
     }
     act16 *a = &c->act;
     uint64_t epoch = lq_cuda_free_epoch();
@@ -398,13 +398,19 @@ extern "C" void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) 
         epoch = lq_cuda_free_epoch();
     }
     a->converted++;
-    if (lq_cuda_to_bf16(ctx, a->buf, *ld, src, K, rows, K) != LQ_OK) return NULL;
+    if (lq_cuda_to_bf16_on(ctx, side, a->buf, *ld, src, K, rows, K) != LQ_OK) return NULL;
     a->ld = *ld;
     a->src = src;
     a->n = n;
     a->gen = ctx->tensor_gen;
     a->epoch = epoch;
     return a->buf;
+}
+
+extern "C" void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) { return act_bf16(ctx, x, ld, false); }
+
+extern "C" void *lq_cuda_act_bf16_side(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) {
+    return act_bf16(ctx, x, ld, true);
 }
 
 extern "C" void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted) {

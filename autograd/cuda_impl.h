@@ -111,6 +111,10 @@ static inline bool lq_cuda_is_frozen(const lq_tensor *t) {
  * caller finds them overwritten. x is contiguous (its elements are read packed). */
 #define LQ_CUDA_ACT_PAD 64
 void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld);
+/* lq_cuda_act_bf16 with the conversion (when one is needed) on the side stream, between
+ * lq_cuda_fork and lq_cuda_join, for a reader there: the copy is ready on the side at once, on the
+ * main stream after the join. */
+void *lq_cuda_act_bf16_side(lq_ctx *ctx, const lq_tensor *x, int64_t *ld);
 /* lq_cuda_act_bf16's calls so far that returned the kept copy, and those that converted into it. */
 void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted);
 /* n contiguous elements of s as bf16 into dst, on the main stream (autograd/cuda_convert.cu). */
@@ -119,6 +123,9 @@ lq_status lq_cuda_to_bf16_packed(lq_ctx *ctx, void *dst, const float *s, int64_t
  * batch entry, row stride ld, batch stride st (0: one matrix shared by the batch). */
 lq_status lq_cuda_to_bf16_scratch(lq_ctx *ctx, const float *src, int64_t rows, int64_t cols, int64_t ld, int64_t st,
                                   int64_t batch, void **out);
+/* lq_cuda_to_bf16 on the side stream (side, after lq_cuda_fork) or the main one. */
+lq_status lq_cuda_to_bf16_on(lq_ctx *ctx, bool side, void *dst, int64_t ldd, const float *src, int64_t lds,
+                             int64_t rows, int64_t cols);
 /* Two contiguous f32 -> bf16 conversions (n0 and n1 elements) in one launch; side: on the side
  * stream (after lq_cuda_fork), else the main one. */
 lq_status lq_cuda_to_bf16_pair(lq_ctx *ctx, bool side, void *d0, const float *s0, int64_t n0, void *d1,

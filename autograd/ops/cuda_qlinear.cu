@@ -437,8 +437,9 @@ static lq_status lora_bwd_dx(lq_ctx *ctx, lq_node *n, float *gx, float beta0, co
  * with du = s dY B (in bf16, the only form any product reads) computed in the same pass where
  * lq_cuda_dy_du takes the shape (else a conversion, then the product). Then the side stream runs
  * dB += dY^T u and dA += du^T h (skinny products that cuBLAS runs on few blocks), after copying A
- * beside W's rows for dX's one product, while the main stream dequantizes W and waits for that
- * copy alone before the product; it joins the side before the scratch is rewound. */
+ * beside W's rows for dX's one product and converting x to bf16 for dA where no copy is kept,
+ * while the main stream dequantizes W and waits for A's copy alone before the product; it joins
+ * the side before the scratch is rewound. */
 static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, float *gB, float beta0) {
     const lq_tensor *w = n->in[1];
     int64_t N = n->ip[0], K = n->ip[1], r = n->ip[5], M = rows_of(n);
@@ -473,11 +474,7 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
     }
     const __nv_bfloat16 *h16 = NULL; /* dA's h = drop(x), row stride ldh */
     int64_t ldh = K;
-    if (gA && p > 0.0f) {
-        if (!(h16 = dropped_bf16(ctx, n, M * K))) return ctx->err.status;
-    } else if (gA && !(h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16(ctx, n->in[0], &ldh))) {
-        return ctx->err.status; /* (the copy is often still the forward's) */
-    }
+    if (gA && p > 0.0f && !(h16 = dropped_bf16(ctx, n, M * K))) return ctx->err.status;
     __nv_bfloat16 *wc = NULL; /* [deq(W) ; A] (N + r, K) when cat */
     if (cat && !(wc = (__nv_bfloat16 *)lq_ctx_dalloc(ctx, (size_t)((N + r) * K) * sizeof(__nv_bfloat16))))
         return ctx->err.status;
@@ -491,6 +488,10 @@ static lq_status lora_bwd_bf16(lq_ctx *ctx, lq_node *n, float *gx, float *gA, fl
                               : LQ_ERR(&ctx->err, LQ_ERR_INTERNAL, "lora_linear: copying A beside W: %s",
                                        cudaGetErrorString(e));
     }
+    /* x's bf16 copy for dA converted on the side too (dA is its only reader here), off the main
+     * stream's path; often it is still the forward's, or a sibling's (q, k, v; gate, up) */
+    if (st == LQ_OK && gA && !h16 && !(h16 = (const __nv_bfloat16 *)lq_cuda_act_bf16_side(ctx, n->in[0], &ldh)))
+        st = ctx->err.status;
     if (st == LQ_OK && gB) st = gemm_bf16(ctx, true, true, false, N, r, M, 1.0f, gy16, ld, u16, r, 1.0f, gB, r);
     if (st == LQ_OK && gA) st = gemm_bf16(ctx, true, true, false, r, K, M, 1.0f, du16, lddu, h16, ldh, 1.0f, gA, K);
     if (st == LQ_OK && gx) st = lora_bwd_dx(ctx, n, gx, beta0, gy16, ld, du16, lddu, wc);
