@@ -409,6 +409,25 @@ static void *act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld, bool side) {
 
 extern "C" void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) { return act_bf16(ctx, x, ld, false); }
 
+extern "C" void *lq_cuda_act_bf16_claim(lq_ctx *ctx, const lq_node *node, int64_t *ld) {
+    lq_cuda_state *c = ctx->cuda;
+    const lq_tensor *x = node->out; /* its node is set once the forward returns (act_owner then) */
+    int64_t n = lq_numel(x), K = x->ndim > 0 ? x->ne[x->ndim - 1] : 1, rows = K > 0 ? n / K : 0;
+    if (!c || n <= 0 || K % 4 != 0 || !node->recorded || (x->flags & LQ_TENSOR_VIEW) || !lq_is_contiguous(x))
+        return NULL;
+    *ld = K + LQ_CUDA_ACT_PAD;
+    act16 *a = &c->act;
+    a->src = NULL; /* not valid until claimed */
+    if (a->cap < rows * *ld && bf16_room(ctx, &a->buf, &a->cap, rows * *ld) != LQ_OK) return NULL; /* error set */
+    a->converted++;
+    a->ld = *ld;
+    a->src = (const float *)x->data;
+    a->n = n;
+    a->gen = ctx->tensor_gen;
+    a->epoch = lq_cuda_free_epoch();
+    return a->buf;
+}
+
 extern "C" void *lq_cuda_act_bf16_side(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) {
     return act_bf16(ctx, x, ld, true);
 }

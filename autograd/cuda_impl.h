@@ -115,6 +115,13 @@ void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld);
  * lq_cuda_fork and lq_cuda_join, for a reader there: the copy is ready on the side at once, on the
  * main stream after the join. */
 void *lq_cuda_act_bf16_side(lq_ctx *ctx, const lq_tensor *x, int64_t *ld);
+/* For a recorded node's forward, which writes x = node->out (f32, contiguous, not a view, the last
+ * dim K a multiple of 4): the kept buffer, registered as x's bf16 copy (row stride *ld = K +
+ * LQ_CUDA_ACT_PAD), which the op must fill on the main stream in the same pass as x (round to
+ * nearest even, as lq_cuda_to_bf16); the readers' lq_cuda_act_bf16 then finds it without
+ * converting. NULL where x cannot have a kept copy (the op writes none), or with an error in ctx
+ * when no device memory is left for it. */
+void *lq_cuda_act_bf16_claim(lq_ctx *ctx, const lq_node *node, int64_t *ld);
 /* lq_cuda_act_bf16's calls so far that returned the kept copy, and those that converted into it. */
 void lq_cuda_act_bf16_counts(lq_ctx *ctx, uint64_t *shared, uint64_t *converted);
 /* n contiguous elements of s as bf16 into dst, on the main stream (autograd/cuda_convert.cu). */

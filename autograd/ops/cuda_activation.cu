@@ -112,6 +112,20 @@ __global__ static void k_swiglu4(float4 *y, const float4 *g, const float4 *u, in
     }
 }
 
+/* k_swiglu4 that also writes y's bf16 copy h (rows of K = 4 k4 values, row stride ldh; the bf16
+ * QLoRA linear's x, lq_cuda_act_bf16_claim): the down projection reads it without a conversion
+ * pass over y (at the 1B bench shape 67 MB read per layer) */
+__global__ static void k_swiglu4_bf16(float4 *y, const float4 *g, const float4 *u, int64_t m4, uint2 *h, int64_t k4,
+                                      int64_t ldh) {
+    FOR_EACH(i, m4) {
+        const float4 a = g[i], b = u[i];
+        const float4 v = make_float4(swiglu1(a.x, b.x), swiglu1(a.y, b.y), swiglu1(a.z, b.z), swiglu1(a.w, b.w));
+        y[i] = v;
+        const int64_t row = i / k4, col = i - row * k4;
+        h[row * (ldh / 4) + col] = bf16x4(v);
+    }
+}
+
 __global__ static void k_swiglu_bwd4(float4 *gg, float4 *gu, const float4 *g, const float4 *u, const float4 *gy,
                                      int fg, int fu, int64_t m4) {
     FOR_EACH(i, m4) {
@@ -191,7 +205,15 @@ static lq_status swiglu_fwd(lq_ctx *ctx, lq_node *n) {
     float *y = (float *)n->out->data;
     const float *g = (const float *)n->in[0]->data, *u = (const float *)n->in[1]->data;
     const void *ptrs[3] = {y, g, u};
-    if (aligned4(m, ptrs, 3))
+    int64_t ldh = 0, K = n->out->ndim > 0 ? n->out->ne[n->out->ndim - 1] : 1;
+    void *h = NULL; /* y's bf16 copy for a bf16 product that reads y (the MLP's down projection) */
+    if (aligned4(m, ptrs, 3) && ctx->cuda_math == LQ_CUDA_MATH_BF16 && K % 4 == 0 &&
+        !(h = lq_cuda_act_bf16_claim(ctx, n, &ldh)) && ctx->err.status != LQ_OK)
+        return ctx->err.status; /* no room for the copy */
+    if (h)
+        LAUNCH(ctx, "swiglu (and bf16)", k_swiglu4_bf16, m / 4, (float4 *)y, (const float4 *)g, (const float4 *)u, m / 4,
+               (uint2 *)h, K / 4, ldh);
+    else if (aligned4(m, ptrs, 3))
         LAUNCH(ctx, "swiglu", k_swiglu4, m / 4, (float4 *)y, (const float4 *)g, (const float4 *)u, m / 4);
     else
         LAUNCH(ctx, "swiglu", k_swiglu, m, y, g, u, m);

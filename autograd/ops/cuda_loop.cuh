@@ -1,9 +1,12 @@
 /* autograd/ops/cuda_loop.cuh: the grid-stride loop, launch and alignment helpers the elementwise
- * kernel files (cuda_elementwise.cu, cuda_activation.cu) share. */
+ * kernel files (cuda_elementwise.cu, cuda_activation.cu, cuda_norm.cu, cuda_convert.cu) share, and
+ * the f32 -> bf16 packing. */
 #ifndef LQ_CUDA_LOOP_CUH
 #define LQ_CUDA_LOOP_CUH
 
+#include <cuda_bf16.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "autograd/cuda_impl.h"
 #include "core/cuda_check.h"
@@ -30,6 +33,15 @@ static inline bool aligned4(int64_t m, const void *const *p, int np) {
     for (int i = 0; i < np; i++)
         if ((uintptr_t)p[i] % 16 != 0) return false;
     return true;
+}
+
+/* four floats as bf16 (round to nearest even), packed into 8 bytes in order */
+__device__ static inline uint2 bf16x4(float4 a) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(a.x, a.y), hi = __floats2bfloat162_rn(a.z, a.w);
+    uint2 o;
+    memcpy(&o.x, &lo, 4);
+    memcpy(&o.y, &hi, 4);
+    return o;
 }
 
 #endif

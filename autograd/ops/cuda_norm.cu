@@ -39,10 +39,12 @@ template <int V> static __device__ __forceinline__ void st(float *p, const float
  * every block's residual stream (C = hidden), twice per layer forward and backward. */
 #define ROW_LOOP(j, C, V) for (int64_t j = (int64_t)threadIdx.x * (V); j < (C); j += (int64_t)blockDim.x * (V))
 
-/* rstd = 1 / sqrtf((float)(sum x^2 / C) + eps), the sum in double; y = w * (x * rstd) when y */
+/* rstd = 1 / sqrtf((float)(sum x^2 / C) + eps), the sum in double; y = w * (x * rstd) when y, and
+ * (V 4) its bf16 copy into h at row stride ldh when h (lq_cuda_act_bf16_claim: the copy q, k and
+ * v, or gate and up, read in bf16 math, written here instead of by a pass over y) */
 template <int V>
 __global__ static void k_rms_fwd(const float *x, const float *w, float *y, float *rstd, int64_t R, int64_t C,
-                                 float eps) {
+                                 float eps, uint2 *h, int64_t ldh) {
     FOR_ROWS(r, R) {
         const float *xr = x + r * C;
         double acc = 0.0;
@@ -65,6 +67,8 @@ __global__ static void k_rms_fwd(const float *x, const float *w, float *y, float
                     o[e] = w ? wv[e] * h : h;
                 }
                 st<V>(y + r * C + j, o);
+                if constexpr (V == 4)
+                    if (h) h[(r * ldh + j) / 4] = bf16x4(make_float4(o[0], o[1], o[2], o[3]));
             }
     }
 }
@@ -156,10 +160,16 @@ static lq_status rmsnorm_fwd(lq_ctx *ctx, lq_node *n) {
     const float *x = (const float *)n->in[0]->data, *w = n->ip[0] ? (const float *)n->in[1]->data : NULL;
     float *y = (float *)n->out->data;
     const void *ptrs[3] = {x, w, y};
+    int64_t ldh = 0;
+    void *h = NULL; /* y's bf16 copy for the bf16 products that read y (q / k / v; gate / up) */
+    if (aligned4(C, ptrs, 3) && ctx->cuda_math == LQ_CUDA_MATH_BF16 && !(h = lq_cuda_act_bf16_claim(ctx, n, &ldh)) &&
+        ctx->err.status != LQ_OK)
+        return ctx->err.status; /* no room for the copy */
     if (aligned4(C, ptrs, 3))
-        k_rms_fwd<4><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, y, rstd, R, C, n->fp[0]);
+        k_rms_fwd<4><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, y, rstd, R, C, n->fp[0], (uint2 *)h,
+                                                                           ldh);
     else
-        k_rms_fwd<1><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, y, rstd, R, C, n->fp[0]);
+        k_rms_fwd<1><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, y, rstd, R, C, n->fp[0], NULL, 0);
     LQ_CUDA_LAUNCHED(ctx, "rmsnorm forward");
     return LQ_OK;
 }
@@ -180,8 +190,12 @@ static lq_status rmsnorm_bwd(lq_ctx *ctx, lq_node *n) {
     if (!rstd) { /* not saved: recompute */
         rstd = (float *)lq_ctx_dalloc(ctx, (size_t)R * sizeof(float));
         if (!rstd) return ctx->err.status;
-        if (v4) k_rms_fwd<4><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, NULL, NULL, rstd, R, C, n->fp[0]);
-        else k_rms_fwd<1><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, NULL, NULL, rstd, R, C, n->fp[0]);
+        if (v4)
+            k_rms_fwd<4><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, NULL, NULL, rstd, R, C, n->fp[0],
+                                                                               NULL, 0);
+        else
+            k_rms_fwd<1><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, NULL, NULL, rstd, R, C, n->fp[0],
+                                                                               NULL, 0);
         LQ_CUDA_LAUNCHED(ctx, "rmsnorm stats");
     }
     if (gx) {

@@ -421,6 +421,97 @@ static void test_act_bf16_shared(void **state) {
     if (bad) fail_msg("%d check(s) failed", bad);
 }
 
+/* swiglu and rmsnorm in bf16 math write their output's bf16 copy in the same pass
+ * (lq_cuda_act_bf16_claim): the copy equals y rounded to nearest even, bit for bit, and a reader
+ * (lq_cuda_act_bf16, then a QLoRA linear on y, as the MLP's down projection or q / k / v) takes it
+ * without a conversion (counted), its output equal to the one on a leaf copy of y (converted as
+ * usual). producer 0: swiglu(gate, up); 1: rmsnorm(gate, up's first row as the weight). */
+static int act_claimed(int producer) {
+    enum { M = AM, K = AK };
+    lq_err err;
+    lq_err_clear(&err);
+    lq_ctx *ctx = lq_cuda_test_ctx(LQ_DEVICE_CUDA, LQ_CUDA_MATH_BF16);
+    assert_non_null(ctx);
+    lq_rng r;
+    lq_rng_seed(&r, g_seed ^ 0xc1a1u);
+    lq_tensor *gh = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){M, K}, "gate", &err);
+    lq_tensor *uh = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){M, K}, "up", &err);
+    lq_tensor *wf = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){AN, K}, "w", &err);
+    lq_tensor *w = lq_tensor_alloc(LQ_DTYPE_NF4, 2, (int64_t[]){AN, K}, "w", &err);
+    lq_tensor *ah = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){AR, K}, "A", &err);
+    lq_tensor *bh = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){AN, AR}, "B", &err);
+    if (!gh || !uh || !wf || !w || !ah || !bh) fail_msg("alloc: %s", err.msg);
+    lq_fill_normal(gh, &r, 2.0f);
+    lq_fill_normal(uh, &r, 2.0f);
+    lq_fill_normal(wf, &r, 0.1f);
+    lq_fill_normal(ah, &r, 0.1f);
+    lq_fill_normal(bh, &r, 0.1f);
+    if (lq_bnb4_quantize(LQ_DTYPE_NF4, wf->data, AN * K, 64, true, w->data, &w->qs, &err) != LQ_OK ||
+        lq_tensor_to_device(w, &err) != LQ_OK)
+        fail_msg("NF4 weight: %s", err.msg);
+    lq_tensor *g = lq_to_ctx_device(ctx, gh), *u = lq_to_ctx_device(ctx, uh);
+    lq_tensor *a = lq_to_ctx_device(ctx, ah), *b = lq_to_ctx_device(ctx, bh);
+    assert_true(g && u && a && b);
+    g->flags |= LQ_TENSOR_REQUIRES_GRAD; /* recorded: y is an op's output */
+    lq_tensor *y = producer ? lq_rmsnorm(ctx, g, lq_reshape(ctx, lq_slice(ctx, u, 0, 0, 1), 1, (int64_t[]){K}), 1e-5f)
+                            : lq_swiglu(ctx, g, u);
+    const char *name = producer ? "rmsnorm" : "swiglu";
+    if (!y) fail_msg("%s: %s", name, lq_ctx_error(ctx)->msg);
+    uint64_t s0, c0, s1, c1;
+    lq_cuda_act_bf16_counts(ctx, &s0, &c0);
+    int64_t ld = 0;
+    const void *h = lq_cuda_act_bf16(ctx, y, &ld);
+    lq_cuda_act_bf16_counts(ctx, &s1, &c1);
+    if (!h) fail_msg("act copy: %s", lq_ctx_error(ctx)->msg);
+    int bad = 0;
+    if (s1 - s0 != 1 || c1 != c0) {
+        print_error("the reader converted (%llu conversions, %llu shared uses): %s wrote no copy\n",
+                    (unsigned long long)(c1 - c0), (unsigned long long)(s1 - s0), name);
+        bad++;
+    }
+    float *yv = malloc(sizeof(float) * M * K);
+    uint16_t *hv = malloc(sizeof(uint16_t) * M * (size_t)ld);
+    assert_true(yv && hv);
+    if (lq_tensor_download(ctx, y, yv) != LQ_OK ||
+        lq_cuda_copy(hv, h, sizeof(uint16_t) * M * (size_t)ld, LQ_COPY_D2H, lq_cuda_stream(ctx), &err) != LQ_OK)
+        fail_msg("download: %s %s", lq_ctx_error(ctx)->msg, err.msg);
+    int64_t wrong = 0, first = -1;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < K; j++)
+            if (hv[i * ld + j] != lq_f32_to_bf16(yv[i * K + j]) && wrong++ == 0) first = i * K + j;
+    if (wrong) {
+        print_error("%s: %lld of %d elements of the claimed copy differ from y rounded to bf16 (first %lld)\n", name,
+                    (long long)wrong, M * K, (long long)first);
+        bad++;
+    }
+    lq_tensor *yl = lq_to_ctx_device(ctx, lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){M, K}, "y leaf", &err));
+    assert_non_null(yl);
+    if (lq_tensor_upload(ctx, yl, yv) != LQ_OK) fail_msg("upload: %s", lq_ctx_error(ctx)->msg);
+    lq_tensor *o1 = lq_lora_linear_fused(ctx, y, w, NULL, a, b, 2.0f, 0.0f, NULL);
+    lq_tensor *o2 = lq_lora_linear_fused(ctx, yl, w, NULL, a, b, 2.0f, 0.0f, NULL);
+    if (!o1 || !o2) fail_msg("linear: %s", lq_ctx_error(ctx)->msg);
+    int64_t n1, n2;
+    float *p1 = act_fetch(ctx, o1, &n1), *p2 = act_fetch(ctx, o2, &n2);
+    if (n1 != n2 || memcmp(p1, p2, (size_t)n1 * sizeof(float)) != 0) {
+        print_error("%s: the linear on y (claimed copy) differs from the linear on a leaf copy of y\n", name);
+        bad++;
+    }
+    print_message("  %s's claimed copy: %lld of %d elements off, reader converted %llu time(s)\n", name,
+                  (long long)wrong, M * K, (unsigned long long)(c1 - c0));
+    free(p1), free(p2), free(yv), free(hv);
+    lq_qstate_free(w->qs);
+    lq_tensor_free(w), lq_tensor_free(wf), lq_tensor_free(gh), lq_tensor_free(uh), lq_tensor_free(ah),
+        lq_tensor_free(bh);
+    lq_ctx_free(ctx);
+    return bad;
+}
+
+static void test_act_bf16_claimed(void **state) {
+    (void)state;
+    int bad = act_claimed(0) + act_claimed(1);
+    if (bad) fail_msg("%d check(s) failed", bad);
+}
+
 int main(void) {
     int rc = 0;
     if (!lq_cuda_test_should_run(&rc)) return rc;
@@ -429,6 +520,7 @@ int main(void) {
         cmocka_unit_test(test_to_bf16_layouts),
         cmocka_unit_test(test_strided_layouts),
         cmocka_unit_test(test_act_bf16_shared),
+        cmocka_unit_test(test_act_bf16_claimed),
     };
     return cmocka_run_group_tests_name("test_cuda_convert", tests, NULL, NULL);
 }
