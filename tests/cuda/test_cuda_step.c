@@ -297,6 +297,34 @@ static void test_checkpoint_same_bf16(void **state) {
     release_same(LQ_CUDA_MATH_BF16, "bf16", true);
 }
 
+/* A rank-16 bf16 step in a context made with `env`=0 against one made without it, with and without
+ * checkpointing: each gradient tensor within grad_bound nmse, the losses within loss_rel relative,
+ * both finite. Returns the failures. */
+static int env_off_same(const char *env, const char *what, double grad_bound, double loss_rel) {
+    lq_lora_cfg lc = {.r = 16, .alpha = 32.0f, .targets = LQ_LORA_ALL_LINEAR};
+    side c; /* the CPU side only for the parameter layout */
+    lq_err err;
+    lq_err_clear(&err);
+    if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
+    int fails = 0;
+    for (int ck = 0; ck < 2; ck++) {
+        float *off = NULL, *on = NULL;
+        setenv(env, "0", 1);
+        double l_off = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &off);
+        unsetenv(env);
+        double l_on = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &on);
+        print_message("  bf16%s loss: %.9g with %s=0, %.9g without\n", ck ? " ckpt" : "", l_off, env, l_on);
+        char label[160];
+        snprintf(label, sizeof label, "gradient (%s%s)", what, ck ? ", checkpointing" : "");
+        fails += compare_params(label, &c, off, on, grad_bound);
+        if (!isfinite(l_on) || !isfinite(l_off) || fabs(l_on - l_off) > loss_rel * fabs(l_off)) fails++;
+        free(off);
+        free(on);
+    }
+    side_free(&c);
+    return fails;
+}
+
 /* The side stream (lq_cuda_fork / lq_cuda_join: the adapter's products beside the NF4 dequant and
  * dX's product) against a context made with LOQUAT_CUDA_SIDE_STREAM=0, where all of it runs on one
  * stream in issue order: the same products, so the same loss and gradients within the bound
@@ -306,28 +334,7 @@ static void test_checkpoint_same_bf16(void **state) {
  * kernel run where the shapes let them. */
 static void test_side_stream_same_bf16(void **state) {
     (void)state;
-    lq_lora_cfg lc = {.r = 16, .alpha = 32.0f, .targets = LQ_LORA_ALL_LINEAR};
-    side c; /* the CPU side only for the parameter layout */
-    lq_err err;
-    lq_err_clear(&err);
-    if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
-    int fails = 0;
-    for (int ck = 0; ck < 2; ck++) {
-        float *one = NULL, *two = NULL;
-        setenv("LOQUAT_CUDA_SIDE_STREAM", "0", 1);
-        double l_one = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &one);
-        unsetenv("LOQUAT_CUDA_SIDE_STREAM");
-        double l_two = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &two);
-        print_message("  bf16%s loss: %.9g on one stream, %.9g with the side stream\n", ck ? " ckpt" : "", l_one,
-                      l_two);
-        fails += compare_params(ck ? "gradient (side stream against one, checkpointing)"
-                                   : "gradient (side stream against one)",
-                                &c, one, two, 1e-10);
-        if (!isfinite(l_two) || fabs(l_two - l_one) > 1e-6 * fabs(l_one)) fails++;
-        free(one);
-        free(two);
-    }
-    side_free(&c);
+    int fails = env_off_same("LOQUAT_CUDA_SIDE_STREAM", "side stream against one", 1e-10, 1e-6);
     if (fails) fail_msg("%d loss(es) / tensor(s) differ with the side stream", fails);
 }
 
@@ -339,30 +346,10 @@ static void test_side_stream_same_bf16(void **state) {
  * on the emulator the gradients were either equal to ~1e-17 or apart by 2e-6 to 3.4e-5 nmse). So
  * this is the switch's end-to-end check, with bf16-noise bounds: loss within LOSS_REL_BF16,
  * gradients within 1e-3 nmse, all finite. The per-op check of both paths against the CPU is
- * test_cuda_wide's lora_bf16_wide, which runs with the switch on and off. Rank 16, with and
- * without checkpointing. */
+ * test_cuda_wide's lora_bf16_wide, which runs with the switch on and off. */
 static void test_lora_fuse_off_bf16(void **state) {
     (void)state;
-    lq_lora_cfg lc = {.r = 16, .alpha = 32.0f, .targets = LQ_LORA_ALL_LINEAR};
-    side c; /* the CPU side only for the parameter layout */
-    lq_err err;
-    lq_err_clear(&err);
-    if (side_init(&c, &lc, LQ_DEVICE_CPU, LQ_CUDA_MATH_FP32, &err) != LQ_OK) fail_msg("CPU side: %s", err.msg);
-    int fails = 0;
-    for (int ck = 0; ck < 2; ck++) {
-        float *off = NULL, *on = NULL;
-        setenv("LOQUAT_CUDA_LORA_FUSE", "0", 1);
-        double l_off = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &off);
-        unsetenv("LOQUAT_CUDA_LORA_FUSE");
-        double l_on = device_step(LQ_CUDA_MATH_BF16, true, ck, 16, &on);
-        print_message("  bf16%s loss: %.9g unfused, %.9g fused\n", ck ? " ckpt" : "", l_off, l_on);
-        fails += compare_params(ck ? "gradient (fused against unfused, checkpointing)" : "gradient (fused against unfused)",
-                                &c, off, on, 1e-3);
-        if (!isfinite(l_on) || !isfinite(l_off) || fabs(l_on - l_off) > LOSS_REL_BF16 * fabs(l_off)) fails++;
-        free(off);
-        free(on);
-    }
-    side_free(&c);
+    int fails = env_off_same("LOQUAT_CUDA_LORA_FUSE", "fused against unfused", 1e-3, LOSS_REL_BF16);
     if (fails) fail_msg("%d loss(es) / tensor(s) differ with the fusions", fails);
 }
 
