@@ -484,9 +484,11 @@ static int act_claimed(int producer) {
                     (long long)wrong, M * K, (long long)first);
         bad++;
     }
-    lq_tensor *yl = lq_to_ctx_device(ctx, lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){M, K}, "y leaf", &err));
+    lq_tensor *ylh = lq_tensor_alloc(LQ_DTYPE_F32, 2, (int64_t[]){M, K}, "y leaf", &err);
+    assert_non_null(ylh);
+    memcpy(ylh->data, yv, sizeof(float) * M * K);
+    lq_tensor *yl = lq_to_ctx_device(ctx, ylh);
     assert_non_null(yl);
-    if (lq_tensor_upload(ctx, yl, yv) != LQ_OK) fail_msg("upload: %s", lq_ctx_error(ctx)->msg);
     lq_tensor *o1 = lq_lora_linear_fused(ctx, y, w, NULL, a, b, 2.0f, 0.0f, NULL);
     lq_tensor *o2 = lq_lora_linear_fused(ctx, yl, w, NULL, a, b, 2.0f, 0.0f, NULL);
     if (!o1 || !o2) fail_msg("linear: %s", lq_ctx_error(ctx)->msg);
@@ -501,7 +503,7 @@ static int act_claimed(int producer) {
     free(p1), free(p2), free(yv), free(hv);
     lq_qstate_free(w->qs);
     lq_tensor_free(w), lq_tensor_free(wf), lq_tensor_free(gh), lq_tensor_free(uh), lq_tensor_free(ah),
-        lq_tensor_free(bh);
+        lq_tensor_free(bh), lq_tensor_free(ylh);
     lq_ctx_free(ctx);
     return bad;
 }
