@@ -11,6 +11,7 @@
 
 #include "autograd/cuda_impl.h"
 #include "core/cuda.h"
+#include "tests/cuda/attn_magnitude.h"
 #include "tests/cuda/cuda_testutil.h"
 #include "tests/testutil.h"
 
@@ -277,6 +278,75 @@ static bool magnitude_run(lq_ctx *cpu, const char *tag, lq_gc_case *c, const lq_
 
 static int g_mag_cases, g_mag_fallbacks; /* matmul_mode's cases, and those that used the nmse bound */
 
+/* The fp32 attention op is checked against its magnitude reference (attn_magnitude.h) rather than
+ * an nmse relative to the result: dq and dk are sums of terms that can cancel to a small fraction
+ * of their magnitude (with T 2 each row's two dS entries are equal and opposite), where two fp32
+ * evaluations in different orders differ by ~u times the terms, not times the result (a seed gave
+ * nmse 1.6e-6 on a 2-element dk that way, at session-start code too). The bound: 256 u = 2^-16 of
+ * the magnitude per element. The longest chain of fp32 roundings here, counted relative to that
+ * magnitude, is under ~70 u on the gc cases (|q|, |k| <= 1.5, D <= 4, scale <= 0.8, T g <= 10):
+ * the scores' D-term sums (4 u) carried through exp by |s| <= 7.2 (~30 u), exp itself, the row's
+ * normalization and Dv (T u each), dP, and the final sums over T g terms (10 u). Doubled for two
+ * independent evaluations, that leaves a margin of almost 2x under 256 u. */
+#define TOL_FP32_ATTN (1.0 / 65536.0)
+
+/* The attention case's magnitude reference (mag[0] the output, mag[1 + i] the gradient of input
+ * i, each in its tensor's layout; float copies of attn_magnitudes' doubles), from the CPU case's
+ * inputs and the upstream gradient r (NULL: output only). q may be stored (B, Hq, T, D) (c->ip[1]:
+ * the op reads a transposed view); the magnitudes are computed in (B, T, H, D) and put back. */
+static bool attn_magnitude_run(const lq_gc_case *c, const lq_tensor *r, float *mag[1 + LQ_MAX_INPUTS]) {
+    for (int i = 0; i <= LQ_MAX_INPUTS; i++) mag[i] = NULL;
+    const lq_tensor *qt = c->in[0], *kt = c->in[1];
+    bool view = c->ip[1] != 0;
+    int64_t B = kt->ne[0], T = kt->ne[1], Hkv = kt->ne[2], D = kt->ne[3], Hq = view ? qt->ne[1] : qt->ne[2];
+    int64_t nq = B * T * Hq * D, nk = B * T * Hkv * D;
+    float *q = malloc((size_t)(nq > 0 ? nq : 1) * sizeof *q), *dO = NULL;
+    if (!q) return false;
+    const float *qs = qt->data;
+    for (int64_t b = 0; b < B; b++) /* q in (B, T, Hq, D) order */
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < Hq; h++)
+                for (int64_t d = 0; d < D; d++)
+                    q[((b * T + t) * Hq + h) * D + d] =
+                        qs[view ? ((b * Hq + h) * T + t) * D + d : ((b * T + t) * Hq + h) * D + d];
+    if (r) dO = (float *)r->data;
+    float *dz = NULL;
+    if (!dO && !(dO = dz = calloc((size_t)(nq > 0 ? nq : 1), sizeof *dz))) {
+        free(q);
+        return false;
+    }
+    attn_mags m;
+    float sc = c->fp[0] != 0.0f ? c->fp[0] : 1.0f / sqrtf((float)D);
+    const int32_t *doc = c->n_in > 3 && c->in[3] ? (const int32_t *)c->in[3]->data : NULL;
+    bool ok = attn_magnitudes(B, T, Hq, Hkv, D, c->ip[0] != 0, q, kt->data, c->in[2]->data, dO, doc, sc, &m);
+    const double *src[4] = {m.o, m.dq, m.dk, m.dv};
+    const int64_t n[4] = {nq, nq, nk, nk};
+    for (int i = 0; ok && i < 4; i++) {
+        if (i > 0 && (!r || !lq_requires_grad(c->in[i - 1]))) continue;
+        if (!(mag[i] = malloc((size_t)(n[i] > 0 ? n[i] : 1) * sizeof(float)))) {
+            ok = false;
+            break;
+        }
+        for (int64_t b = 0; b < B; b++) /* back to the tensor's layout (only dq's differs) */
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = 0; h < (i < 2 ? Hq : Hkv); h++)
+                    for (int64_t d = 0; d < D; d++) {
+                        int64_t H = i < 2 ? Hq : Hkv, from = ((b * T + t) * H + h) * D + d;
+                        int64_t to = i == 1 && view ? ((b * Hq + h) * T + t) * D + d : from;
+                        mag[i][to] = (float)src[i][from];
+                    }
+    }
+    attn_mags_free(&m);
+    free(q);
+    free(dz);
+    if (!ok)
+        for (int i = 0; i <= LQ_MAX_INPUTS; i++) {
+            free(mag[i]);
+            mag[i] = NULL;
+        }
+    return ok;
+}
+
 /* Case `k` of op `op` on the CPU and on cu, drawn by `make` (NULL: the op's gc_make). With tol > 0
  * each quantity is checked against the magnitude bound (check_mag; the nmse `bound` only when the
  * case has no magnitude reference), else against the nmse `bound`. Returns the number of failures
@@ -386,6 +456,13 @@ static int run_case(lq_ctx *cpu, lq_ctx *cu, int op, int k, uint64_t seed, doubl
         g_mag_cases++;
         use_mag = magnitude_run(cpu, tag, &c, rc, mag);
         if (!use_mag) g_mag_fallbacks++;
+    } else if (strcmp(def->name, "attention") == 0) { /* fp32: see TOL_FP32_ATTN */
+        use_mag = attn_magnitude_run(&c, rc, mag);
+        tol = TOL_FP32_ATTN;
+        if (!use_mag) {
+            print_error("%s: no magnitude reference (out of memory)\n", tag);
+            return 1;
+        }
     }
     float *oc = fetch(cpu, yc), *og = fetch(cu, yg);
     if (!oc || !og) {

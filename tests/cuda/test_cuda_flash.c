@@ -12,9 +12,9 @@
  * fp32, so each result carries errors of order u times the sum of the absolute values of its terms,
  * not u times the result: dq and dk nearly cancel where a row sees few keys (exactly 0 in fp32 for a
  * row that sees one key), and the scores' rounding (~u |q| |k| per term) moves P relatively. Each
- * quantity is therefore compared with a magnitude reference M computed here in double from the
- * inputs (magnitudes(): the same sums over absolute values of the terms), test_cuda_ops'
- * matmul_mode idea: |gpu - cpu| <= ELEM_TOL M elementwise, and sum((gpu - cpu)^2) / sum(M^2) <=
+ * quantity is therefore compared with a magnitude reference M computed in double from the inputs
+ * (attn_magnitude.h: the same sums over absolute values of the terms), test_cuda_ops' matmul_mode
+ * idea: |gpu - cpu| <= ELEM_TOL M elementwise, and sum((gpu - cpu)^2) / sum(M^2) <=
  * NMSE_BOUND. Observed on the emulator over several seeds (both worsts printed each run): worst
  * |gpu - cpu| ~0.015 M, worst nmse ~2e-5; ELEM_TOL = 0.04 and NMSE_BOUND = 1e-4 leave ~2.5x and
  * ~5x (a rigorous worst-case bound on the score rounding would be far looser). The planted bugs
@@ -26,6 +26,7 @@
 
 #include "autograd/cuda_impl.h"
 #include "core/cuda.h"
+#include "tests/cuda/attn_magnitude.h"
 #include "tests/cuda/cuda_testutil.h"
 #include "tests/testutil.h"
 
@@ -66,65 +67,6 @@ static float *fetch(lq_ctx *ctx, const lq_tensor *t, int64_t n) {
         return NULL;
     }
     return h;
-}
-
-/* The magnitude references (double, from the inputs; independent of the kernels): per element the
- * sum of the absolute values of the terms whose sum the quantity is, with P computed here in double
- * by op_attention.c's rules, A_ij = sum_d |dO_id| |v_jd| (the terms of dP = dO V^T, whose rounding
- * error is ~u A, not ~u |dP|) and Dv_i = sum_j P_ij dP_ij's terms sum_j P_ij A_ij:
- *   M_O[i]  = sum_j P_ij |v_j|,                  M_dv[j] = sum_{h, i} P_ij |dO_i|,
- *   M_dq[i] = scale sum_j P_ij (A_ij + sum_l P_il A_il) |k_j|,
- *   M_dk[j] = scale sum_{h, i} P_ij (A_ij + sum_l P_il A_il) |q_i|     (elementwise over d).
- * dq and dk nearly cancel where a row sees few keys (one key: exactly 0 in fp32, while bf16 leaves
- * ~u of the terms), so the bounds are relative to these, not to the results. */
-typedef struct mags {
-    double *o, *dq, *dk, *dv;
-} mags;
-
-static bool magnitudes(const flash_case *fc, const float *q, const float *k, const float *v, const float *dO,
-                       const int32_t *doc, float scale, mags *m) {
-    int64_t B = fc->B, T = fc->T, Hq = fc->Hq, Hkv = fc->Hkv, D = fc->D, g = Hq / Hkv;
-    int64_t nq = B * T * Hq * D, nk = B * T * Hkv * D;
-    m->o = calloc((size_t)nq, sizeof(double));
-    m->dq = calloc((size_t)nq, sizeof(double));
-    m->dk = calloc((size_t)nk, sizeof(double));
-    m->dv = calloc((size_t)nk, sizeof(double));
-    double *P = malloc((size_t)T * sizeof(double)), *dP = malloc((size_t)T * sizeof(double));
-    bool ok = m->o && m->dq && m->dk && m->dv && P && dP;
-    for (int64_t b = 0; ok && b < B; b++)
-        for (int64_t h = 0; h < Hq; h++)
-            for (int64_t i = 0; i < T; i++) {
-                int64_t kh = h / g, qi = ((b * T + i) * Hq + h) * D;
-                double mx = -INFINITY, sum = 0.0, dv = 0.0;
-                for (int64_t j = 0; j < T; j++) {
-                    bool vis = (!fc->causal || j <= i) && (!doc || doc[b * T + j] == doc[b * T + i]);
-                    double s = 0.0, d = 0.0;
-                    int64_t kj = ((b * T + j) * Hkv + kh) * D;
-                    for (int64_t c = 0; c < D; c++) {
-                        s += (double)q[qi + c] * k[kj + c];
-                        d += fabs((double)dO[qi + c] * v[kj + c]);
-                    }
-                    P[j] = vis ? scale * s : -INFINITY;
-                    dP[j] = d;
-                    if (P[j] > mx) mx = P[j];
-                }
-                for (int64_t j = 0; j < T; j++) sum += P[j] = P[j] == -INFINITY ? 0.0 : exp(P[j] - mx);
-                for (int64_t j = 0; j < T; j++) P[j] /= sum, dv += P[j] * dP[j];
-                for (int64_t j = 0; j < T; j++) {
-                    if (P[j] == 0.0) continue;
-                    int64_t kj = ((b * T + j) * Hkv + kh) * D;
-                    double a = P[j] * (dP[j] + dv);
-                    for (int64_t c = 0; c < D; c++) {
-                        m->o[qi + c] += P[j] * fabs(v[kj + c]);
-                        m->dq[qi + c] += scale * a * fabs(k[kj + c]);
-                        m->dk[kj + c] += scale * a * fabs(q[qi + c]);
-                        m->dv[kj + c] += P[j] * fabs(dO[qi + c]);
-                    }
-                }
-            }
-    free(P);
-    free(dP);
-    return ok;
 }
 
 /* sum((gpu - cpu)^2) / sum(M^2) <= NMSE_BOUND and |gpu - cpu| <= ELEM_TOL M + tiny elementwise;
@@ -239,9 +181,9 @@ static int run_case(const flash_case *fc, int k, bool flash_bwd) {
     }
     int fails = 0;
     int64_t nq = lq_numel(q), nk = lq_numel(kk);
-    mags m;
-    if (!magnitudes(fc, q->data, kk->data, v->data, r->data, doc ? doc->data : NULL, 1.0f / sqrtf((float)fc->D),
-                    &m)) {
+    attn_mags m;
+    if (!attn_magnitudes(fc->B, fc->T, fc->Hq, fc->Hkv, fc->D, fc->causal, q->data, kk->data, v->data, r->data,
+                         doc ? doc->data : NULL, 1.0f / sqrtf((float)fc->D), &m)) {
         print_error("%s: out of memory\n", tag);
         fails++;
     }
@@ -261,7 +203,7 @@ static int run_case(const flash_case *fc, int k, bool flash_bwd) {
         free(hc);
         free(hg);
     }
-    for (int i = 0; i < 4; i++) free((void *)mg[i]);
+    attn_mags_free(&m);
     return fails;
 }
 
