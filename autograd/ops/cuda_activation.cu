@@ -211,8 +211,8 @@ static lq_status swiglu_fwd(lq_ctx *ctx, lq_node *n) {
         !(h = lq_cuda_act_bf16_claim(ctx, n, &ldh)) && ctx->err.status != LQ_OK)
         return ctx->err.status; /* no room for the copy */
     if (h)
-        LAUNCH(ctx, "swiglu (and bf16)", k_swiglu4_bf16, m / 4, (float4 *)y, (const float4 *)g, (const float4 *)u, m / 4,
-               (uint2 *)h, K / 4, ldh);
+        LAUNCH(ctx, "swiglu (and bf16)", k_swiglu4_bf16, m / 4, (float4 *)y, (const float4 *)g, (const float4 *)u,
+               m / 4, (uint2 *)h, K / 4, ldh);
     else if (aligned4(m, ptrs, 3))
         LAUNCH(ctx, "swiglu", k_swiglu4, m / 4, (float4 *)y, (const float4 *)g, (const float4 *)u, m / 4);
     else

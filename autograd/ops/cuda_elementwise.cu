@@ -275,8 +275,8 @@ static lq_status addsub_bwd(lq_ctx *ctx, lq_node *n, float sign_b) {
         const float sign = i == 0 ? 1.0f : sign_b;
         int64_t m = lq_numel(n->in[i]);
         if (fresh && lq_same_shape(n->in[i], n->out)) {
-            if (sign == 1.0f) LQ_CU(&ctx->err, cudaMemcpyAsync(g, gy, (size_t)m * sizeof(float), cudaMemcpyDeviceToDevice,
-                                                               STREAM(ctx)));
+            const size_t bytes = (size_t)m * sizeof(float);
+            if (sign == 1.0f) LQ_CU(&ctx->err, cudaMemcpyAsync(g, gy, bytes, cudaMemcpyDeviceToDevice, STREAM(ctx)));
             else LAUNCH(ctx, "sub backward", k_scale, m, g, gy, sign, m);
             continue;
         }

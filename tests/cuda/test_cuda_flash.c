@@ -5,8 +5,9 @@
  * 64, B 1-2; the dK / dV kernel both per query head (partials summed per group) and per kv group
  * (LOQUAT_FLASH_KV_SPLIT=1 / 0). One more pass runs the flash forward and the cuBLAS backward
  * (cuda_attention.cu) on its L. A last one runs both backwards with fresh (unzeroed, poisoned)
- * gradient blocks for q, k and v, which they assign instead of adding into (g_fresh). Every case first asserts that the node took the flash path, so a selection that silently
- * fell back cannot pass here. Outputs are NaN-poisoned (poison = true).
+ * gradient blocks for q, k and v, which they assign instead of adding into (g_fresh). Every case
+ * first asserts that the node took the flash path, so a selection that silently fell back cannot
+ * pass here. Outputs are NaN-poisoned (poison = true).
  *
  * The bound. Every operand of the flash products is rounded to bf16 (u = 2^-9) and accumulated in
  * fp32, so each result carries errors of order u times the sum of the absolute values of its terms,
@@ -123,7 +124,8 @@ static int run_case(const flash_case *fc, int k, bool flash_bwd) {
     char tag[240];
     snprintf(tag, sizeof tag, "case %d%s%s (B %lld T %lld Hq %lld Hkv %lld D %lld causal %d doc %d, seed %llu)", k,
              flash_bwd ? "" : " cuBLAS backward", g_fresh ? " fresh gradients" : "", (long long)fc->B,
-             (long long)fc->T, (long long)fc->Hq, (long long)fc->Hkv, (long long)fc->D, fc->causal, fc->doc, (unsigned long long)seed);
+             (long long)fc->T, (long long)fc->Hq, (long long)fc->Hkv, (long long)fc->D, fc->causal, fc->doc,
+             (unsigned long long)seed);
     int64_t qs[4] = {fc->B, fc->T, fc->Hq, fc->D}, ks[4] = {fc->B, fc->T, fc->Hkv, fc->D};
     lq_tensor *q = lq_new_leaf(cpu, 4, qs, true), *kk = lq_new_leaf(cpu, 4, ks, true);
     lq_tensor *v = lq_new_leaf(cpu, 4, ks, true);
@@ -158,7 +160,8 @@ static int run_case(const flash_case *fc, int k, bool flash_bwd) {
     lq_attn_params pg = {0.0f, fc->causal, dg}; /* the doc ids stay a host tensor, as the op takes them */
     lq_tensor *qa = qg, *ka = kg, *va = vg;
     lq_ctx_set_release_grads(cu, g_fresh);
-    if (g_fresh && (!(qa = lq_scale(cu, qg, 1.0f)) || !(ka = lq_scale(cu, kg, 1.0f)) || !(va = lq_scale(cu, vg, 1.0f)))) {
+    if (g_fresh &&
+        (!(qa = lq_scale(cu, qg, 1.0f)) || !(ka = lq_scale(cu, kg, 1.0f)) || !(va = lq_scale(cu, vg, 1.0f)))) {
         print_error("%s: scale: %s\n", tag, ctx_msg(cu));
         lq_ctx_set_release_grads(cu, false);
         return 1;

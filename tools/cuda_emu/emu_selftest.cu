@@ -122,7 +122,8 @@ __global__ void k_wmma_at(const __nv_bfloat16 *in, float *out, int off, int ldm,
     extern __shared__ __nv_bfloat16 dsm[];
     using namespace nvcuda;
     for (int i = threadIdx.x; i < 256; i += 32) dsm[off + (i / 16) * ldm + i % 16] = in[i];
-    for (int i = threadIdx.x; i < 256; i += 32) dsm[off + 16 * ldm + i] = __float2bfloat16(i / 16 == i % 16 ? 1.0f : 0.0f);
+    for (int i = threadIdx.x; i < 256; i += 32) /* the identity */
+        dsm[off + 16 * ldm + i] = __float2bfloat16(i / 16 == i % 16 ? 1.0f : 0.0f);
     if (threadIdx.x == 0) align[0] = (int)((uintptr_t)dsm % 128);
     __syncwarp();
     wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
