@@ -375,6 +375,22 @@ static const lq_tensor *act_owner(const lq_tensor *t) {
     return t && t->node ? t : NULL;
 }
 
+/* The kept buffer, with room for `room` elements, registered as the copy of src (n elements, row
+ * stride ld) in this tensor generation; the caller writes it. NULL (error in ctx) when it cannot
+ * grow. */
+static __nv_bfloat16 *act_take(lq_ctx *ctx, const float *src, int64_t n, int64_t ld, int64_t room) {
+    act16 *a = &ctx->cuda->act;
+    a->src = NULL; /* not valid until registered */
+    if (a->cap < room && bf16_room(ctx, &a->buf, &a->cap, room) != LQ_OK) return NULL;
+    a->converted++;
+    a->ld = ld;
+    a->src = src;
+    a->n = n;
+    a->gen = ctx->tensor_gen;
+    a->epoch = lq_cuda_free_epoch(); /* after any reallocation above */
+    return a->buf;
+}
+
 static void *act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld, bool side) {
     lq_cuda_state *c = ctx->cuda;
     const float *src = (const float *)x->data;
@@ -392,19 +408,10 @@ static void *act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld, bool side) {
         a->shared++;
         return a->buf;
     }
-    a->src = NULL; /* not valid until converted */
-    if (a->cap < room) {
-        if (bf16_room(ctx, &a->buf, &a->cap, room) != LQ_OK) return NULL;
-        epoch = lq_cuda_free_epoch();
-    }
-    a->converted++;
-    if (lq_cuda_to_bf16_on(ctx, side, a->buf, *ld, src, K, rows, K) != LQ_OK) return NULL;
-    a->ld = *ld;
-    a->src = src;
-    a->n = n;
-    a->gen = ctx->tensor_gen;
-    a->epoch = epoch;
-    return a->buf;
+    __nv_bfloat16 *d = act_take(ctx, src, n, *ld, room);
+    if (d && lq_cuda_to_bf16_on(ctx, side, d, *ld, src, K, rows, K) == LQ_OK) return d;
+    a->src = NULL; /* a failed conversion leaves no copy */
+    return NULL;
 }
 
 extern "C" void *lq_cuda_act_bf16(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) { return act_bf16(ctx, x, ld, false); }
@@ -416,16 +423,7 @@ extern "C" void *lq_cuda_act_bf16_claim(lq_ctx *ctx, const lq_node *node, int64_
     if (!c || n <= 0 || K % 4 != 0 || !node->recorded || (x->flags & LQ_TENSOR_VIEW) || !lq_is_contiguous(x))
         return NULL;
     *ld = K + LQ_CUDA_ACT_PAD;
-    act16 *a = &c->act;
-    a->src = NULL; /* not valid until claimed */
-    if (a->cap < rows * *ld && bf16_room(ctx, &a->buf, &a->cap, rows * *ld) != LQ_OK) return NULL; /* error set */
-    a->converted++;
-    a->ld = *ld;
-    a->src = (const float *)x->data;
-    a->n = n;
-    a->gen = ctx->tensor_gen;
-    a->epoch = lq_cuda_free_epoch();
-    return a->buf;
+    return act_take(ctx, (const float *)x->data, n, *ld, rows * *ld); /* NULL: error set */
 }
 
 extern "C" void *lq_cuda_act_bf16_side(lq_ctx *ctx, const lq_tensor *x, int64_t *ld) {

@@ -205,15 +205,16 @@ static lq_status swiglu_fwd(lq_ctx *ctx, lq_node *n) {
     float *y = (float *)n->out->data;
     const float *g = (const float *)n->in[0]->data, *u = (const float *)n->in[1]->data;
     const void *ptrs[3] = {y, g, u};
+    const bool v4 = aligned4(m, ptrs, 3);
     int64_t ldh = 0, K = n->out->ndim > 0 ? n->out->ne[n->out->ndim - 1] : 1;
     void *h = NULL; /* y's bf16 copy for a bf16 product that reads y (the MLP's down projection) */
-    if (aligned4(m, ptrs, 3) && ctx->cuda_math == LQ_CUDA_MATH_BF16 && K % 4 == 0 &&
-        !(h = lq_cuda_act_bf16_claim(ctx, n, &ldh)) && ctx->err.status != LQ_OK)
+    if (v4 && ctx->cuda_math == LQ_CUDA_MATH_BF16 && K % 4 == 0 && !(h = lq_cuda_act_bf16_claim(ctx, n, &ldh)) &&
+        ctx->err.status != LQ_OK)
         return ctx->err.status; /* no room for the copy */
     if (h)
         LAUNCH(ctx, "swiglu (and bf16)", k_swiglu4_bf16, m / 4, (float4 *)y, (const float4 *)g, (const float4 *)u,
                m / 4, (uint2 *)h, K / 4, ldh);
-    else if (aligned4(m, ptrs, 3))
+    else if (v4)
         LAUNCH(ctx, "swiglu", k_swiglu4, m / 4, (float4 *)y, (const float4 *)g, (const float4 *)u, m / 4);
     else
         LAUNCH(ctx, "swiglu", k_swiglu, m, y, g, u, m);

@@ -160,12 +160,13 @@ static lq_status rmsnorm_fwd(lq_ctx *ctx, lq_node *n) {
     const float *x = (const float *)n->in[0]->data, *w = n->ip[0] ? (const float *)n->in[1]->data : NULL;
     float *y = (float *)n->out->data;
     const void *ptrs[3] = {x, w, y};
+    const bool v4 = aligned4(C, ptrs, 3);
     int64_t ldh = 0;
     void *h = NULL; /* y's bf16 copy for the bf16 products that read y (q / k / v; gate / up) */
-    if (aligned4(C, ptrs, 3) && ctx->cuda_math == LQ_CUDA_MATH_BF16 && !(h = lq_cuda_act_bf16_claim(ctx, n, &ldh)) &&
+    if (v4 && ctx->cuda_math == LQ_CUDA_MATH_BF16 && !(h = lq_cuda_act_bf16_claim(ctx, n, &ldh)) &&
         ctx->err.status != LQ_OK)
         return ctx->err.status; /* no room for the copy */
-    if (aligned4(C, ptrs, 3))
+    if (v4)
         k_rms_fwd<4><<<row_blocks(R), LQ_CUDA_THREADS, 0, stream_of(ctx)>>>(x, w, y, rstd, R, C, n->fp[0], (uint2 *)h,
                                                                            ldh);
     else

@@ -112,6 +112,18 @@ bool host_only() {
     return v != 0;
 }
 
+/* host-only mode: a device-to-device copy is counted and skipped (true); any other copy is
+ * counted and done */
+bool skip_copy(enum cudaMemcpyKind kind) {
+    if (!host_only()) return false;
+    if (kind == cudaMemcpyDeviceToDevice) {
+        g_hc.d2d++;
+        return true;
+    }
+    g_hc.copies++;
+    return false;
+}
+
 /* true: the call's work is skipped (host-only mode), counted by its kind */
 bool skip_work(const char *what) {
     if (!host_only() || !strncmp(what, "cudaMemcpy", 10)) return false;
@@ -286,13 +298,7 @@ extern "C" cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enu
     if ((unsigned)kind > (unsigned)cudaMemcpyDefault) return fail(cudaErrorInvalidValue);
     if (!n) return cudaSuccess;
     if (!dst || !src) return fail(cudaErrorInvalidValue);
-    if (host_only()) {
-        if (kind == cudaMemcpyDeviceToDevice) {
-            g_hc.d2d++;
-            return cudaSuccess;
-        }
-        g_hc.copies++;
-    }
+    if (skip_copy(kind)) return cudaSuccess;
     lq_emu_enqueue(s, "cudaMemcpyAsync", [=]() { memmove(dst, src, n); });
     return cudaSuccess;
 }
@@ -303,11 +309,7 @@ extern "C" cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *s
         return fail(cudaErrorInvalidValue);
     if (!width || !height) return cudaSuccess;
     if (!dst || !src) return fail(cudaErrorInvalidValue);
-    if (host_only() && kind == cudaMemcpyDeviceToDevice) {
-        g_hc.d2d++;
-        return cudaSuccess;
-    }
-    if (host_only()) g_hc.copies++;
+    if (skip_copy(kind)) return cudaSuccess;
     lq_emu_enqueue(s, "cudaMemcpy2DAsync", [=]() {
         for (size_t i = 0; i < height; i++) memmove((char *)dst + i * dpitch, (const char *)src + i * spitch, width);
     });
