@@ -126,7 +126,7 @@ EMU_OBJ :=
 ifeq ($(EMU),1)
 CU_SRC  := $(wildcard core/*.cu quant/*.cu autograd/*.cu autograd/ops/*.cu train/*.cu)
 LIB_SRC := $(filter-out $(CU_SRC:%.cu=%_none.c),$(LIB_SRC))
-EMU_OBJ := $(OBJDIR)/$(EMU_DIR)/emu_runtime.o $(OBJDIR)/$(EMU_DIR)/emu_api.o
+EMU_OBJ := $(OBJDIR)/$(EMU_DIR)/emu_runtime.o $(OBJDIR)/$(EMU_DIR)/emu_api.o $(OBJDIR)/$(EMU_DIR)/emu_race.o
 endif
 LIB_OBJ := $(LIB_SRC:%.c=$(OBJDIR)/%.o) $(CU_SRC:%.cu=$(OBJDIR)/%.cu.o) $(EMU_OBJ)
 CLI_OBJ := $(OBJDIR)/train/main.o

@@ -4,7 +4,7 @@
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 3] [--steps 8] [--warmup 3]
 #                [--math tf32[,bf16][,bf16fused][,bf16flash][,bf16flash1s][,bf16flashnf]] [--checkpoint 0[,1]] [--dry-run]
-#                [--only parity,cli,dequant,linear,135m,1b,profile[,ncu]]
+#                [--only parity,cli,dequant,linear,135m,1b,profile[,ncu][,sanitize]]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
 # Default: unpacks the bundle tools/gpu_bundle.sh made (binaries + the shared libraries a bare GPU
@@ -173,6 +173,27 @@ if want parity && [ -n "${LOQUAT_REPLAY:-}" ]; then
             LOQUAT_CUDA_SEED="$seed" "$test_dir/$suite"
     done
 fi
+# --- 1a'. the suites whose kernels share memory between threads (flash attention, the dY / du and fused
+# NF4 kernels, the row reductions) under NVIDIA's compute-sanitizer: memcheck (out-of-bounds and
+# misaligned accesses) and racecheck (shared-memory hazards between a block's threads), which the CPU
+# emulator's order check can only approach. Not in the defaults (--only ...,sanitize): slow tools -----
+if want sanitize; then
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer \
+        "$(dirname "$(command -v nvcc || echo .)")/compute-sanitizer" 2>/dev/null | head -n 1)
+    for tool in memcheck racecheck; do
+        for suite in ${LOQUAT_SANITIZE_SUITES:-test_cuda_flash test_cuda_wide test_cuda_ops}; do
+            if [ -z "$cs" ] || [ ! -x "$test_dir/$suite" ]; then
+                log "sanitize-$tool-$suite: SKIPPED: ${cs:+no $suite}${cs:-no compute-sanitizer on this machine}"
+                continue
+            fi
+            part "sanitize-$tool-$suite" 90 "${lqenv[@]}" LOQUAT_CUDA_REQUIRED=1 "$cs" --tool "$tool" \
+                --error-exitcode 9 "$test_dir/$suite"
+            [ "$dry" = 1 ] || grep -E '^========= (ERROR SUMMARY|RACECHECK SUMMARY)' "$out/logs/sanitize-$tool-$suite.out" |
+                sed "s/^/    $tool $suite: /" || true
+        done
+    done
+fi
+
 # --- 1b. `loquat train` / `loquat eval` with device: cuda against the CPU (tests/test_cli_cuda.sh) -------
 if want cli; then
     if [ "$mode" = build ]; then clibuild=$build

@@ -139,9 +139,9 @@ static void test_swiglu_wide(void **state) {
 }
 
 /* rmsnorm over rows wider than the random cases' (C <= 9), where cuda_norm.cu's four-wide row
- * kernels run (C % 4 == 0), and one they decline (C 258); with and without a weight, and x read
- * by two rmsnorms, so the second backward adds to the gradient the first wrote. Variant v is
- * case v. */
+ * kernels run (C % 4 == 0), and one they decline (C 258); with and without a weight, x read by
+ * two rmsnorms, so the second backward adds to the gradient the first wrote, and more rows than one
+ * block of the weight's gradient sums. Variant v is case v. */
 static int g_rms_variant;
 
 static lq_tensor *rms_wide_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, void *user) {
@@ -153,10 +153,11 @@ static lq_tensor *rms_wide_call(lq_ctx *ctx, lq_tensor *const *in, int n_in, voi
 static lq_status rms_wide_make(lq_ctx *ctx, lq_rng *rng, lq_gc_case *c) {
     static const struct {
         int64_t C;
-        int weight, twice;
-    } v[] = {{256, 1, 0}, {64, 0, 0}, {258, 1, 1}, {512, 1, 1}, {36, 0, 1}, {2048, 1, 0}};
+        int weight, twice, many_rows;
+    } v[] = {{256, 1, 0, 0}, {64, 0, 0, 0}, {258, 1, 1, 1}, {512, 1, 1, 0}, {36, 0, 1, 0}, {2048, 1, 0, 1}};
     int k = g_rms_variant % (int)(sizeof v / sizeof v[0]);
-    int64_t R = lq_rng_int(rng, 1, 40), C = v[k].C;
+    /* many_rows: the weight's gradient summed by several 64-row blocks (cuda_norm.cu's ROWS_PER) */
+    int64_t R = v[k].many_rows ? lq_rng_int(rng, 65, 200) : lq_rng_int(rng, 1, 40), C = v[k].C;
     c->n_in = 1;
     c->in[0] = lq_gc_input(ctx, rng, 2, (int64_t[]){R, C}, -2, 2);
     if (v[k].weight) c->in[c->n_in++] = lq_gc_input(ctx, rng, 1, &C, 0.5f, 1.5f);

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "emu_race.h"
 #include "lq_cuda_emu.h"
 
 /* A deferred stream's queue holds (sequence number, work); `waited` maps each stream it has waited
@@ -255,9 +256,10 @@ extern "C" cudaError_t cudaMalloc(void **p, size_t bytes) {
     if (!bytes) return cudaSuccess;
     if (bytes > DEVICE_BYTES) return fail(cudaErrorMemoryAllocation);
     /* exactly `bytes` (no rounding up to the alignment): under ASan or valgrind a read one past
-     * the end is reported */
+     * the end is reported; under the order check whole pages (emu_race.cpp) */
     void *m = nullptr;
-    if (posix_memalign(&m, 256, bytes) != 0) return fail(cudaErrorMemoryAllocation);
+    if (lq_emu_race_on() ? !(m = lq_emu_race_alloc(bytes)) : posix_memalign(&m, 256, bytes) != 0)
+        return fail(cudaErrorMemoryAllocation);
     memset(m, host_only() ? 0 : 0xff, bytes);
     *p = m;
     return cudaSuccess;
@@ -265,7 +267,7 @@ extern "C" cudaError_t cudaMalloc(void **p, size_t bytes) {
 
 extern "C" cudaError_t cudaFree(void *p) {
     flush_all(); /* cudaFree waits for the device */
-    free(p);
+    if (!lq_emu_race_free(p)) free(p);
     return cudaSuccess;
 }
 

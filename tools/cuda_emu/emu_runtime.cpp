@@ -9,7 +9,8 @@
  * arrived (an exited thread counts as arrived, as on sm_70+; a thread not yet started is live);
  * warp barriers likewise over the 32 lanes (linear thread id / 32) of the caller's warp. When
  * nothing can run and threads are left, the kernel deadlocked: the emulator says which and aborts.
- * Emulates logic only: no timing, no real concurrency, so no real race can show up here. */
+ * Emulates logic only: no timing, no real concurrency. Races show by comparison instead: under
+ * LQ_CUDA_EMU_RACE=1 each launch runs twice in opposite block and thread orders (emu_race.cpp). */
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -27,6 +28,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "emu_race.h"
 #include "lq_cuda_emu.h"
 
 uint3 lq_emu_thread_idx, lq_emu_block_idx;
@@ -301,6 +303,21 @@ void run_block() {
     }
 }
 
+/* every block of the grid, in grid order (x fastest) or last to first; by_block: each block's writes
+ * checked against the others' (the order check's first run) */
+void run_grid(dim3 grid, bool backwards, bool by_block) {
+    const unsigned long long nb = (unsigned long long)grid.x * grid.y * grid.z;
+    for (unsigned long long k = 0; k < nb; k++) {
+        const unsigned long long i = backwards ? nb - 1 - k : k;
+        lq_emu_block_idx.x = (unsigned)(i % grid.x);
+        lq_emu_block_idx.y = (unsigned)(i / grid.x % grid.y);
+        lq_emu_block_idx.z = (unsigned)(i / grid.x / grid.y);
+        if (by_block) lq_emu_race_block_begin((long long)i);
+        run_block();
+        if (by_block) lq_emu_race_block_end(S.name);
+    }
+}
+
 void check_in_kernel(const char *what) {
     if (!S.in_kernel) die("%s called outside a kernel", what);
 }
@@ -486,14 +503,17 @@ void lq_emu_run(dim3 grid, dim3 block, size_t shmem, cudaStream_t stream, const 
     lq_emu_block_dim = block;
     lq_emu_grid_dim = grid;
     S.in_kernel = true;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                lq_emu_block_idx.x = x;
-                lq_emu_block_idx.y = y;
-                lq_emu_block_idx.z = z;
-                run_block();
-            }
+    if (lq_emu_race_on()) { /* the order check: once as configured, once the other way round */
+        lq_emu_race_begin();
+        run_grid(grid, false, true);
+        lq_emu_race_between();
+        S.reverse = !S.reverse;
+        run_grid(grid, true, false);
+        S.reverse = !S.reverse;
+        lq_emu_race_end(name);
+    } else {
+        run_grid(grid, false, false);
+    }
     S.in_kernel = false;
     S.cur = -1;
     if (S.want_stats) {

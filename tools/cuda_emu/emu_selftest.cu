@@ -22,6 +22,8 @@ extern "C" { /* cmocka.h has no C++ guard of its own */
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include "emu_race.h"
+
 /* --- kernels ------------------------------------------------------------------------------------ */
 
 /* out[b] = sum of in[b * 256 + t] by a shared-memory tree (the usual block reduction) */
@@ -134,6 +136,29 @@ __global__ void k_wmma_at(const __nv_bfloat16 *in, float *out, int off, int ldm,
     wmma::load_matrix_sync(b, dsm + off + 16 * ldm, 16);
     wmma::mma_sync(c, a, b, c);
     wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
+}
+
+/* kernels for the order check (LQ_CUDA_EMU_RACE): the last of all threads to write x[0] wins */
+__global__ void k_last_writer(int *x) { x[0] = (int)(blockIdx.x * blockDim.x + threadIdx.x); }
+/* block 1 reads what block 0 writes, with nothing to order them */
+__global__ void k_block_reads(float *x) {
+    const int t = threadIdx.x;
+    if (blockIdx.x == 0) x[t] = 1.0f + (float)t;
+    else x[32 + t] = 2.0f * x[t];
+}
+/* thread t reads y[63 - t], which thread 63 - t writes without a barrier between: an effect of
+ * 1e-7 relative, inside any parity bound */
+__global__ void k_small_race(float *out, float *y) {
+    const int t = threadIdx.x;
+    y[t] = 1e-7f * (float)(t + 1);
+    out[t] = 1.0f + y[63 - t];
+}
+/* x[t] += 1 by every block, without an atomic: a lost update on a GPU; the same bits in any order */
+__global__ void k_plain_sum(float *x) { x[threadIdx.x] += 1.0f; }
+/* float atomics from every block (bits depend on the order, by design) and a plain per-thread write */
+__global__ void k_atomic_sum(float *s, float *x) {
+    atomicAdd(s, blockIdx.x + threadIdx.x == 0 ? 1e8f : 1.0f); /* 1e8 first: the ones round away */
+    x[blockIdx.x * blockDim.x + threadIdx.x] = (float)blockIdx.x;
 }
 
 #define LAUNCH1(kernel, n, ...) kernel<<<((n) + 127) / 128, 128>>>(__VA_ARGS__)
@@ -491,6 +516,59 @@ static void test_gemm(void **state) {
     assert_int_equal(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
 }
 
+/* The order check finds a race between blocks, one inside a block whose effect is far below any
+ * tolerance, last-writer-wins, and blocks adding into one place without atomics; it leaves atomics
+ * and clean kernels alone; memory ends as the second run left it. In a child (its stderr to a
+ * file), the mode switched on there. */
+static void test_race_check(void **state) {
+    (void)state;
+    char path[] = "/tmp/lq_emu_selftest_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (dup2(fd, 2) < 0) _exit(3);
+        lq_emu_race_force(true);
+        int *xi;
+        float *xf, *y, *s;
+        if (cudaMalloc((void **)&xi, 4) || cudaMalloc((void **)&xf, 256 * 4) || cudaMalloc((void **)&y, 64 * 4) ||
+            cudaMalloc((void **)&s, 4))
+            _exit(3);
+        k_last_writer<<<4, 64>>>(xi);
+        k_block_reads<<<2, 32>>>(xf);
+        k_set<<<1, 64>>>(y, 0.0f, 64);
+        k_small_race<<<1, 64>>>(xf, y);
+        const float out0 = xf[0]; /* 1 + y[63] as the second run (threads last to first) found it */
+        k_set<<<1, 64>>>(y, 0.0f, 64);
+        k_plain_sum<<<3, 4>>>(y);
+        *s = 0.0f;
+        k_atomic_sum<<<8, 32>>>(s, xf);
+        k_set<<<2, 128>>>(y, 5.0f, 64);
+        lq_emu_race_force(false);
+        /* the second run's memory: blocks last to first, so block 0's thread 0 wrote x[0] last */
+        _exit(*xi == 0 && out0 == 1.0f + 1e-7f * 64.0f && xf[255] == 7.0f && y[63] == 5.0f ? 0 : 4);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    char buf[8192] = "";
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
+    unlink(path);
+    assert_true(n > 0);
+    buf[n] = 0;
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) fprintf(stderr, "child: status %d, stderr:\n%s", st, buf);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_non_null(strstr(buf, "RACE in kernel k_last_writer"));
+    assert_non_null(strstr(buf, "RACE in kernel k_block_reads"));
+    assert_non_null(strstr(buf, "RACE in kernel k_small_race"));
+    assert_non_null(strstr(buf, "RACE in kernel k_plain_sum: blocks 0 and 1 (linear ids) both wrote the word at byte 0"));
+    assert_null(strstr(buf, "k_atomic_sum"));
+    assert_null(strstr(buf, "k_set"));
+}
+
 int main(void) {
     printf("CUDA device: emulated on the CPU (the emulator's own checks)\n");
     const struct CMUnitTest tests[] = {
@@ -498,7 +576,7 @@ int main(void) {
         cmocka_unit_test(test_shared_poison_and_dynamic), cmocka_unit_test(test_launch_rules),
         cmocka_unit_test(test_deadlock_reported), cmocka_unit_test(test_warnings), cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_side_stream_order), cmocka_unit_test(test_side_stream_lint),
-        cmocka_unit_test(test_wmma_alignment),
+        cmocka_unit_test(test_wmma_alignment), cmocka_unit_test(test_race_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

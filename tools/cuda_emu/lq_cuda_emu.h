@@ -99,15 +99,26 @@ static inline int __any_sync(unsigned mask, int pred) { return lq_emu_ballot(mas
 static inline int __all_sync(unsigned mask, int pred) { return lq_emu_ballot(mask, !pred) == 0; }
 
 /* --- atomics: one OS thread runs every emulated thread and a fiber only yields at a barrier, so a
- * plain read-modify-write is atomic. Each returns the old value, as CUDA's do. */
-template <typename T> static inline T atomicAdd(T *p, T v) { T o = *p; *p = o + v; return o; }
-template <typename T> static inline T atomicSub(T *p, T v) { T o = *p; *p = o - v; return o; }
-template <typename T> static inline T atomicMin(T *p, T v) { T o = *p; if (v < o) *p = v; return o; }
-template <typename T> static inline T atomicMax(T *p, T v) { T o = *p; if (v > o) *p = v; return o; }
-template <typename T> static inline T atomicExch(T *p, T v) { T o = *p; *p = v; return o; }
-template <typename T> static inline T atomicCAS(T *p, T cmp, T v) { T o = *p; if (o == cmp) *p = v; return o; }
-template <typename T> static inline T atomicOr(T *p, T v) { T o = *p; *p = o | v; return o; }
-template <typename T> static inline T atomicAnd(T *p, T v) { T o = *p; *p = o & v; return o; }
+ * plain read-modify-write is atomic. Each returns the old value, as CUDA's do. Under the order check
+ * (LQ_CUDA_EMU_RACE, emu_race.cpp) each notes the bytes it touches: they may differ by design. */
+extern bool lq_emu_race_atomics;
+void lq_emu_race_atomic(const void *p, size_t n);
+#define LQ_EMU_ATOMIC(T, body)                                                                                  \
+    {                                                                                                          \
+        if (lq_emu_race_atomics) lq_emu_race_atomic(p, sizeof(T));                                              \
+        T o = *p;                                                                                              \
+        body;                                                                                                  \
+        return o;                                                                                              \
+    }
+template <typename T> static inline T atomicAdd(T *p, T v) LQ_EMU_ATOMIC(T, *p = o + v)
+template <typename T> static inline T atomicSub(T *p, T v) LQ_EMU_ATOMIC(T, *p = o - v)
+template <typename T> static inline T atomicMin(T *p, T v) LQ_EMU_ATOMIC(T, if (v < o) *p = v)
+template <typename T> static inline T atomicMax(T *p, T v) LQ_EMU_ATOMIC(T, if (v > o) *p = v)
+template <typename T> static inline T atomicExch(T *p, T v) LQ_EMU_ATOMIC(T, *p = v)
+template <typename T> static inline T atomicCAS(T *p, T cmp, T v) LQ_EMU_ATOMIC(T, if (o == cmp) *p = v)
+template <typename T> static inline T atomicOr(T *p, T v) LQ_EMU_ATOMIC(T, *p = o | v)
+template <typename T> static inline T atomicAnd(T *p, T v) LQ_EMU_ATOMIC(T, *p = o & v)
+#undef LQ_EMU_ATOMIC
 
 /* --- loads and stores with cache hints: plain accesses */
 template <typename T> static inline T __ldg(const T *p) { return *p; }
