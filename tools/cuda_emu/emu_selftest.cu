@@ -402,9 +402,10 @@ static void test_side_stream_lint(void **state) {
     }
 }
 
-/* the emulator's warnings go to stderr: a child writes them to a file the parent reads */
-static void test_warnings(void **state) {
-    (void)state;
+/* Runs child() in a forked process with its stderr into a file; returns the child's exit status (-1
+ * when it did not exit) and its stderr in buf (n bytes at most, NUL-terminated). The emulator's
+ * findings go to stderr, and some abort. */
+static int in_child(int (*child)(void), char *buf, size_t n) {
     char path[] = "/tmp/lq_emu_selftest_XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -412,24 +413,29 @@ static void test_warnings(void **state) {
     fflush(stderr);
     pid_t pid = fork();
     assert_true(pid >= 0);
-    if (pid == 0) {
-        if (dup2(fd, 2) < 0) _exit(3);
-        int *x;
-        if (cudaMalloc((void **)&x, 64 * sizeof(int)) != cudaSuccess) _exit(3);
-        k_divergent<<<1, 64>>>(x);
-        k_idle_lane<<<1, 48>>>(x);
-        /* a lane with a partner gets its partner's value; the idle-lane reader its own */
-        _exit(x[0] == 16 && x[16] == 0 && x[32] == 32 ? 0 : 4);
-    }
+    if (pid == 0) _exit(dup2(fd, 2) < 0 ? 3 : child());
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);
-    char buf[4096] = "";
-    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    ssize_t k = pread(fd, buf, n - 1, 0);
     close(fd);
     unlink(path);
-    assert_true(n > 0);
-    buf[n] = 0;
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    buf[k > 0 ? k : 0] = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int warnings_child(void) {
+    int *x;
+    if (cudaMalloc((void **)&x, 64 * sizeof(int)) != cudaSuccess) return 3;
+    k_divergent<<<1, 64>>>(x);
+    k_idle_lane<<<1, 48>>>(x);
+    /* a lane with a partner gets its partner's value; the idle-lane reader its own */
+    return x[0] == 16 && x[16] == 0 && x[32] == 32 ? 0 : 4;
+}
+
+static void test_warnings(void **state) {
+    (void)state;
+    char buf[4096];
+    assert_int_equal(in_child(warnings_child, buf, sizeof buf), 0);
     assert_non_null(strstr(buf, "kernel k_divergent: threads of one block met at different __syncthreads calls"));
     assert_non_null(strstr(buf, "kernel k_idle_lane: a shuffle read a lane that is not running"));
 }
@@ -516,51 +522,38 @@ static void test_gemm(void **state) {
     assert_int_equal(cublasDestroy(h), CUBLAS_STATUS_SUCCESS);
 }
 
+static int race_child(void) {
+    lq_emu_race_force(true);
+    int *xi;
+    float *xf, *y, *s;
+    if (cudaMalloc((void **)&xi, 4) || cudaMalloc((void **)&xf, 256 * 4) || cudaMalloc((void **)&y, 64 * 4) ||
+        cudaMalloc((void **)&s, 4))
+        return 3;
+    k_last_writer<<<4, 64>>>(xi);
+    k_block_reads<<<2, 32>>>(xf);
+    k_set<<<1, 64>>>(y, 0.0f, 64);
+    k_small_race<<<1, 64>>>(xf, y);
+    const float out0 = xf[0]; /* 1 + y[63] as the second run (threads last to first) found it */
+    k_set<<<1, 64>>>(y, 0.0f, 64);
+    k_plain_sum<<<3, 4>>>(y);
+    *s = 0.0f;
+    k_atomic_sum<<<8, 32>>>(s, xf);
+    k_set<<<2, 128>>>(y, 5.0f, 64);
+    lq_emu_race_force(false);
+    /* the second run's memory: blocks last to first, so block 0's thread 0 wrote x[0] last */
+    return *xi == 0 && out0 == 1.0f + 1e-7f * 64.0f && xf[255] == 7.0f && y[63] == 5.0f ? 0 : 4;
+}
+
 /* The order check finds a race between blocks, one inside a block whose effect is far below any
  * tolerance, last-writer-wins, and blocks adding into one place without atomics; it leaves atomics
- * and clean kernels alone; memory ends as the second run left it. In a child (its stderr to a
- * file), the mode switched on there. */
+ * and clean kernels alone; memory ends as the second run left it. In a child, the mode switched on
+ * there. */
 static void test_race_check(void **state) {
     (void)state;
-    char path[] = "/tmp/lq_emu_selftest_XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if (dup2(fd, 2) < 0) _exit(3);
-        lq_emu_race_force(true);
-        int *xi;
-        float *xf, *y, *s;
-        if (cudaMalloc((void **)&xi, 4) || cudaMalloc((void **)&xf, 256 * 4) || cudaMalloc((void **)&y, 64 * 4) ||
-            cudaMalloc((void **)&s, 4))
-            _exit(3);
-        k_last_writer<<<4, 64>>>(xi);
-        k_block_reads<<<2, 32>>>(xf);
-        k_set<<<1, 64>>>(y, 0.0f, 64);
-        k_small_race<<<1, 64>>>(xf, y);
-        const float out0 = xf[0]; /* 1 + y[63] as the second run (threads last to first) found it */
-        k_set<<<1, 64>>>(y, 0.0f, 64);
-        k_plain_sum<<<3, 4>>>(y);
-        *s = 0.0f;
-        k_atomic_sum<<<8, 32>>>(s, xf);
-        k_set<<<2, 128>>>(y, 5.0f, 64);
-        lq_emu_race_force(false);
-        /* the second run's memory: blocks last to first, so block 0's thread 0 wrote x[0] last */
-        _exit(*xi == 0 && out0 == 1.0f + 1e-7f * 64.0f && xf[255] == 7.0f && y[63] == 5.0f ? 0 : 4);
-    }
-    int st = 0;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    char buf[8192] = "";
-    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
-    close(fd);
-    unlink(path);
-    assert_true(n > 0);
-    buf[n] = 0;
-    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) fprintf(stderr, "child: status %d, stderr:\n%s", st, buf);
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    char buf[8192];
+    const int rc = in_child(race_child, buf, sizeof buf);
+    if (rc != 0) fprintf(stderr, "child: exit %d, stderr:\n%s", rc, buf);
+    assert_int_equal(rc, 0);
     assert_non_null(strstr(buf, "RACE in kernel k_last_writer"));
     assert_non_null(strstr(buf, "RACE in kernel k_block_reads"));
     assert_non_null(strstr(buf, "RACE in kernel k_small_race"));
