@@ -379,6 +379,17 @@ void lq_emu_syncwarp(unsigned mask) {
     warp_wait();
 }
 
+void lq_emu_wmma_lanes(const char *what, int live) {
+    check_in_kernel(what);
+    if (live < 0) live = S.warps[S.cur >> 5].live;
+    if (live >= 32) return;
+    char d[96];
+    snprintf(d, sizeof d, " (wmma::%s with %d of 32 lanes)", what, live);
+    warn_once("a wmma call without the whole warp (lanes that returned, or a warp of under 32 threads): undefined "
+              "on a GPU",
+              d);
+}
+
 int lq_emu_lane(void) {
     check_in_kernel("a warp function");
     return S.cur & 31;

@@ -161,6 +161,20 @@ __global__ void k_atomic_sum(float *s, float *x) {
     x[blockIdx.x * blockDim.x + threadIdx.x] = (float)blockIdx.x;
 }
 
+/* half a warp returns before a wmma multiply: undefined on a GPU, a warning here */
+__global__ void k_wmma_half(const __nv_bfloat16 *in, float *out) {
+    using namespace nvcuda;
+    if (threadIdx.x >= 16) return;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 0.0f);
+    wmma::load_matrix_sync(a, in, 16);
+    wmma::load_matrix_sync(b, in, 16);
+    wmma::mma_sync(c, a, b, c);
+    wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
+}
+
 #define LAUNCH1(kernel, n, ...) kernel<<<((n) + 127) / 128, 128>>>(__VA_ARGS__)
 #define K_TWICE k_scale<float, 2>
 
@@ -429,7 +443,14 @@ static int warnings_child(void) {
     k_divergent<<<1, 64>>>(x);
     k_idle_lane<<<1, 48>>>(x);
     /* a lane with a partner gets its partner's value; the idle-lane reader its own */
-    return x[0] == 16 && x[16] == 0 && x[32] == 32 ? 0 : 4;
+    if (!(x[0] == 16 && x[16] == 0 && x[32] == 32)) return 4;
+    __nv_bfloat16 *in;
+    float *out;
+    if (cudaMalloc((void **)&in, 256 * sizeof *in) != cudaSuccess || cudaMalloc((void **)&out, 1024) != cudaSuccess)
+        return 3;
+    for (int i = 0; i < 256; i++) in[i] = __float2bfloat16(1.0f);
+    k_wmma_half<<<1, 32>>>(in, out);
+    return 0;
 }
 
 static void test_warnings(void **state) {
@@ -438,6 +459,7 @@ static void test_warnings(void **state) {
     assert_int_equal(in_child(warnings_child, buf, sizeof buf), 0);
     assert_non_null(strstr(buf, "kernel k_divergent: threads of one block met at different __syncthreads calls"));
     assert_non_null(strstr(buf, "kernel k_idle_lane: a shuffle read a lane that is not running"));
+    assert_non_null(strstr(buf, "kernel k_wmma_half: a wmma call without the whole warp"));
 }
 
 /* --- the cuBLAS reference ----------------------------------------------------------------------- */
@@ -540,8 +562,13 @@ static int race_child(void) {
     k_atomic_sum<<<8, 32>>>(s, xf);
     k_set<<<2, 128>>>(y, 5.0f, 64);
     lq_emu_race_force(false);
-    /* the second run's memory: blocks last to first, so block 0's thread 0 wrote x[0] last */
-    return *xi == 0 && out0 == 1.0f + 1e-7f * 64.0f && xf[255] == 7.0f && y[63] == 5.0f ? 0 : 4;
+    /* the second run's memory: blocks last to first, threads opposite to LQ_CUDA_EMU_ORDER: block 0
+     * last, its thread 0 (63 when the second run goes forward) wrote x[0] last, and thread 0 read
+     * y[63] after (before) thread 63 wrote it */
+    const char *o = getenv("LQ_CUDA_EMU_ORDER");
+    const bool fwd2 = o && strcmp(o, "reverse") == 0;
+    const float want0 = fwd2 ? 1.0f : 1.0f + 1e-7f * 64.0f;
+    return *xi == (fwd2 ? 63 : 0) && out0 == want0 && xf[255] == 7.0f && y[63] == 5.0f ? 0 : 4;
 }
 
 /* The order check finds a race between blocks, one inside a block whose effect is far below any

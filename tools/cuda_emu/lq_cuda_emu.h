@@ -66,6 +66,9 @@ uint64_t lq_emu_shfl(unsigned mask, uint64_t mine, int src);
 /* Every live lane publishes `pred`; returns the bit mask of lanes whose pred was non-zero. */
 unsigned lq_emu_ballot(unsigned mask, int pred);
 int lq_emu_lane(void);
+/* A wmma call (include/mma.h): CUDA's warp matrix functions need all 32 lanes of the warp; a warning
+ * when fewer are live (live < 0: the caller's warp's count now; else the count the call found). */
+void lq_emu_wmma_lanes(const char *what, int live);
 
 template <typename T> static inline T lq_emu_shfl_t(unsigned mask, T v, int src) {
     static_assert(sizeof(T) <= sizeof(uint64_t), "shuffles of values over 8 bytes are not emulated");

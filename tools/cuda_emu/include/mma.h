@@ -2,7 +2,8 @@
  * A fragment is the whole matrix, held by every lane: loads and the multiply are computed
  * redundantly per lane (bf16 / half inputs, fp32 accumulation, k in increasing order); a store is
  * warp-collective: the warp meets, its lowest live lane writes, the warp meets again, so no lane's
- * later writes to the destination can be undone by another lane's late copy. */
+ * later writes to the destination can be undone by another lane's late copy. Loads, multiplies and
+ * stores warn when the warp has fewer than 32 live lanes (lq_emu_wmma_lanes). */
 #ifndef LQ_CUDA_EMU_MMA_H
 #define LQ_CUDA_EMU_MMA_H
 
@@ -61,6 +62,7 @@ template <typename Use, int M, int N, int K, typename T, typename L>
 static inline void load_matrix_sync(fragment<Use, M, N, K, T, L> &f, const T *p, unsigned ldm) {
     typedef fragment<Use, M, N, K, T, L> F;
     lq_emu_wmma_check(p, ldm, sizeof(T), "load_matrix_sync");
+    lq_emu_wmma_lanes("load_matrix_sync", -1);
     const bool rm = std::is_same<L, row_major>::value;
     for (int r = 0; r < F::rows; r++)
         for (int c = 0; c < F::cols; c++) f.x[r * F::cols + c] = rm ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
@@ -70,6 +72,7 @@ template <int M, int N, int K, typename T>
 static inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void> &f, const T *p, unsigned ldm,
                                     layout_t l) {
     lq_emu_wmma_check(p, ldm, sizeof(T), "load_matrix_sync");
+    lq_emu_wmma_lanes("load_matrix_sync", -1);
     for (int r = 0; r < M; r++)
         for (int c = 0; c < N; c++) f.x[r * N + c] = l == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
 }
@@ -79,6 +82,7 @@ static inline void store_matrix_sync(T *p, const fragment<accumulator, M, N, K, 
                                      layout_t l) {
     lq_emu_wmma_check(p, ldm, sizeof(T), "store_matrix_sync");
     const unsigned live = __ballot_sync(0xffffffffu, 1); /* also the warp's first meeting */
+    lq_emu_wmma_lanes("store_matrix_sync", __builtin_popcount(live));
     if (lq_emu_lane() == __builtin_ctz(live)) {
         for (int r = 0; r < M; r++)
             for (int c = 0; c < N; c++) {
@@ -94,6 +98,7 @@ template <int M, int N, int K, typename TA, typename LA, typename LB, typename T
 static inline void mma_sync(fragment<accumulator, M, N, K, TC, void> &d, const fragment<matrix_a, M, N, K, TA, LA> &a,
                             const fragment<matrix_b, M, N, K, TA, LB> &b,
                             const fragment<accumulator, M, N, K, TC, void> &c) {
+    lq_emu_wmma_lanes("mma_sync", -1);
     float out[M * N];
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
