@@ -38,6 +38,11 @@ no_leftovers() {
 ppl_of() { sed -n 's/^perplexity: \([0-9.]*\) .*/\1/p' <<<"$out"; }
 
 # rel_close A B TOL: |A - B| <= TOL * B
+# F32_MERGE_TOL: the merged f32 model computes x (W + s B A)^T in one product, the base with --adapter
+# x W^T + s (x A^T) B^T in three, so their logits differ by float32 rounding: seen 1.4e-7 of the
+# perplexity (an AMD EPYC's OpenBLAS kernels; other machines printed the same 4 decimals). The
+# adapter moves the perplexity by about 2.3e-2, so 1e-5 still fails a merge whose scale is 0.05% off.
+F32_MERGE_TOL=1e-5
 rel_close() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && d <= t * b) }'; }
 
 # text to score: the fixture's training sentences (about 700 tokens: 21 windows of 32)
@@ -46,7 +51,7 @@ ppl_args=(--data "$tmp/text.txt" --ctx 32)
 
 expect_rc 0 "perplexity of the base" perplexity --model "$fx" "${ppl_args[@]}"
 ppl_base=$(ppl_of)
-ppl_ad=
+ppl_ad= ppl_st_f32=
 if expect_rc 0 "perplexity --adapter" perplexity --model "$fx" --adapter "$ad" "${ppl_args[@]}"; then
     ppl_ad=$(ppl_of)
     checks=$((checks + 1))
@@ -91,8 +96,9 @@ for dt in f32 f16 bf16 nf4; do
         if expect_rc 0 "perplexity on the $dt safetensors export" perplexity --model "$o" "${ppl_args[@]}"; then
             p=$(ppl_of)
             if [ "$dt" = f32 ]; then
-                checks=$((checks + 1))
-                [ -n "$ppl_ad" ] && [ "$p" = "$ppl_ad" ] || fail "merged f32 perplexity $p != base --adapter $ppl_ad"
+                ppl_st_f32=$p
+                rel_close "$p" "$ppl_ad" "$F32_MERGE_TOL"
+                check $? "merged f32 perplexity $p not within $F32_MERGE_TOL of base --adapter $ppl_ad"
             else
                 rel_close "$p" "$ppl_ad" 0.01
                 check $? "merged $dt perplexity $p not within 1% of $ppl_ad"
@@ -119,8 +125,12 @@ for dt in f32 f16 bf16 q8_0 q4_0; do
     if expect_rc 0 "perplexity on the $dt GGUF" perplexity --model "$o" "${ppl_args[@]}"; then
         p=$(ppl_of)
         if [ "$dt" = f32 ]; then
-            checks=$((checks + 1)) # same weights, and the GGUF's tokenizer gives the same ids
-            [ -n "$ppl_ad" ] && [ "$p" = "$ppl_ad" ] || fail "merged f32 GGUF perplexity $p != base --adapter $ppl_ad"
+            # the same weights as the f32 safetensors export, and the GGUF's tokenizer gives the same
+            # ids: the same perplexity to the last digit
+            rel_close "$p" "$ppl_ad" "$F32_MERGE_TOL"
+            check $? "merged f32 GGUF perplexity $p not within $F32_MERGE_TOL of base --adapter $ppl_ad"
+            checks=$((checks + 1))
+            [ "$p" = "${ppl_st_f32:-}" ] || fail "merged f32 GGUF perplexity $p != the f32 safetensors export's ${ppl_st_f32:-}"
         else
             rel_close "$p" "$ppl_ad" 0.05
             check $? "merged $dt GGUF perplexity $p not within 5% of $ppl_ad"
