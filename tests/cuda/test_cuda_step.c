@@ -29,10 +29,9 @@ static uint64_t g_seed;
  * a missing term (a dropped adapter, a wrong scale) is far above them. */
 #define LOSS_REL_FP32 1e-5
 #define GRAD_NMSE_FP32 1e-8
-/* After one AdamW step the parameters move by about lr each (the first update is lr * g / |g|),
- * so they agree where the gradients do; a gradient within eps of zero may flip its update, which
- * changes the nmse by (2 lr)^2 / sum(p^2) ~ 1e-9 per flip at most, hence the bound. */
-#define PARAM_NMSE 1e-8
+/* One AdamW step on both sides from the same gradient (the GPU's): train/optim_cuda.cu rounds each
+ * operation as the CPU loop does, in the same order, so the parameters agree bit for bit. */
+#define PARAM_NMSE 0.0
 /* bf16 tensor-core inputs: ~3 significant digits per product; the loss is a sum over the batch. */
 #define LOSS_REL_BF16 1e-2
 
@@ -179,6 +178,12 @@ static void run_step(bool checkpoint, lq_cuda_math math, bool full, bool release
     int fails = 0;
     float *gc = block_of(&c, true), *gg = block_of(&g, true);
     fails += compare_params("gradient", &c, gc, gg, GRAD_NMSE_FP32);
+    /* AdamW from the GPU's gradient on both sides: its first step maps each element to about
+     * +-lr by the element's sign, so an element that comes out of a cancelling sum near zero
+     * turns the update round (seen: 2.2e-8 on the CPU, -1.8e-7 on the GPU, within a gradient
+     * nmse of 2.4e-12, moved one parameter by 1.6 lr). The gradients were compared above; this
+     * compares the optimizers on the same input. */
+    memcpy(lq_params_grad(pc), gg, (size_t)lq_params_numel(pc) * sizeof *gg);
     free(gc);
     free(gg);
 
