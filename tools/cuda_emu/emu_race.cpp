@@ -43,7 +43,7 @@ struct race_state {
     size_t page = 4096;
     std::map<uintptr_t, region> regions; /* by base */
     bool tracking = false;
-    /* a written page's bytes before this run (the pages in first-written order) */
+    /* a written page's bytes before the launch, the pages in first-written order over both runs */
     std::unordered_map<uintptr_t, size_t> saved_at;
     std::vector<uintptr_t> written;
     std::vector<unsigned char> saved;
@@ -255,15 +255,13 @@ void lq_emu_race_end(const char *name) {
     lq_emu_race_atomics = false;
     protect_all(PROT_READ | PROT_WRITE);
     restore_handler();
-    /* every page either run wrote: the first run's bytes (the original where it did not write the
-     * page: the second run's saved copy) against the memory as the second run left it */
-    std::vector<uintptr_t> pages(R.written);
-    for (const auto &kv : R.first_at)
-        if (!R.saved_at.count(kv.first)) pages.push_back(kv.first);
+    /* every page either run wrote (R.written: the first run's, then those only the second wrote):
+     * the first run's bytes (the original where it did not write the page) against the memory as
+     * the second run left it */
     size_t n_diff = 0;
     uintptr_t first_at = 0;
     float fa = 0, fb = 0;
-    for (uintptr_t pg : pages) {
+    for (uintptr_t pg : R.written) {
         auto f = R.first_at.find(pg);
         const unsigned char *one = f != R.first_at.end() ? R.first.data() + f->second : R.saved.data() + R.saved_at[pg];
         const unsigned char *two = (const unsigned char *)pg;
