@@ -97,7 +97,7 @@ static double device_used_mb(double *total_mb) {
 
 typedef struct dq_opts {
     int64_t rows[MAX_SHAPES], cols[MAX_SHAPES];
-    int n_shapes, reps, warmup;
+    int n_shapes, reps, warmup, lead_us;
     bool check;
     uint64_t seed;
 } dq_opts;
@@ -168,15 +168,27 @@ static int dq_run(const dq_weight *w, const lq_qstate *qs, void *d_out, dq_what 
     return st == LQ_OK ? 0 : fail("dequant", err.msg);
 }
 
-/* Times `reps` runs of `what` interleaved with as many copies of the output bytes (A B A B), after
- * `warmup` of each; medians into *dq_ms, *cp_ms. */
-static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d_copy, dq_what what, int warmup,
-                   int reps, double *dq_ms, double *cp_ms) {
+/* A host function that holds the stream lead_us microseconds (cudaLaunchHostFunc). */
+static void CUDART_CB dq_lead(void *arg) {
+    const int us = *(const int *)arg;
+    struct timespec t = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000};
+    nanosleep(&t, NULL);
+}
+
+/* Times o->reps runs of `what` interleaved with as many copies of the output bytes (A B A B), after
+ * o->warmup of each; medians into *dq_ms, *cp_ms. With o->lead_us > 0 each rep's events, launch and
+ * copy are queued behind a host function that holds the stream that long, so the first event is not
+ * stamped on an idle GPU while the host is still launching: both intervals are then GPU time alone
+ * (the copy's, queued behind the dequant, always was). lead_us 0: the older way, where the dequant's
+ * interval also holds the host's launch latency. */
+static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d_copy, dq_what what, const dq_opts *o,
+                   double *dq_ms, double *cp_ms) {
     size_t out_bytes = (size_t)w->n * (what == DQ_F32 || what == DQ_SET_F32 ? 4 : 2);
     cudaEvent_t ev[4];
     for (int i = 0; i < 4; i++) CK(cudaEventCreate(&ev[i]));
     double tdq[MAX_REPS], tcp[MAX_REPS];
-    for (int r = 0; r < warmup + reps; r++) {
+    for (int r = 0; r < o->warmup + o->reps; r++) {
+        if (o->lead_us > 0) CK(cudaLaunchHostFunc(0, dq_lead, (void *)&o->lead_us));
         CK(cudaEventRecord(ev[0], 0));
         if (dq_run(w, qs, d_out, what)) return 1;
         CK(cudaEventRecord(ev[1], 0));
@@ -184,14 +196,14 @@ static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d
         CK(cudaMemcpyAsync(d_copy, d_out, out_bytes, cudaMemcpyDeviceToDevice, 0));
         CK(cudaEventRecord(ev[3], 0));
         CK(cudaEventSynchronize(ev[3]));
-        if (r >= warmup) {
-            tdq[r - warmup] = event_ms(ev[0], ev[1]);
-            tcp[r - warmup] = event_ms(ev[2], ev[3]);
+        if (r >= o->warmup) {
+            tdq[r - o->warmup] = event_ms(ev[0], ev[1]);
+            tcp[r - o->warmup] = event_ms(ev[2], ev[3]);
         }
     }
     for (int i = 0; i < 4; i++) CK(cudaEventDestroy(ev[i]));
-    *dq_ms = lq_bench_median(tdq, reps);
-    *cp_ms = lq_bench_median(tcp, reps);
+    *dq_ms = lq_bench_median(tdq, o->reps);
+    *cp_ms = lq_bench_median(tcp, o->reps);
     return 0;
 }
 
@@ -243,15 +255,15 @@ static int bench_dequant(const dq_opts *o) {
         /* the write-only ceiling: how fast these output bytes can be written at all; ceiling_ratio =
          * the ratio a dequant would reach if it took no longer than this memset */
         double set_ms = 0, scp_ms = 0, set16_ms = 0, scp16_ms = 0;
-        if (!rc) rc = dq_time(&w, &qs, d_out, d_copy, DQ_SET_F32, o->warmup, o->reps, &set_ms, &scp_ms);
+        if (!rc) rc = dq_time(&w, &qs, d_out, d_copy, DQ_SET_F32, o, &set_ms, &scp_ms);
         if (!rc && have_bf16)
-            rc = dq_time(&w, &qs, d_out, d_copy, DQ_SET_BF16, o->warmup, o->reps, &set16_ms, &scp16_ms);
+            rc = dq_time(&w, &qs, d_out, d_copy, DQ_SET_BF16, o, &set16_ms, &scp16_ms);
         if (!rc) {
             double cp_gbs = cp_b / (scp_ms * 1e-3) / 1e9;
             printf("{\"bench\": \"dequant_ceiling\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", \"rows\": %lld, "
-                   "\"cols\": %lld, \"reps\": %d, \"memset_ms\": %.4f, \"memset_gbps\": %.1f, \"copy_ms\": %.4f, "
+                   "\"cols\": %lld, \"reps\": %d, \"lead_us\": %d, \"memset_ms\": %.4f, \"memset_gbps\": %.1f, \"copy_ms\": %.4f, "
                    "\"copy_gbps\": %.1f, \"ceiling_ratio\": %.3f",
-                   dev, (long long)R, (long long)C, o->reps, set_ms, 4.0 * (double)n / (set_ms * 1e-3) / 1e9, scp_ms,
+                   dev, (long long)R, (long long)C, o->reps, o->lead_us, set_ms, 4.0 * (double)n / (set_ms * 1e-3) / 1e9, scp_ms,
                    cp_gbs, dq_b / (set_ms * 1e-3) / 1e9 / cp_gbs);
             if (have_bf16) {
                 double c16 = bc_b / (scp16_ms * 1e-3) / 1e9;
@@ -279,24 +291,26 @@ static int bench_dequant(const dq_opts *o) {
         }
         double dq_ms = 0, cp_ms = 0, bq_ms = 0, bc_ms = 0;
         int64_t bad = -1, bad16 = -1;
-        if (!rc) rc = dq_time(&w, &qs, d_out, d_copy, DQ_F32, o->warmup, o->reps, &dq_ms, &cp_ms);
+        if (!rc) rc = dq_time(&w, &qs, d_out, d_copy, DQ_F32, o, &dq_ms, &cp_ms);
         if (!rc && ref && (bad = dq_mismatches(&w, &qs, d_out, DQ_F32, ref, ref16, got)) < 0) rc = 1;
-        if (!rc && have_bf16) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16, o->warmup, o->reps, &bq_ms, &bc_ms);
+        if (!rc && have_bf16) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16, o, &bq_ms, &bc_ms);
         if (!rc && have_bf16 && ref && (bad16 = dq_mismatches(&w, &qs, d_out, DQ_BF16, ref, ref16, got)) < 0) rc = 1;
         /* the rows variant, where the kernel takes the shape */
         bool rows_ok = have_bf16 &&
                        lq_cuda_dequant_bf16_rows_ok(LQ_DTYPE_NF4, w.d_codes, d_out, R, C, C + DQ_ROW_PAD, 0, &qs);
         double rq_ms = 0, rc_ms = 0;
         int64_t badr = -1;
-        if (!rc && rows_ok) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16_ROWS, o->warmup, o->reps, &rq_ms, &rc_ms);
+        if (!rc && rows_ok) rc = dq_time(&w, &qs, d_out, d_copy, DQ_BF16_ROWS, o, &rq_ms, &rc_ms);
         if (!rc && rows_ok && ref && (badr = dq_mismatches(&w, &qs, d_out, DQ_BF16_ROWS, ref, ref16, got)) < 0) rc = 1;
         if (!rc) {
             double dq_gbs = dq_b / (dq_ms * 1e-3) / 1e9, cp_gbs = cp_b / (cp_ms * 1e-3) / 1e9;
+            const char *variant = getenv("LOQUAT_DQ_VARIANT") ? getenv("LOQUAT_DQ_VARIANT") : "default";
             printf("{\"bench\": \"dequant\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", "
-                   "\"rows\": %lld, \"cols\": %lld, \"reps\": %d, \"out\": \"f32\", \"dequant_ms\": %.4f, "
+                   "\"rows\": %lld, \"cols\": %lld, \"reps\": %d, \"lead_us\": %d, \"variant\": \"%s\", \"out\": \"f32\", "
+                   "\"dequant_ms\": %.4f, "
                    "\"copy_ms\": %.4f, \"dequant_bytes\": %.0f, \"copy_bytes\": %.0f, \"dequant_gbps\": %.1f, "
                    "\"copy_gbps\": %.1f, \"ratio\": %.3f, \"mismatches\": %lld",
-                   dev, (long long)R, (long long)C, o->reps, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs,
+                   dev, (long long)R, (long long)C, o->reps, o->lead_us, variant, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs,
                    dq_gbs / cp_gbs, (long long)bad);
             if (have_bf16) {
                 double b_gbs = b_b / (bq_ms * 1e-3) / 1e9, bc_gbs = bc_b / (bc_ms * 1e-3) / 1e9;
@@ -481,7 +495,7 @@ static bool have_device(void) {
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: bench_gpu dequant [--shape RxC]... [--reps 20] [--warmup 3] [--check 1] [--seed 1]\n"
+            "usage: bench_gpu dequant [--shape RxC]... [--reps 20] [--warmup 3] [--lead-us 200] [--check 1] [--seed 1]\n"
             "       bench_gpu step [--config bench/smollm2-135m.json] [--batch 8] [--seq 512] [--steps 10]\n"
             "                      [--warmup 3] [--r 16] [--alpha 32] [--math tf32|fp32|bf16] [--checkpoint 0|1]\n"
             "                      [--seed 1] [--label text] [--device cuda|cpu]\n");
@@ -489,7 +503,7 @@ static int usage(void) {
 }
 
 static int main_dequant(int argc, char **argv) {
-    dq_opts o = {.reps = 20, .warmup = 3, .check = true, .seed = 1};
+    dq_opts o = {.reps = 20, .warmup = 3, .lead_us = 200, .check = true, .seed = 1};
     for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long long r = 0, c = 0;
@@ -499,6 +513,7 @@ static int main_dequant(int argc, char **argv) {
         } else if (!strcmp(a, "--reps")) o.reps = atoi(v);
         else if (!strcmp(a, "--warmup")) o.warmup = atoi(v);
         else if (!strcmp(a, "--check")) o.check = atoi(v) != 0;
+        else if (!strcmp(a, "--lead-us")) o.lead_us = atoi(v);
         else if (!strcmp(a, "--seed")) o.seed = strtoull(v, NULL, 10);
         else return usage();
     }
@@ -513,8 +528,8 @@ static int main_dequant(int argc, char **argv) {
                     (long long)o.rows[s], (long long)o.cols[s]);
             return 2;
         }
-    if (o.reps < 1 || o.reps > MAX_REPS || o.warmup < 0) {
-        fprintf(stderr, "bench_gpu: reps 1..%d, warmup >= 0\n", MAX_REPS);
+    if (o.reps < 1 || o.reps > MAX_REPS || o.warmup < 0 || o.lead_us < 0 || o.lead_us > 100000) {
+        fprintf(stderr, "bench_gpu: reps 1..%d, warmup >= 0, lead-us 0..100000\n", MAX_REPS);
         return 2;
     }
     if (!have_device()) return 77;

@@ -408,6 +408,14 @@ extern "C" cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     return cudaSuccess;
 }
 
+/* A host function in stream order: the stream's deferred work first, then fn, on the calling thread. */
+extern "C" cudaError_t cudaLaunchHostFunc(cudaStream_t s, cudaHostFn_t fn, void *data) {
+    if (!fn) return fail(cudaErrorInvalidValue);
+    if (lq_emu_defers(s)) flush(s, UINT64_MAX);
+    fn(data);
+    return cudaSuccess;
+}
+
 extern "C" cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags) {
     (void)flags;
     if (!e) return fail(cudaErrorInvalidResourceHandle);
