@@ -40,8 +40,11 @@ int main(void) {
  * the same output bytes are copied device to device by cudaMemcpyAsync: the copy is the bandwidth a
  * dequant can hope for. Codes and scales are random bytes (speed does not depend on the values).
  * Each timed with CUDA events around one launch, the two interleaved rep by rep (A B A B), after
- * warm-up; medians. Bytes counted read + written: dequant n/2 codes + n/64 absmax codes + n/16384
- * floats + 4n out; copy 4n + 4n. With --check 1 the f32 result is compared bit for bit with the CPU
+ * warm-up; medians. Each rep is queued behind a host function that holds the stream --lead-us
+ * microseconds, so both intervals are GPU time (see dq_time; --lead-us 0 gives the older figures,
+ * where the dequant's interval held the host's launch latency: ~4 us on an H200, 5% of 8192^2).
+ * Bytes counted read + written: dequant n/2 codes + n/64 absmax codes + n/16384 floats + 4n out;
+ * copy 4n + 4n. With --check 1 the f32 result is compared bit for bit with the CPU
  * dequant (lq_bnb4_dequantize) over the whole weight. lq_cuda_dequant_bf16 (bf16 output, 2n bytes
  * written) is timed too where this build has it, and checked against the CPU result rounded to bf16;
  * so is lq_cuda_dequant_bf16_rows into rows of cols + 16 (the bf16 QLoRA forward's [W | B] tile:
@@ -168,19 +171,10 @@ static int dq_run(const dq_weight *w, const lq_qstate *qs, void *d_out, dq_what 
     return st == LQ_OK ? 0 : fail("dequant", err.msg);
 }
 
-/* A host function that holds the stream lead_us microseconds (cudaLaunchHostFunc). */
-static void CUDART_CB dq_lead(void *arg) {
-    const int us = *(const int *)arg;
-    struct timespec t = {.tv_sec = us / 1000000, .tv_nsec = (long)(us % 1000000) * 1000};
-    nanosleep(&t, NULL);
-}
-
 /* Times o->reps runs of `what` interleaved with as many copies of the output bytes (A B A B), after
- * o->warmup of each; medians into *dq_ms, *cp_ms. With o->lead_us > 0 each rep's events, launch and
- * copy are queued behind a host function that holds the stream that long, so the first event is not
- * stamped on an idle GPU while the host is still launching: both intervals are then GPU time alone
- * (the copy's, queued behind the dequant, always was). lead_us 0: the older way, where the dequant's
- * interval also holds the host's launch latency. */
+ * o->warmup of each; medians into *dq_ms, *cp_ms. Each rep behind lq_bench_lead(o->lead_us): both
+ * intervals GPU time (the copy's, queued behind the dequant, always was); lead_us 0: the older way,
+ * where the dequant's interval also held the host's launch latency. */
 static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d_copy, dq_what what, const dq_opts *o,
                    double *dq_ms, double *cp_ms) {
     size_t out_bytes = (size_t)w->n * (what == DQ_F32 || what == DQ_SET_F32 ? 4 : 2);
@@ -188,7 +182,7 @@ static int dq_time(const dq_weight *w, const lq_qstate *qs, void *d_out, void *d
     for (int i = 0; i < 4; i++) CK(cudaEventCreate(&ev[i]));
     double tdq[MAX_REPS], tcp[MAX_REPS];
     for (int r = 0; r < o->warmup + o->reps; r++) {
-        if (o->lead_us > 0) CK(cudaLaunchHostFunc(0, dq_lead, (void *)&o->lead_us));
+        CK(lq_bench_lead(0, &o->lead_us));
         CK(cudaEventRecord(ev[0], 0));
         if (dq_run(w, qs, d_out, what)) return 1;
         CK(cudaEventRecord(ev[1], 0));
@@ -261,10 +255,10 @@ static int bench_dequant(const dq_opts *o) {
         if (!rc) {
             double cp_gbs = cp_b / (scp_ms * 1e-3) / 1e9;
             printf("{\"bench\": \"dequant_ceiling\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", \"rows\": %lld, "
-                   "\"cols\": %lld, \"reps\": %d, \"lead_us\": %d, \"memset_ms\": %.4f, \"memset_gbps\": %.1f, \"copy_ms\": %.4f, "
-                   "\"copy_gbps\": %.1f, \"ceiling_ratio\": %.3f",
-                   dev, (long long)R, (long long)C, o->reps, o->lead_us, set_ms, 4.0 * (double)n / (set_ms * 1e-3) / 1e9, scp_ms,
-                   cp_gbs, dq_b / (set_ms * 1e-3) / 1e9 / cp_gbs);
+                   "\"cols\": %lld, \"reps\": %d, \"lead_us\": %d, \"memset_ms\": %.4f, \"memset_gbps\": %.1f, "
+                   "\"copy_ms\": %.4f, \"copy_gbps\": %.1f, \"ceiling_ratio\": %.3f",
+                   dev, (long long)R, (long long)C, o->reps, o->lead_us, set_ms,
+                   4.0 * (double)n / (set_ms * 1e-3) / 1e9, scp_ms, cp_gbs, dq_b / (set_ms * 1e-3) / 1e9 / cp_gbs);
             if (have_bf16) {
                 double c16 = bc_b / (scp16_ms * 1e-3) / 1e9;
                 printf(", \"bf16_memset_ms\": %.4f, \"bf16_memset_gbps\": %.1f, \"bf16_copy_ms\": %.4f, "
@@ -304,13 +298,12 @@ static int bench_dequant(const dq_opts *o) {
         if (!rc && rows_ok && ref && (badr = dq_mismatches(&w, &qs, d_out, DQ_BF16_ROWS, ref, ref16, got)) < 0) rc = 1;
         if (!rc) {
             double dq_gbs = dq_b / (dq_ms * 1e-3) / 1e9, cp_gbs = cp_b / (cp_ms * 1e-3) / 1e9;
-            const char *variant = getenv("LOQUAT_DQ_VARIANT") ? getenv("LOQUAT_DQ_VARIANT") : "default";
             printf("{\"bench\": \"dequant\", \"device\": \"%s\", \"dtype\": \"nf4-dq64\", "
-                   "\"rows\": %lld, \"cols\": %lld, \"reps\": %d, \"lead_us\": %d, \"variant\": \"%s\", \"out\": \"f32\", "
+                   "\"rows\": %lld, \"cols\": %lld, \"reps\": %d, \"lead_us\": %d, \"out\": \"f32\", "
                    "\"dequant_ms\": %.4f, "
                    "\"copy_ms\": %.4f, \"dequant_bytes\": %.0f, \"copy_bytes\": %.0f, \"dequant_gbps\": %.1f, "
                    "\"copy_gbps\": %.1f, \"ratio\": %.3f, \"mismatches\": %lld",
-                   dev, (long long)R, (long long)C, o->reps, o->lead_us, variant, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs,
+                   dev, (long long)R, (long long)C, o->reps, o->lead_us, dq_ms, cp_ms, dq_b, cp_b, dq_gbs, cp_gbs,
                    dq_gbs / cp_gbs, (long long)bad);
             if (have_bf16) {
                 double b_gbs = b_b / (bq_ms * 1e-3) / 1e9, bc_gbs = bc_b / (bc_ms * 1e-3) / 1e9;
@@ -495,7 +488,8 @@ static bool have_device(void) {
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: bench_gpu dequant [--shape RxC]... [--reps 20] [--warmup 3] [--lead-us 200] [--check 1] [--seed 1]\n"
+            "usage: bench_gpu dequant [--shape RxC]... [--reps 20] [--warmup 3] [--lead-us 200] [--check 1]\n"
+            "                         [--seed 1]\n"
             "       bench_gpu step [--config bench/smollm2-135m.json] [--batch 8] [--seq 512] [--steps 10]\n"
             "                      [--warmup 3] [--r 16] [--alpha 32] [--math tf32|fp32|bf16] [--checkpoint 0|1]\n"
             "                      [--seed 1] [--label text] [--device cuda|cpu]\n");

@@ -30,7 +30,7 @@ int main(void) {
 #include "quant/dequant_cuda.h"
 #include "quant/half.h"
 
-/*   bench_gpu_linear [--shape MxNxK]... [--reps 20] [--warmup 3] [--seed 1]
+/*   bench_gpu_linear [--shape MxNxK]... [--reps 20] [--warmup 3] [--lead-us 200] [--seed 1]
  *
  * For each shape: x (M, K) tokens, W (N, K) the frozen base weight, NF4 with double quant and block 64
  * (lq_bnb4_quantize of uniform random values), dY (M, N). Defaults: the 1B model's projections at
@@ -61,11 +61,12 @@ int main(void) {
  *                          4 M N K + 6 M r (K + N) forward + backward. lq_backward_from adds dY into y's
  *                          gradient first (one extra (M, N) pass, counted; a real step's upstream op
  *                          writes that gradient itself).
- * Every time: CUDA events on the stream the work runs on, around the calls (the op's host work
- * included), synchronised after each; all variants interleaved rep by rep (A B C ... A B C ...), after
- * --warmup untimed reps; medians. A variant this machine cannot run (no cuBLASLt algorithm) prints
- * "ms": null with the reason in "skipped". The JSON names what is measured "stage"
- * (bench/gpu.sh tags every line with "part", the script's part). */
+ * Every time: CUDA events on the stream the work runs on, around the calls, synchronised after each,
+ * the first event queued behind lq_bench_lead (--lead-us, default 200; 0: none), so a span is GPU
+ * time: the host's launch latency and the op's host work are outside it up to the lead. All variants
+ * interleaved rep by rep (A B C ... A B C ...), after --warmup untimed reps; medians. A variant this
+ * machine cannot run (no cuBLASLt algorithm) prints "ms": null with the reason in "skipped". The
+ * JSON names what is measured "stage" (bench/gpu.sh tags every line with "part", the script's part). */
 
 #define MAX_REPS 1000
 #define MAX_SHAPES 16
@@ -204,7 +205,7 @@ typedef struct shape {
 } shape;
 
 typedef struct bench {
-    int reps, warmup;
+    int reps, warmup, lead_us;
     uint64_t seed;
     char dev[256];
     lq_ctx *ctx[3]; /* by lq_cuda_math: tf32, fp32, bf16 */
@@ -299,6 +300,7 @@ static int time_one(bench *b, run *r, int v, double *ms) {
     lq_err err;
     lq_err_clear(&err);
     if (v >= V_OP_FWD_TF32 && op_prepare(b, r, v, &xl)) return 1;
+    CK(lq_bench_lead(st, &b->lead_us));
     CK(cudaEventRecord(b->ev[0], st));
     if (v == V_DQ_F32 || v == V_DQ_BF16) {
         lq_status s = v == V_DQ_F32 ? lq_cuda_dequant(LQ_DTYPE_NF4, r->w->data, r->w32, N * K, 0, r->w->qs, st, &err)
@@ -553,14 +555,15 @@ static void bench_free(bench *b) {
 /* --- command line ------------------------------------------------------------------------------- */
 
 static int usage(void) {
-    fprintf(stderr, "usage: bench_gpu_linear [--shape MxNxK]... [--reps 20] [--warmup 3] [--seed 1]\n"
+    fprintf(stderr, "usage: bench_gpu_linear [--shape MxNxK]... [--reps 20] [--warmup 3] [--lead-us 200]\n"
+                    "                        [--seed 1]\n"
                     "       (M tokens, W (N, K); K a multiple of 64; default: the 1B and 135M projections)\n");
     return 2;
 }
 
 int main(int argc, char **argv) {
     static bench b; /* zeroed */
-    b.reps = 20, b.warmup = 3, b.seed = 1;
+    b.reps = 20, b.warmup = 3, b.lead_us = 200, b.seed = 1;
     shape sh[MAX_SHAPES];
     int ns = 0;
     for (int i = 1; i < argc; i += 2) {
@@ -571,6 +574,7 @@ int main(int argc, char **argv) {
             sh[ns++] = (shape){m, n, k, "custom"};
         else if (!strcmp(a, "--reps")) b.reps = atoi(v);
         else if (!strcmp(a, "--warmup")) b.warmup = atoi(v);
+        else if (!strcmp(a, "--lead-us")) b.lead_us = atoi(v);
         else if (!strcmp(a, "--seed")) b.seed = strtoull(v, NULL, 10);
         else return usage();
     }
@@ -589,8 +593,8 @@ int main(int argc, char **argv) {
                     (long long)sh[i].M, (long long)sh[i].N, (long long)sh[i].K);
             return 2;
         }
-    if (b.reps < 1 || b.reps > MAX_REPS || b.warmup < 0) {
-        fprintf(stderr, "bench_gpu_linear: reps 1..%d, warmup >= 0\n", MAX_REPS);
+    if (b.reps < 1 || b.reps > MAX_REPS || b.warmup < 0 || b.lead_us < 0 || b.lead_us > 100000) {
+        fprintf(stderr, "bench_gpu_linear: reps 1..%d, warmup >= 0, lead-us 0..100000\n", MAX_REPS);
         return 2;
     }
     char buf[512];

@@ -3,7 +3,8 @@
 # linear benchmarks, and QLoRA training steps of loquat beside PyTorch + PEFT (A B A B), then a table.
 #
 #   bench/gpu.sh [--bundle .gpu/loquat-gpu.tar.xz] [--budget 480] [--rounds 3] [--steps 8] [--warmup 3]
-#                [--math tf32[,bf16][,bf16fused][,bf16flash][,bf16flash1s][,bf16flashnf]] [--checkpoint 0[,1]] [--dry-run]
+#                [--math tf32[,bf16][,bf161s][,bf16nf][,bf16fused][,bf16flash][,bf16flash1s][,bf16flashnf]]
+#                [--checkpoint 0[,1]] [--dry-run]
 #                [--only parity,cli,dequant,linear,135m,1b,profile[,ncu][,sanitize]]
 #   bench/gpu.sh --build ...     on a machine with loquat's libraries: builds in place (make CUDA=1)
 #
@@ -22,10 +23,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 t_start=$(date +%s)
 
-mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=3 steps=8 warmup=3 maths=tf32,bf16,bf16flash,bf16flash1s,bf16flashnf ckpt=0 dry=0
+mode=bundle bundle=.gpu/loquat-gpu.tar.xz budget=480 rounds=3 steps=8 warmup=3 maths=tf32,bf16,bf161s,bf16nf,bf16flash ckpt=0 dry=0
 only=parity,cli,dequant,linear,135m,1b,profile
 usage() {
-    sed -n '5,8p' "$0" | sed 's/^# *//' >&2
+    sed -n '5,9p' "$0" | sed 's/^# *//' >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
@@ -222,12 +223,15 @@ fi
 loquat_step() { # name config batch math limit; math bf16fused / bf16flash = bf16 with the fused NF4
     # kernel (LOQUAT_FUSED_QLINEAR) / the fused attention (LOQUAT_FLASH_ATTN); bf16flash1s = bf16flash on
     # one stream (LOQUAT_CUDA_SIDE_STREAM=0: the adapters' products not beside the dequant);
-    # bf16flashnf = bf16flash without the QLoRA linear's two fusions (LOQUAT_CUDA_LORA_FUSE=0)
+    # bf16flashnf = bf16flash without the QLoRA linear's two fusions (LOQUAT_CUDA_LORA_FUSE=0);
+    # bf161s / bf16nf: the same two switches on the default bf16 path (cuBLAS attention)
     local m=$4 fused=0 flash=0 side=1 lfuse=1
     [ "$m" = bf16fused ] && m=bf16 fused=1
     [ "$m" = bf16flash ] && m=bf16 flash=1
     [ "$m" = bf16flash1s ] && m=bf16 flash=1 side=0
     [ "$m" = bf16flashnf ] && m=bf16 flash=1 lfuse=0
+    [ "$m" = bf161s ] && m=bf16 side=0
+    [ "$m" = bf16nf ] && m=bf16 lfuse=0
     part "$1" "$5" "${lqenv[@]}" LOQUAT_FUSED_QLINEAR=$fused LOQUAT_FLASH_ATTN=$flash LOQUAT_CUDA_SIDE_STREAM=$side \
         LOQUAT_CUDA_LORA_FUSE=$lfuse \
         "$bench_bin" step --config "$cfg_dir/$2" --batch "$3" \

@@ -33,7 +33,8 @@ for r in rows:
         continue
     s = (f"{r.get('part', 'dequant')} nf4-dq64 {r['rows']}x{r['cols']}: f32 {r['dequant_gbps']:.0f} GB/s vs copy {r['copy_gbps']:.0f} GB/s"
          f" = {r['ratio']:.2f} of copy (goal 0.85: {'met' if r['ratio'] >= 0.85 else 'NOT met'}; {r['dequant_ms']:.3f} vs"
-         f" {r['copy_ms']:.3f} ms), mismatches {r['mismatches']}{' WRONG' if r['mismatches'] > 0 else ''}")
+         f" {r['copy_ms']:.3f} ms; lead {r.get('lead_us', 0)} us), mismatches {r['mismatches']}"
+         f"{' WRONG' if r['mismatches'] > 0 else ''}")
     if "bf16_ratio" in r:
         s += (f"; bf16 out {r['bf16_dequant_gbps']:.0f} GB/s vs copy {r['bf16_copy_gbps']:.0f} = {r['bf16_ratio']:.2f}"
               f", mismatches {r['bf16_mismatches']}{' WRONG' if r['bf16_mismatches'] > 0 else ''}")
@@ -87,6 +88,10 @@ for r in steps:
         math = "bf16+flash 1 stream"  # LOQUAT_CUDA_SIDE_STREAM=0: no side stream
     if r["impl"] == "loquat" and "bf16flashnf" in r.get("part", ""):
         math = "bf16+flash unfused"  # LOQUAT_CUDA_LORA_FUSE=0: no one-product forward, no dY / du kernel
+    if r["impl"] == "loquat" and "-bf161s" in r.get("part", ""):
+        math = "bf16 1 stream"  # the default bf16 path, LOQUAT_CUDA_SIDE_STREAM=0
+    if r["impl"] == "loquat" and "-bf16nf" in r.get("part", ""):
+        math = "bf16 unfused"  # the default bf16 path, LOQUAT_CUDA_LORA_FUSE=0
     if r.get("checkpoint"):
         math += " ckpt"
     key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], math)

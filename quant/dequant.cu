@@ -3,8 +3,6 @@
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 extern "C" {
 #include "quant/dequant_cuda.h"
@@ -123,7 +121,11 @@ __global__ static void k_q6_k(const lq_block_q6_k *src, float *dst, int64_t n) {
  * store); 0.87 and 0.86 on an H200, where that one gave 0.79 and 0.84. Measured in the same runs
  * and dropped: 8 groups per thread (H200 0.86 / 0.84-0.86), a warp per 1024-element chunk staged
  * in shared memory with the block scales shuffled across lanes (0.87 / 0.85), the same two chunks
- * at a time on a persistent grid (0.81 / 0.82).
+ * at a time on a persistent grid (0.81 / 0.82). Those figures counted the host's launch latency in
+ * the dequant's interval; timed from a queued launch (bench_gpu --lead-us, 2026-11-27, H200) this
+ * kernel gives 0.90-0.91 (f32), 0.88-0.92 (bf16), 0.87-0.90 (bf16 rows). Swept in that run, each
+ * within 1-2% of it or worse: 2 groups per thread (0.92 flat, 0.87-0.88 rows), 8 groups, 128 or
+ * 512 threads a block, streaming stores (__stcs); the grid capped at one full residency: 0.82.
  *
  * It takes the whole groups of a call when no group can straddle a state block (block and start
  * multiples of G), the pointers are aligned for the wide accesses (codes to G / 2 bytes, output to
@@ -175,17 +177,19 @@ __global__ static void k_bnb4_byte(const uint8_t *src, void *dst, int64_t n, int
     }
 }
 
+#define DQ_UNROLL 4 /* groups per thread */
+
 /* groups groups of G = 4 (f32) or 8 (bf16) elements from element start (a multiple of G); src: the
  * groups' codes as uint16 (f32) or uint32 (bf16), the lower address the low byte; dst: float4 or
  * uint4 per group; bs, b2s: log2 of q.block and q.block2 (b2s unused without double quant).
  * ROWS: the output is rows of gpr groups with a row stride of ldg groups (group i goes to
  * (i / gpr) ldg + i % gpr: a 32-bit division, the group count checked to fit on the host), so
  * a row of W can be followed by other columns of the same operand; else group i goes to i. */
-template <bool BF16, bool ROWS, int T, int U, bool CS>
-__global__ static void __launch_bounds__(T)
+template <bool BF16, bool ROWS>
+__global__ static void __launch_bounds__(DQ_THREADS)
     k_bnb4_hoist(const void *__restrict__ src, void *__restrict__ dst, int64_t groups, int64_t start, dq_state q,
                  int fp4, int bs, int b2s, uint32_t gpr, int64_t ldg) {
-    constexpr int G = BF16 ? 8 : 4;
+    constexpr int G = BF16 ? 8 : 4, U = DQ_UNROLL;
     __shared__ float code[16];
     dq_code_table(code, fp4);
     const int64_t step = (int64_t)gridDim.x * blockDim.x * U;
@@ -233,11 +237,9 @@ __global__ static void __launch_bounds__(T)
                 for (int b = 0; b < 4; b++)
                     w[b] = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(o[2 * b])) |
                            ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(o[2 * b + 1])) << 16);
-                if constexpr (CS) __stcs((uint4 *)dst + di, make_uint4(w[0], w[1], w[2], w[3]));
-                else ((uint4 *)dst)[di] = make_uint4(w[0], w[1], w[2], w[3]);
+                ((uint4 *)dst)[di] = make_uint4(w[0], w[1], w[2], w[3]);
             } else {
-                if constexpr (CS) __stcs((float4 *)dst + di, make_float4(o[0], o[1], o[2], o[3]));
-                else ((float4 *)dst)[di] = make_float4(o[0], o[1], o[2], o[3]);
+                ((float4 *)dst)[di] = make_float4(o[0], o[1], o[2], o[3]);
             }
         }
     }
@@ -259,59 +261,10 @@ static bool hoist_takes(const dq_state &q, int64_t start, const void *src, const
            (uintptr_t)dst % 16 == 0 && pow2_shift(q.block) >= 0 && (q.absmax || pow2_shift(q.block2) >= 0);
 }
 
-/* EXPERIMENT (LOQUAT_DQ_VARIANT, read each call; to be settled by one GPU run, then removed): the
- * launch shape of k_bnb4_hoist. u4 (the default): 256 threads, 4 groups each, an exact grid; u2 / u8:
- * 2 / 8 groups; t128 / t512: 128 / 512 threads; cs: streaming stores (__stcs); p: the grid capped at
- * one full residency of the device (a grid-stride loop); combinations as named below. */
-typedef struct dq_variant {
-    const char *name;
-    int threads, unroll, cs, persist;
-} dq_variant;
-static const dq_variant dq_variants[] = {
-    {"u4", 256, 4, 0, 0},     {"u2", 256, 2, 0, 0},   {"u8", 256, 8, 0, 0},     {"t128", 128, 4, 0, 0},
-    {"t512", 512, 4, 0, 0},   {"cs", 256, 4, 1, 0},   {"p", 256, 4, 0, 1},      {"pcs", 256, 4, 1, 1},
-    {"u8cs", 256, 8, 1, 0},   {"u2p", 256, 2, 0, 1},
-};
-
-static const dq_variant *dq_variant_get(void) {
-    const char *e = getenv("LOQUAT_DQ_VARIANT");
-    if (e)
-        for (size_t i = 0; i < sizeof dq_variants / sizeof dq_variants[0]; i++)
-            if (strcmp(e, dq_variants[i].name) == 0) return &dq_variants[i];
-    return &dq_variants[0];
-}
-
 /* k_bnb4_hoist's grid for `groups` groups (its grid-stride loop covers any rest). */
-static int hoist_blocks(int64_t groups, const dq_variant *v) {
-    const int64_t per = (int64_t)v->threads * v->unroll;
-    int64_t nb = (groups + per - 1) / per;
-    if (v->persist) {
-        int dev = 0, sms = 0;
-        if (cudaGetDevice(&dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0) {
-            const int64_t cap = (int64_t)sms * (2048 / v->threads);
-            if (nb > cap) nb = cap;
-        } else {
-            (void)cudaGetLastError();
-        }
-    }
+static int hoist_blocks(int64_t groups) {
+    const int64_t per = (int64_t)DQ_THREADS * DQ_UNROLL, nb = (groups + per - 1) / per;
     return (int)(nb < INT_MAX ? nb : INT_MAX);
-}
-
-template <bool BF16, bool ROWS>
-static void hoist_launch(const void *src, void *dst, int64_t groups, int64_t start, const dq_state &q, int fp4, int bs,
-                         int b2s, uint32_t gpr, int64_t ldg, cudaStream_t s) {
-    const dq_variant *v = dq_variant_get();
-    const int nb = hoist_blocks(groups, v);
-#define DQ_HL(T, U, CS) k_bnb4_hoist<BF16, ROWS, T, U, CS><<<nb, T, 0, s>>>(src, dst, groups, start, q, fp4, bs, b2s, gpr, ldg)
-    if (v->threads == 128) DQ_HL(128, 4, false);
-    else if (v->threads == 512) DQ_HL(512, 4, false);
-    else if (v->unroll == 2) DQ_HL(256, 2, false);
-    else if (v->unroll == 8 && v->cs) DQ_HL(256, 8, true);
-    else if (v->unroll == 8) DQ_HL(256, 8, false);
-    else if (v->cs) DQ_HL(256, 4, true);
-    else DQ_HL(256, 4, false);
-#undef DQ_HL
 }
 
 /* NF4 / FP4 of n elements from start into f32 or bf16: k_bnb4_hoist over the whole groups when it
@@ -322,8 +275,12 @@ static lq_status bnb4_launch(const void *d_src, void *d_dst, bool bf16, int64_t 
     const int bs = pow2_shift(q.block), b2s = q.absmax ? 0 : pow2_shift(q.block2);
     const int64_t groups = hoist_takes(q, start, d_src, d_dst, g) ? n / g : 0;
     if (groups > 0) {
-        if (bf16) hoist_launch<true, false>(d_src, d_dst, groups, start, q, fp4, bs, b2s, 0, 0, s);
-        else hoist_launch<false, false>(d_src, d_dst, groups, start, q, fp4, bs, b2s, 0, 0, s);
+        const int blocks = hoist_blocks(groups);
+        if (bf16)
+            k_bnb4_hoist<true, false><<<blocks, DQ_THREADS, 0, s>>>(d_src, d_dst, groups, start, q, fp4, bs, b2s, 0, 0);
+        else
+            k_bnb4_hoist<false, false><<<blocks, DQ_THREADS, 0, s>>>(d_src, d_dst, groups, start, q, fp4, bs, b2s, 0,
+                                                                     0);
         LQ_CU_LAUNCHED(err, bf16 ? "k_bnb4_hoist<bf16>" : "k_bnb4_hoist<f32>");
     }
     const int64_t done = groups * g, rest = n - done;
@@ -486,8 +443,8 @@ extern "C" lq_status lq_cuda_dequant_bf16_rows(lq_dtype t, const void *d_src, ui
     LQ_TRY(dq_args(tr, " to bf16 rows", d_src, d_dst, rows * K, start, qs, &q, err));
     const int bs = pow2_shift(q.block), b2s = q.absmax ? 0 : pow2_shift(q.block2);
     const int64_t groups = rows * (K / 8);
-    hoist_launch<true, true>(d_src, d_dst, groups, start, q, t == LQ_DTYPE_FP4 ? 1 : 0, bs, b2s, (uint32_t)(K / 8),
-                             ld / 8, (cudaStream_t)stream);
+    k_bnb4_hoist<true, true><<<hoist_blocks(groups), DQ_THREADS, 0, (cudaStream_t)stream>>>(
+        d_src, d_dst, groups, start, q, t == LQ_DTYPE_FP4 ? 1 : 0, bs, b2s, (uint32_t)(K / 8), ld / 8);
     LQ_CU_LAUNCHED(err, "k_bnb4_hoist<bf16, rows>");
     return LQ_OK;
 }
