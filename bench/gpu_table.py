@@ -76,22 +76,22 @@ for title, stages in lin_tables if lin else []:
             tot.append(f"{sum(m * w for m, w in zip(ms, weight)):.3f}" if None not in ms else "-")
         n = sum(weight)
         print(f"| {model} layer ({n} proj) | sum ms | " + " | ".join(tot) + " |")
+# bench/gpu.sh's --math names that are bf16 math with a switch (loquat_step): the table's label
+MATH_LABEL = {
+    "bf16fused": "bf16+fused",  # LOQUAT_FUSED_QLINEAR=1: the fused NF4 kernel
+    "bf16flash": "bf16+flash",  # LOQUAT_FLASH_ATTN=1: the fused attention
+    "bf16flash1s": "bf16+flash 1 stream",  # and LOQUAT_CUDA_SIDE_STREAM=0: no side stream
+    "bf16flashnf": "bf16+flash unfused",  # and LOQUAT_CUDA_LORA_FUSE=0: no one-product forward, no dY / du kernel
+    "bf161s": "bf16 1 stream",  # the default bf16 path, LOQUAT_CUDA_SIDE_STREAM=0
+    "bf16nf": "bf16 unfused",  # the default bf16 path, LOQUAT_CUDA_LORA_FUSE=0
+}
 steps = [r for r in rows if r.get("bench") == "step" and not r.get("part", "").startswith(("profile", "ncu"))]
 groups = {}
 for r in steps:
     math = r.get("cuda_math", r.get("base"))
-    if r["impl"] == "loquat" and "bf16fused" in r.get("part", ""):
-        math = "bf16+fused"  # LOQUAT_FUSED_QLINEAR=1: the fused NF4 kernel
-    if r["impl"] == "loquat" and "bf16flash" in r.get("part", ""):
-        math = "bf16+flash"  # LOQUAT_FLASH_ATTN=1: the fused attention
-    if r["impl"] == "loquat" and "bf16flash1s" in r.get("part", ""):
-        math = "bf16+flash 1 stream"  # LOQUAT_CUDA_SIDE_STREAM=0: no side stream
-    if r["impl"] == "loquat" and "bf16flashnf" in r.get("part", ""):
-        math = "bf16+flash unfused"  # LOQUAT_CUDA_LORA_FUSE=0: no one-product forward, no dY / du kernel
-    if r["impl"] == "loquat" and "-bf161s" in r.get("part", ""):
-        math = "bf16 1 stream"  # the default bf16 path, LOQUAT_CUDA_SIDE_STREAM=0
-    if r["impl"] == "loquat" and "-bf16nf" in r.get("part", ""):
-        math = "bf16 unfused"  # the default bf16 path, LOQUAT_CUDA_LORA_FUSE=0
+    if r["impl"] == "loquat":  # the part is "<model>-loquat-<math>[-ckpt]-r<round>" (bench/gpu.sh)
+        fields = r.get("part", "").split("-")
+        math = MATH_LABEL.get(fields[2] if len(fields) > 2 else "", math)
     if r.get("checkpoint"):
         math += " ckpt"
     key = (r["config"].split("/")[-1].replace(".json", ""), r["impl"], math)
